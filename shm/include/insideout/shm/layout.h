@@ -1,0 +1,218 @@
+// The shared-memory layout between insideoutd and one client: header, doorbells,
+// counters, two rings of frame offsets and the frame and buffer arenas.
+//
+// Everything here is plain, fixed-width and position independent: offsets from the
+// segment base and free-running positions, never pointers. The daemon computes the
+// geometry itself (SegmentGeometry) and never re-reads it from the segment, because a
+// client may write anything into its segment at any moment.
+//
+// Bump kLayoutVersion when a field changes width, order or meaning; layout_test.cc pins
+// sizes and offsets so that a change cannot slip through.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+namespace insideout::shm {
+
+inline constexpr std::size_t kCacheLine = 64;
+inline constexpr std::uint64_t kSegmentMagic = 0x3154554F44534E49ULL;  // "INSDOUT1"
+inline constexpr std::uint32_t kLayoutVersion = 1;
+inline constexpr std::uint32_t kProtocolVersion = 1;
+
+static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
+
+// Segment lifecycle, written by the daemon into SegmentHeader::state.
+enum class SegmentState : std::uint32_t {
+  kRunning = 1,
+  kDraining = 2,  // the daemon is shutting down: no new work is accepted
+  kClosed = 3,    // the daemon has let go of this segment
+};
+
+struct SegmentHeader {
+  std::uint64_t magic;                       // kSegmentMagic, written first
+  std::atomic<std::uint32_t> layout_version;  // written last with release; 0 = not ready
+  std::uint32_t header_size;
+  std::uint64_t segment_size;
+  std::uint32_t daemon_pid;
+  std::uint32_t client_id;
+  std::uint64_t daemon_start_ns;             // CLOCK_REALTIME at daemon start
+  std::atomic<std::uint64_t> heartbeat_ns;   // CLOCK_MONOTONIC, refreshed by the daemon
+  std::atomic<std::uint32_t> state;          // SegmentState
+  std::uint32_t doorbells_off;
+  std::uint32_t counters_off;
+  std::uint32_t submit_ring_off;
+  std::uint32_t submit_ring_capacity;
+  std::uint32_t completion_ring_off;
+  std::uint32_t completion_ring_capacity;
+  std::uint32_t frames_off;
+  std::uint32_t frame_count;
+  std::uint32_t frame_size;
+  std::uint32_t buffers_off;
+  std::uint32_t buffer_block_size;
+  std::uint32_t buffer_block_count;
+  std::uint32_t reserved[7];
+};
+static_assert(std::is_standard_layout_v<SegmentHeader>);
+static_assert(sizeof(SegmentHeader) == 128);
+static_assert(offsetof(SegmentHeader, layout_version) == 8);
+static_assert(offsetof(SegmentHeader, heartbeat_ns) == 40);
+static_assert(offsetof(SegmentHeader, buffer_block_count) == 96);
+
+// A futex-backed event: the waiter announces itself in `waiters` before it re-checks its
+// condition and sleeps on `seq`; the notifier bumps `seq` and wakes only when it sees a
+// waiter. See futex.h for the protocol.
+struct alignas(kCacheLine) EventWord {
+  std::atomic<std::uint32_t> seq;
+  std::atomic<std::uint32_t> waiters;
+};
+static_assert(sizeof(EventWord) == kCacheLine);
+
+struct Doorbells {
+  EventWord submit;      // client notifies, daemon waits: "work in the submit ring"
+  EventWord completion;  // daemon notifies, client waits: "completions ready"
+};
+static_assert(sizeof(Doorbells) == 2 * kCacheLine);
+
+// Per-client counters, written by the daemon (relaxed: they are statistics only), read
+// by the client and by insideoutctl.
+struct alignas(kCacheLine) ClientCounters {
+  std::atomic<std::uint64_t> accepted;
+  std::atomic<std::uint64_t> completed;
+  std::atomic<std::uint64_t> failed;
+  std::atomic<std::uint64_t> rejected_invalid;   // bad offset, length or flags
+  std::atomic<std::uint64_t> rejected_function;  // unknown function id
+  std::atomic<std::uint64_t> backpressure;       // times the daemon held back a full client
+  std::atomic<std::uint64_t> steps;
+  std::atomic<std::uint64_t> wakes;              // futex wakes the daemon issued to the client
+};
+static_assert(sizeof(ClientCounters) == kCacheLine);
+
+// Frame flags (Frame::flags), set by the client.
+enum FrameFlags : std::uint16_t {
+  kFrameEnvInline = 1u << 0,  // the environment is in Frame::inline_data (env_len <= 16)
+  kFrameResultInline = 1u << 1,  // set by the daemon: the result is in Frame::inline_data
+};
+inline constexpr std::uint16_t kFrameKnownFlags = kFrameEnvInline;
+
+// Completion status (Frame::status), written by the daemon before the frame's offset is
+// pushed to the completion ring. 0 means "not completed".
+enum class Status : std::uint16_t {
+  kPending = 0,
+  kOk = 1,
+  kInvalidArgument = 2,
+  kUnknownFunction = 3,
+  kBackpressure = 4,
+  kCancelled = 5,
+  kDeadlineExceeded = 6,
+  kDaemonLost = 7,
+  kInternal = 8,
+  kResultTooLarge = 9,
+};
+const char* status_name(Status s) noexcept;
+
+// One continuation as the client describes it. The daemon copies it out once, validates
+// the copy and never reads the descriptor fields again.
+struct alignas(kCacheLine) Frame {
+  std::uint32_t fn;          // function id (from the registry sent at registration)
+  std::uint16_t flags;       // FrameFlags
+  std::uint16_t status;      // Status, written by the daemon
+  std::uint64_t tag;         // the client's own; the daemon never reads it
+  std::uint64_t arg;         // a scalar argument (steps, children, nanoseconds, ...)
+  std::uint32_t env_off;     // the environment: a buffer in this segment ...
+  std::uint32_t env_len;     // ... or, with kFrameEnvInline, inline_data[0, env_len)
+  std::uint64_t result;      // a scalar result (checksum, children run, ...)
+  std::uint32_t result_len;  // bytes of result data: inline_data or the env buffer
+  std::uint32_t detail;      // error detail (ErrorDetail) when status != kOk
+  std::uint8_t inline_data[16];
+};
+static_assert(std::is_standard_layout_v<Frame>);
+static_assert(sizeof(Frame) == 64);
+static_assert(offsetof(Frame, env_off) == 24);
+static_assert(offsetof(Frame, result) == 32);
+static_assert(offsetof(Frame, inline_data) == 48);
+inline constexpr std::uint32_t kInlineCapacity = sizeof(Frame::inline_data);
+
+// Why a continuation failed, beside its Status (Frame::detail).
+enum class ErrorDetail : std::uint32_t {
+  kNone = 0,
+  kFrameOutOfArena = 1,
+  kFrameMisaligned = 2,
+  kEnvOutOfSegment = 3,
+  kInlineTooLong = 4,
+  kUnknownFlags = 5,
+  kUnknownFunction = 6,
+  kBufferRequired = 7,
+  kArgumentOutOfRange = 8,
+  kClientGone = 9,
+  kShutdown = 10,
+  kStepThrew = 11,
+  kDuplicateFrame = 12,
+};
+const char* detail_name(ErrorDetail d) noexcept;
+
+// The ring header: consumer and producer positions on their own cache lines; the slots
+// (std::atomic<uint64_t>[capacity]) follow it. See ring.h.
+struct RingHeader {
+  alignas(kCacheLine) std::atomic<std::uint64_t> tail;  // next position producers reserve
+  alignas(kCacheLine) std::atomic<std::uint64_t> head;  // next position the consumer reads
+};
+static_assert(sizeof(RingHeader) == 2 * kCacheLine);
+
+struct ArenaHeader {
+  alignas(kCacheLine) std::atomic<std::uint64_t> free_head;  // (aba tag << 32) | (index + 1)
+};
+static_assert(sizeof(ArenaHeader) == kCacheLine);
+
+// What a client asks for; the daemon clamps it to its limits.
+struct SegmentRequest {
+  std::uint32_t ring_capacity = 4096;    // power of two, both rings
+  std::uint32_t frame_count = 8192;
+  std::uint32_t buffer_block_size = 256;
+  std::uint32_t buffer_block_count = 4096;  // 1 MiB of buffers by default
+};
+
+// Where everything lies; computed from a request by both sides, never read back.
+struct SegmentGeometry {
+  std::uint32_t doorbells_off;
+  std::uint32_t counters_off;
+  std::uint32_t submit_ring_off;
+  std::uint32_t completion_ring_off;
+  std::uint32_t ring_capacity;
+  std::uint32_t arena_off;
+  std::uint32_t frames_off;
+  std::uint32_t frame_count;
+  std::uint32_t buffers_off;
+  std::uint32_t buffer_block_size;
+  std::uint32_t buffer_block_count;
+  std::uint64_t size;
+
+  // Returns false where the request cannot be laid out (zero or non-power-of-two
+  // capacity, block size not a multiple of 64, or a segment over 4 GiB).
+  [[nodiscard]] static bool compute(const SegmentRequest& req, SegmentGeometry* out) noexcept;
+
+  [[nodiscard]] bool frame_offset_valid(std::uint32_t off) const noexcept {
+    return off >= frames_off && off < frames_off + frame_count * sizeof(Frame) &&
+           (off - frames_off) % sizeof(Frame) == 0;
+  }
+  [[nodiscard]] bool buffer_range_valid(std::uint32_t off, std::uint32_t len) const noexcept {
+    const std::uint64_t end = std::uint64_t{off} + len;
+    return off >= buffers_off &&
+           end <= std::uint64_t{buffers_off} + std::uint64_t{buffer_block_size} * buffer_block_count;
+  }
+};
+
+// Writes a fresh segment at `base` (size bytes, zero-filled by the kernel): every field,
+// then the layout version with release.
+void initialize_segment(void* base, const SegmentGeometry& g, std::uint32_t daemon_pid,
+                        std::uint32_t client_id, std::uint64_t daemon_start_ns) noexcept;
+
+enum class CheckResult { kOk, kNotReady, kBadMagic, kVersionMismatch, kGeometryMismatch };
+// The client's check of a segment it was handed: magic, then version (acquire), then
+// that the header agrees with the geometry it expects.
+CheckResult check_segment(const void* base, std::size_t size, SegmentGeometry* geometry_out) noexcept;
+
+}  // namespace insideout::shm

@@ -1,0 +1,54 @@
+#include "insideout/shm/arena.h"
+
+namespace insideout::shm {
+namespace {
+
+std::atomic_ref<std::uint32_t> link_of(Frame* f) noexcept { return std::atomic_ref<std::uint32_t>(f->fn); }
+
+}  // namespace
+
+FrameArena::FrameArena(void* segment_base, const SegmentGeometry& g) noexcept
+    : base_(static_cast<char*>(segment_base)),
+      header_(reinterpret_cast<ArenaHeader*>(base_ + g.arena_off)),
+      frames_(reinterpret_cast<Frame*>(base_ + g.frames_off)),
+      count_(g.frame_count) {}
+
+void FrameArena::initialize() noexcept {
+  for (std::uint32_t i = 0; i < count_; ++i) {
+    link_of(&frames_[i]).store(i + 1 < count_ ? i + 2 : 0, std::memory_order_relaxed);
+  }
+  header_->free_head.store(count_ ? 1 : 0, std::memory_order_release);
+}
+
+Frame* FrameArena::allocate() noexcept {
+  // A1: pairs with F1 in free(); the popped frame's link is visible.
+  std::uint64_t head = header_->free_head.load(std::memory_order_acquire);
+  for (;;) {
+    const auto idx1 = static_cast<std::uint32_t>(head);
+    if (idx1 == 0 || idx1 > count_) return nullptr;  // empty (or a corrupt head: treat as empty)
+    Frame* f = &frames_[idx1 - 1];
+    // Relaxed: if f was taken meanwhile, the tag makes the CAS below fail.
+    const std::uint32_t next = link_of(f).load(std::memory_order_relaxed);
+    const std::uint64_t tag = (head >> 32) + 1;
+    if (header_->free_head.compare_exchange_weak(head, (tag << 32) | next, std::memory_order_acquire,
+                                                 std::memory_order_acquire)) {
+      return f;
+    }
+  }
+}
+
+void FrameArena::free(Frame* f) noexcept {
+  const std::uint32_t idx1 = index_of(f) + 1;
+  std::uint64_t head = header_->free_head.load(std::memory_order_relaxed);
+  for (;;) {
+    link_of(f).store(static_cast<std::uint32_t>(head), std::memory_order_relaxed);
+    const std::uint64_t tag = (head >> 32) + 1;
+    // F1: pairs with A1; publishes the link written above.
+    if (header_->free_head.compare_exchange_weak(head, (tag << 32) | idx1, std::memory_order_release,
+                                                 std::memory_order_relaxed)) {
+      return;
+    }
+  }
+}
+
+}  // namespace insideout::shm
