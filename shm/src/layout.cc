@@ -43,14 +43,13 @@ const char* detail_name(ErrorDetail d) noexcept {
     case ErrorDetail::kClientGone: return "client gone";
     case ErrorDetail::kShutdown: return "daemon shutting down";
     case ErrorDetail::kStepThrew: return "step threw an exception";
-    case ErrorDetail::kDuplicateFrame: return "frame submitted twice";
   }
   return "unknown detail";
 }
 
 bool SegmentGeometry::compute(const SegmentRequest& req, SegmentGeometry* out) noexcept {
   if (!is_pow2(req.ring_capacity) || req.ring_capacity > (1u << 24)) return false;
-  if (req.frame_count == 0 || req.frame_count > (1u << 24)) return false;
+  if (req.frame_count == 0 || req.frame_count > req.ring_capacity) return false;
   if (req.buffer_block_size == 0 || req.buffer_block_size % kCacheLine != 0) return false;
   SegmentGeometry g{};
   std::uint64_t off = sizeof(SegmentHeader);

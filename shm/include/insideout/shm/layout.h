@@ -74,8 +74,9 @@ static_assert(sizeof(EventWord) == kCacheLine);
 struct Doorbells {
   EventWord submit;      // client notifies, daemon waits: "work in the submit ring"
   EventWord completion;  // daemon notifies, client waits: "completions ready"
+  EventWord space;       // daemon notifies, client waits: "the submit ring has room again"
 };
-static_assert(sizeof(Doorbells) == 2 * kCacheLine);
+static_assert(sizeof(Doorbells) == 3 * kCacheLine);
 
 // Per-client counters, written by the daemon (relaxed: they are statistics only), read
 // by the client and by insideoutctl.
@@ -150,7 +151,6 @@ enum class ErrorDetail : std::uint32_t {
   kClientGone = 9,
   kShutdown = 10,
   kStepThrew = 11,
-  kDuplicateFrame = 12,
 };
 const char* detail_name(ErrorDetail d) noexcept;
 
@@ -167,10 +167,12 @@ struct ArenaHeader {
 };
 static_assert(sizeof(ArenaHeader) == kCacheLine);
 
-// What a client asks for; the daemon clamps it to its limits.
+// What a client asks for; the daemon clamps it to its limits. frame_count may not exceed
+// ring_capacity: an honest client then can never fill its completion ring, since every
+// completion in it holds a frame the client has not freed yet.
 struct SegmentRequest {
   std::uint32_t ring_capacity = 4096;    // power of two, both rings
-  std::uint32_t frame_count = 8192;
+  std::uint32_t frame_count = 4096;
   std::uint32_t buffer_block_size = 256;
   std::uint32_t buffer_block_count = 4096;  // 1 MiB of buffers by default
 };

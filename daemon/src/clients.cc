@@ -1,0 +1,79 @@
+#include "clients.h"
+
+namespace insideout::daemon {
+
+ClientTable::ClientTable(std::uint32_t capacity) {
+  slots_.reserve(capacity);
+  for (std::uint32_t i = 0; i < capacity; ++i) {
+    slots_.push_back(std::make_unique<ClientSlot>());
+    slots_.back()->index = i;
+  }
+}
+
+ClientSlot* ClientTable::reserve() {
+  std::lock_guard lock(mu_);
+  for (auto& s : slots_) {
+    if (s->state.load(std::memory_order_acquire) != SlotState::kFree ||
+        s->refs.load(std::memory_order_acquire) != 0) {
+      continue;
+    }
+    s->draining.store(false, std::memory_order_relaxed);
+    s->peek_head.store(0, std::memory_order_relaxed);
+    s->has_backlog.store(false, std::memory_order_relaxed);
+    s->completion_tail.store(0, std::memory_order_relaxed);
+    s->backlog.clear();
+    s->jobs.clear();
+    s->free_jobs.clear();
+    s->accepted = s->completed = s->failed = s->rejected = s->backpressure = 0;
+    s->has_segment = false;
+    s->base = nullptr;
+    s->doorbells = nullptr;
+    s->name.clear();
+    const std::uint32_t hw = high_water_.load(std::memory_order_relaxed);
+    if (s->index + 1 > hw) high_water_.store(s->index + 1, std::memory_order_release);
+    return s.get();
+  }
+  return nullptr;
+}
+
+void ClientTable::activate(ClientSlot& s) {
+  if (s.has_segment) {
+    s.base = static_cast<char*>(s.segment.base());
+    s.doorbells = s.segment.doorbells();
+    s.submit = shm::RingConsumer(shm::RingView(s.base + s.geom.submit_ring_off, s.geom.ring_capacity));
+    s.completion = shm::RingProducer(shm::RingView(s.base + s.geom.completion_ring_off, s.geom.ring_capacity),
+                                     &s.completion_tail);
+    s.max_inflight = s.geom.ring_capacity;
+  }
+  s.refs.store(1, std::memory_order_relaxed);  // the connection's
+  // S1: pairs with S2 in the workers; everything above is visible to them.
+  s.state.store(SlotState::kActive, std::memory_order_release);
+}
+
+void ClientTable::release(ClientSlot& s) noexcept {
+  // acq_rel: the last releaser sees every other user's writes before the slot goes.
+  if (s.refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  // seq_cst: ordered before the registry's epoch snapshot (see Scheduler::epochs()).
+  s.state.store(SlotState::kZombie, std::memory_order_seq_cst);
+  if (on_zombie_) on_zombie_();
+}
+
+void ClientTable::reclaim(ClientSlot& s) noexcept {
+  std::lock_guard lock(mu_);
+  s.segment = shm::Segment();  // unmaps; the memfd is gone once the client closes its copy
+  s.base = nullptr;
+  s.doorbells = nullptr;
+  s.has_segment = false;
+  s.state.store(SlotState::kFree, std::memory_order_release);
+}
+
+std::uint32_t ClientTable::active_count() const noexcept {
+  std::uint32_t n = 0;
+  const std::uint32_t hw = high_water();
+  for (std::uint32_t i = 0; i < hw; ++i) {
+    if (slots_[i]->state.load(std::memory_order_relaxed) == SlotState::kActive) ++n;
+  }
+  return n;
+}
+
+}  // namespace insideout::daemon

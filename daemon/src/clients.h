@@ -1,0 +1,112 @@
+// The daemon's table of registered clients. Slots are preallocated and never freed while
+// the daemon runs, so a worker may read a slot it found in the table at any time.
+//
+// A slot's segment stays mapped while its reference count is non-zero (one reference
+// for the connection, one per accepted continuation not yet completed) and then for a
+// grace period: the last release turns the slot into a zombie, and the registry thread
+// unmaps it only after every worker has passed a quiescent point (Scheduler::epochs()),
+// because a worker may have read the slot as active just before and still be peeking
+// at its ring.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "insideout/shm/layout.h"
+#include "insideout/shm/ring.h"
+#include "insideout/shm/segment.h"
+
+namespace insideout::daemon {
+
+enum class SlotState : std::uint32_t { kFree, kActive, kClosing, kZombie };
+
+// A continuation that came as a protobuf descriptor (no frame): its environment and
+// result live here, in daemon memory.
+struct SerialJob {
+  std::uint64_t tag = 0;
+  std::string env;
+  std::string data;  // result bytes
+  std::uint64_t value = 0;
+  shm::Status status = shm::Status::kPending;
+  shm::ErrorDetail detail = shm::ErrorDetail::kNone;
+};
+
+struct alignas(shm::kCacheLine) ClientSlot {
+  // Memory ordering: state is stored with release by the registry thread after every
+  // field below is set (S1) and loaded with acquire by workers (S2).
+  std::atomic<SlotState> state{SlotState::kFree};
+  std::atomic<std::uint32_t> refs{0};
+  std::atomic<bool> draining{false};     // the drain lock: one consumer of the submit ring
+  std::atomic<std::uint64_t> peek_head{0};  // consumer position, for peeks without the lock
+  std::atomic<bool> has_backlog{false};
+
+  shm::RingConsumer submit;                   // under `draining`
+  alignas(shm::kCacheLine) std::atomic<std::uint64_t> completion_tail{0};  // daemon-side, trusted
+  shm::RingProducer completion;
+
+  std::mutex backlog_mu;
+  std::vector<std::uint32_t> backlog;  // completions that found the ring full (a lying client)
+
+  std::mutex jobs_mu;
+  std::vector<std::unique_ptr<SerialJob>> jobs;
+  std::vector<std::uint32_t> free_jobs;
+
+  // Set at registration, constant while active.
+  std::uint32_t index = 0;
+  std::uint32_t id = 0;
+  pid_t pid = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::string name;
+  bool has_segment = false;
+  shm::Segment segment;
+  shm::SegmentGeometry geom{};
+  char* base = nullptr;
+  shm::Doorbells* doorbells = nullptr;
+  std::uint32_t max_inflight = 0;
+
+  // Daemon-side statistics (relaxed: counters only).
+  std::atomic<std::uint64_t> accepted{0};
+  std::atomic<std::uint64_t> completed{0};
+  std::atomic<std::uint64_t> failed{0};
+  std::atomic<std::uint64_t> rejected{0};
+  std::atomic<std::uint64_t> backpressure{0};
+
+  shm::Frame* frame(std::uint32_t off) const noexcept { return reinterpret_cast<shm::Frame*>(base + off); }
+};
+
+class ClientTable {
+ public:
+  explicit ClientTable(std::uint32_t capacity);
+
+  std::uint32_t capacity() const noexcept { return static_cast<std::uint32_t>(slots_.size()); }
+  // Slots [0, high_water()) may be in use.
+  std::uint32_t high_water() const noexcept { return high_water_.load(std::memory_order_acquire); }
+  ClientSlot& slot(std::uint32_t i) noexcept { return *slots_[i]; }
+
+  // Registry thread: a free slot, reset, not yet active; nullptr when full.
+  ClientSlot* reserve();
+  // Registry thread: publishes a reserved slot (S1).
+  void activate(ClientSlot& s);
+  // Drops one reference; the last one makes the slot a zombie and calls on_zombie.
+  void release(ClientSlot& s) noexcept;
+  // Registry thread, after the grace period: unmaps a zombie's segment and frees it.
+  void reclaim(ClientSlot& s) noexcept;
+  void set_on_zombie(std::function<void()> f) { on_zombie_ = std::move(f); }
+  std::uint32_t active_count() const noexcept;
+
+ private:
+  std::vector<std::unique_ptr<ClientSlot>> slots_;
+  std::atomic<std::uint32_t> high_water_{0};
+  std::mutex mu_;  // reserve() and reclaim()
+  std::function<void()> on_zombie_;
+};
+
+}  // namespace insideout::daemon

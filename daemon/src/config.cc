@@ -1,0 +1,69 @@
+#include "config.h"
+
+#include <sched.h>
+
+#include <algorithm>
+#include <charconv>
+
+namespace insideout::daemon {
+
+std::optional<std::vector<int>> parse_cpu_list(std::string_view text, std::string* error) {
+  std::vector<int> out;
+  auto parse_int = [&](std::string_view s, int* v) {
+    const auto r = std::from_chars(s.data(), s.data() + s.size(), *v);
+    return r.ec == std::errc() && r.ptr == s.data() + s.size() && *v >= 0 && *v < CPU_SETSIZE;
+  };
+  while (!text.empty()) {
+    const auto comma = text.find(',');
+    const std::string_view part = text.substr(0, comma);
+    text = comma == std::string_view::npos ? std::string_view() : text.substr(comma + 1);
+    const auto dash = part.find('-');
+    int lo, hi;
+    if (dash == std::string_view::npos) {
+      if (!parse_int(part, &lo)) {
+        *error = "bad CPU '" + std::string(part) + "'";
+        return std::nullopt;
+      }
+      hi = lo;
+    } else if (!parse_int(part.substr(0, dash), &lo) || !parse_int(part.substr(dash + 1), &hi) || hi < lo) {
+      *error = "bad CPU range '" + std::string(part) + "'";
+      return std::nullopt;
+    }
+    for (int c = lo; c <= hi; ++c) out.push_back(c);
+  }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  if (out.empty()) {
+    *error = "empty CPU list";
+    return std::nullopt;
+  }
+  return out;
+}
+
+std::string format_cpu_list(const std::vector<int>& cpus) {
+  std::string s;
+  for (std::size_t i = 0; i < cpus.size();) {
+    std::size_t j = i;
+    while (j + 1 < cpus.size() && cpus[j + 1] == cpus[j] + 1) ++j;
+    if (!s.empty()) s += ',';
+    s += std::to_string(cpus[i]);
+    if (j > i) s += '-' + std::to_string(cpus[j]);
+    i = j + 1;
+  }
+  return s;
+}
+
+std::vector<int> allowed_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> out;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+      if (CPU_ISSET(c, &set)) out.push_back(c);
+    }
+  }
+  if (out.empty()) out.push_back(0);
+  return out;
+}
+
+}  // namespace insideout::daemon

@@ -1,0 +1,42 @@
+// insideoutd's configuration: built-in defaults, overridden by the command line (and,
+// later, by a TOML file: every field here is a knob the control plane may also turn).
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "insideout/shm/futex.h"
+#include "insideout/shm/layout.h"
+
+namespace insideout::daemon {
+
+struct DaemonConfig {
+  std::string runtime_dir;        // empty: shm::default_runtime_dir()
+  std::uint32_t workers = 0;      // 0: one per CPU in `cpus`
+  std::vector<int> cpus;          // empty: the CPUs in the process's affinity mask
+  bool pin = true;
+  shm::IdleStrategy idle = shm::IdleStrategy::kSpinThenBlock;
+  std::chrono::microseconds spin{50};
+  std::uint32_t accept_batch = 64;
+  std::uint32_t max_clients = 256;
+  std::uint32_t max_serial_inflight = 4096;  // per connection
+  shm::SegmentRequest segment_defaults{};
+  shm::SegmentRequest segment_max{1u << 20, 1u << 20, 1u << 16, 1u << 16};
+  std::chrono::milliseconds drain_timeout{5000};
+  std::chrono::milliseconds heartbeat{250};
+  mode_t socket_mode = 0660;
+};
+
+// "0-3,8,10-11" -> {0,1,2,3,8,10,11}; nullopt (and *error) on a malformed list.
+std::optional<std::vector<int>> parse_cpu_list(std::string_view text, std::string* error);
+std::string format_cpu_list(const std::vector<int>& cpus);
+// The CPUs this process may run on.
+std::vector<int> allowed_cpus();
+
+}  // namespace insideout::daemon

@@ -1,0 +1,545 @@
+#include "daemon.h"
+
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/file.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+
+#include <spdlog/spdlog.h>
+
+#include "insideout/shm/paths.h"
+#include "insideout/shm/segment.h"
+#include "insideout/v1/continuation.pb.h"
+#include "insideout/v1/wire.h"
+
+namespace insideout::daemon {
+namespace {
+
+using shm::ErrorDetail;
+using shm::Status;
+
+std::uint64_t now_ns(clockid_t clock) {
+  timespec ts{};
+  clock_gettime(clock, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+absl::Status errno_status(const std::string& what) {
+  return absl::InternalError(what + ": " + std::strerror(errno));
+}
+
+v1::Status to_proto(Status s) { return static_cast<v1::Status>(static_cast<int>(s)); }
+
+std::string error_text(Status s, ErrorDetail d) {
+  std::string t = shm::status_name(s);
+  if (d != ErrorDetail::kNone) t += std::string(": ") + shm::detail_name(d);
+  return t;
+}
+
+std::uint32_t pick(std::uint32_t asked, std::uint32_t def, std::uint32_t max) {
+  if (asked == 0) return def;
+  return asked < max ? asked : max;
+}
+
+// Epoll user data: the fd itself, except for these fixed sources.
+constexpr std::uint64_t kListenKey = 1ull << 40;
+constexpr std::uint64_t kSignalKey = 2ull << 40;
+constexpr std::uint64_t kTimerKey = 3ull << 40;
+constexpr std::uint64_t kEventKey = 4ull << 40;
+
+}  // namespace
+
+Daemon::Daemon(DaemonConfig config) : config_(std::move(config)), clients_(config_.max_clients) {}
+
+Daemon::~Daemon() {
+  for (int fd : {listen_fd_, epoll_fd_, signal_fd_, timer_fd_, event_fd_}) {
+    if (fd >= 0) ::close(fd);
+  }
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+}
+
+absl::Status Daemon::start() {
+  runtime_dir_ = config_.runtime_dir.empty() ? shm::default_runtime_dir() : config_.runtime_dir;
+  std::error_code ec;
+  std::filesystem::create_directories(runtime_dir_, ec);
+  if (ec) return absl::FailedPreconditionError("creating runtime directory " + runtime_dir_ + ": " + ec.message());
+
+  // Single instance: an flock on the lock file, held for the daemon's life.
+  const std::string lock_path = runtime_dir_ + "/" + shm::kLockFileName;
+  lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd_ < 0) return errno_status("opening " + lock_path);
+  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    char buf[32] = {};
+    const ssize_t n = ::pread(lock_fd_, buf, sizeof(buf) - 1, 0);
+    std::string holder = n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : "?";
+    while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
+    return absl::AlreadyExistsError("another insideoutd (pid " + holder + ") already runs in " + runtime_dir_);
+  }
+  const std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(lock_fd_, 0) != 0 || ::pwrite(lock_fd_, pid.data(), pid.size(), 0) < 0) {
+    return errno_status("writing " + lock_path);
+  }
+
+  // The registration socket; a stale one from a crashed daemon is ours to replace.
+  const std::string path = socket_path();
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) return absl::InvalidArgumentError("socket path too long: " + path);
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  ::unlink(path.c_str());
+  listen_fd_ = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (listen_fd_ < 0) return errno_status("socket");
+  const mode_t old = ::umask(0777 & ~config_.socket_mode);
+  const int rc = ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  ::umask(old);
+  if (rc != 0) return errno_status("binding " + path);
+  if (::listen(listen_fd_, 128) != 0) return errno_status("listen on " + path);
+
+  // Signals arrive as readable data; the caller blocked them in every thread.
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGINT);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGHUP);
+  signal_fd_ = ::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (signal_fd_ < 0) return errno_status("signalfd");
+  timer_fd_ = ::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+  if (timer_fd_ < 0) return errno_status("timerfd_create");
+  const auto hb = std::chrono::duration_cast<std::chrono::nanoseconds>(config_.heartbeat).count();
+  itimerspec its{};
+  its.it_interval.tv_sec = hb / 1'000'000'000;
+  its.it_interval.tv_nsec = hb % 1'000'000'000;
+  its.it_value = its.it_interval;
+  ::timerfd_settime(timer_fd_, 0, &its, nullptr);
+  event_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (event_fd_ < 0) return errno_status("eventfd");
+  epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
+  if (epoll_fd_ < 0) return errno_status("epoll_create1");
+  for (auto [fd, key] : {std::pair{listen_fd_, kListenKey}, {signal_fd_, kSignalKey}, {timer_fd_, kTimerKey},
+                         {event_fd_, kEventKey}}) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = key;
+    if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) != 0) return errno_status("epoll_ctl");
+  }
+
+  register_builtins(registry_);
+  SchedulerConfig sc;
+  sc.cpus = config_.cpus.empty() ? allowed_cpus() : config_.cpus;
+  sc.workers = config_.workers;
+  if (!config_.pin) sc.cpus.clear();
+  if (sc.workers == 0 && sc.cpus.empty()) sc.workers = static_cast<std::uint32_t>(allowed_cpus().size());
+  sc.idle = config_.idle;
+  sc.spin = config_.spin;
+  sc.accept_batch = config_.accept_batch;
+  scheduler_ = std::make_unique<Scheduler>(sc, registry_, clients_);
+  // Runs on a worker, before the job's reference on the slot is dropped: the result is
+  // copied out here, so the loop never looks at a slot that may be gone.
+  scheduler_->set_serial_sink([this](ClientSlot& slot, std::uint32_t job) {
+    Outgoing out;
+    out.slot = slot.index;
+    out.client_id = slot.id;
+    {
+      std::lock_guard lock(slot.jobs_mu);
+      SerialJob& j = *slot.jobs[job];
+      auto* r = out.msg.mutable_result();
+      r->set_tag(j.tag);
+      r->set_status(to_proto(j.status));
+      if (j.status != Status::kOk) r->set_error(error_text(j.status, j.detail));
+      r->set_value(j.value);
+      r->set_data(std::move(j.data));
+      j = SerialJob{};
+      slot.free_jobs.push_back(job);
+    }
+    {
+      std::lock_guard lock(outbox_mu_);
+      outbox_.push_back(std::move(out));
+    }
+    const std::uint64_t one = 1;
+    (void)!::write(event_fd_, &one, sizeof(one));
+  });
+  clients_.set_on_zombie([this] {
+    const std::uint64_t one = 1;
+    (void)!::write(event_fd_, &one, sizeof(one));
+  });
+  start_ns_ = now_ns(CLOCK_REALTIME);
+  scheduler_->start();
+  spdlog::info("insideoutd {} (pid {}) on {}: {} workers{}, idle strategy {}, layout version {}", kVersion,
+               ::getpid(), path, scheduler_->worker_count(),
+               sc.cpus.empty() ? std::string(" (unpinned)") : " on CPUs " + format_cpu_list(sc.cpus),
+               shm::idle_strategy_name(sc.idle), shm::kLayoutVersion);
+  return absl::OkStatus();
+}
+
+void Daemon::request_stop() {
+  stop_requested_.store(true, std::memory_order_release);  // read after the eventfd wakes the loop
+  const std::uint64_t one = 1;
+  (void)!::write(event_fd_, &one, sizeof(one));
+}
+
+int Daemon::run() {
+  epoll_event events[64];
+  for (;;) {
+    const int timeout = zombies_.empty() ? -1 : 1;
+    const int n = ::epoll_wait(epoll_fd_, events, 64, timeout);
+    if (n < 0 && errno != EINTR) {
+      spdlog::error("epoll_wait: {}", std::strerror(errno));
+      break;
+    }
+    bool stop = false;
+    for (int i = 0; i < n; ++i) {
+      const std::uint64_t key = events[i].data.u64;
+      if (key == kListenKey) {
+        on_accept();
+      } else if (key == kSignalKey) {
+        signalfd_siginfo si{};
+        while (::read(signal_fd_, &si, sizeof(si)) == sizeof(si)) {
+          if (si.ssi_signo == SIGHUP) {
+            spdlog::info("SIGHUP: nothing to reload (no configuration file yet)");
+          } else {
+            spdlog::info("{} received: draining", strsignal(static_cast<int>(si.ssi_signo)));
+            stop = true;
+          }
+        }
+      } else if (key == kTimerKey) {
+        std::uint64_t ticks;
+        (void)!::read(timer_fd_, &ticks, sizeof(ticks));
+        heartbeat();
+      } else if (key == kEventKey) {
+        std::uint64_t v;
+        (void)!::read(event_fd_, &v, sizeof(v));
+        flush_outbox();
+        if (stop_requested_.load(std::memory_order_acquire)) stop = true;
+      } else {
+        const int fd = static_cast<int>(key);
+        auto it = conns_.find(fd);
+        if (it == conns_.end()) continue;
+        if (events[i].events & EPOLLIN) on_readable(it->second);
+        it = conns_.find(fd);
+        if (it != conns_.end() && (events[i].events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP))) {
+          close_conn(fd, "hung up");
+        }
+      }
+    }
+    reclaim_zombies();
+    if (stop) break;
+  }
+  shutdown();
+  return 0;
+}
+
+void Daemon::on_accept() {
+  for (;;) {
+    const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) spdlog::warn("accept: {}", std::strerror(errno));
+      return;
+    }
+    Conn c;
+    c.fd = fd;
+    socklen_t len = sizeof(c.cred);
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c.cred, &len) != 0) {
+      spdlog::warn("SO_PEERCRED: {}; refusing the connection", std::strerror(errno));
+      ::close(fd);
+      continue;
+    }
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLRDHUP;
+    ev.data.u64 = static_cast<std::uint64_t>(fd);
+    ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
+    conns_.emplace(fd, c);
+  }
+}
+
+void Daemon::on_readable(Conn& c) {
+  for (int i = 0; i < 64; ++i) {  // bounded: one chatty client cannot hold the loop
+    v1::ClientMessage msg;
+    int err = 0;
+    switch (v1::recv_message(c.fd, &msg, nullptr, &err)) {
+      case v1::RecvStatus::kOk: break;
+      case v1::RecvStatus::kWouldBlock: return;
+      case v1::RecvStatus::kClosed: return close_conn(c.fd, "closed");
+      case v1::RecvStatus::kError: return close_conn(c.fd, std::strerror(err));
+      case v1::RecvStatus::kMalformed: return close_conn(c.fd, "sent a malformed message");
+    }
+    if (msg.has_hello()) {
+      on_hello(c, msg.hello());
+      if (conns_.find(c.fd) == conns_.end()) return;
+    } else if (msg.has_submit()) {
+      on_submit(c, msg.submit());
+    } else {
+      return close_conn(c.fd, "sent an empty message");
+    }
+  }
+}
+
+void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
+  auto refuse = [&](const std::string& why) {
+    v1::DaemonMessage m;
+    auto* r = m.mutable_refused();
+    r->set_reason(why);
+    r->set_daemon_protocol_version(shm::kProtocolVersion);
+    r->set_daemon_layout_version(shm::kLayoutVersion);
+    v1::send_message(c.fd, m);
+    spdlog::warn("refused pid {} uid {}: {}", c.cred.pid, c.cred.uid, why);
+    close_conn(c.fd, "refused");
+  };
+  if (c.slot != nullptr) return refuse("a second Hello on one connection");
+  if (hello.protocol_version() != shm::kProtocolVersion || hello.layout_version() != shm::kLayoutVersion) {
+    return refuse("version mismatch: client speaks protocol " + std::to_string(hello.protocol_version()) +
+                  " layout " + std::to_string(hello.layout_version()) + ", daemon protocol " +
+                  std::to_string(shm::kProtocolVersion) + " layout " + std::to_string(shm::kLayoutVersion));
+  }
+  ClientSlot* slot = clients_.reserve();
+  if (slot == nullptr) return refuse("too many clients (max " + std::to_string(config_.max_clients) + ")");
+  slot->id = next_client_id_++;
+  slot->pid = c.cred.pid;
+  slot->uid = c.cred.uid;
+  slot->gid = c.cred.gid;
+  slot->name = hello.client_name();
+  int seg_fd = -1;
+  if (hello.want_segment()) {
+    const auto& req = hello.segment();
+    const auto& d = config_.segment_defaults;
+    const auto& mx = config_.segment_max;
+    shm::SegmentRequest r;
+    r.ring_capacity = pick(req.ring_capacity(), d.ring_capacity, mx.ring_capacity);
+    r.frame_count = pick(req.frame_count(), std::min(d.frame_count, r.ring_capacity), mx.frame_count);
+    r.buffer_block_size = pick(req.buffer_block_size(), d.buffer_block_size, mx.buffer_block_size);
+    r.buffer_block_count = pick(req.buffer_block_count(), d.buffer_block_count, mx.buffer_block_count);
+    shm::SegmentGeometry g;
+    if (!shm::SegmentGeometry::compute(r, &g)) {
+      clients_.reclaim(*slot);
+      return refuse("bad segment request: ring capacity must be a power of two, frames at most the ring "
+                    "capacity, buffer blocks a multiple of 64 bytes");
+    }
+    std::string err;
+    slot->segment = shm::Segment::create(g, static_cast<std::uint32_t>(::getpid()), slot->id, start_ns_, &err);
+    if (!slot->segment.valid()) {
+      clients_.reclaim(*slot);
+      return refuse("could not create the segment: " + err);
+    }
+    slot->geom = g;
+    slot->has_segment = true;
+    seg_fd = slot->segment.fd();
+  }
+  clients_.activate(*slot);
+  c.slot = slot;
+  slot_conn_[slot->index] = c.fd;
+
+  v1::DaemonMessage m;
+  auto* w = m.mutable_welcome();
+  w->set_protocol_version(shm::kProtocolVersion);
+  w->set_layout_version(shm::kLayoutVersion);
+  w->set_client_id(slot->id);
+  w->set_segment_size(slot->has_segment ? slot->geom.size : 0);
+  w->set_daemon_pid(static_cast<std::uint32_t>(::getpid()));
+  w->set_daemon_version(kVersion);
+  w->set_workers(scheduler_->worker_count());
+  const auto defs = registry_.all();
+  for (std::size_t i = 0; i < defs.size(); ++i) {
+    auto* f = w->add_functions();
+    f->set_name(defs[i].name);
+    f->set_id(static_cast<std::uint32_t>(i + 1));
+    f->set_needs_buffer(defs[i].needs_buffer);
+    f->set_help(defs[i].help);
+    f->set_max_arg(defs[i].max_arg);
+  }
+  if (const int err = v1::send_message(c.fd, m, seg_fd); err != 0) {
+    spdlog::warn("welcome to pid {}: {}", c.cred.pid, std::strerror(err));
+    return close_conn(c.fd, "could not be welcomed");
+  }
+  // The client holds its own descriptor now; the daemon keeps only the mapping.
+  slot->segment.close_fd();
+  spdlog::info("client {} registered: pid {} uid {} gid {}{}{}", slot->id, c.cred.pid, c.cred.uid, c.cred.gid,
+               slot->name.empty() ? "" : " name " + slot->name,
+               slot->has_segment ? ", segment " + std::to_string(slot->geom.size) + " bytes" : ", serialized only");
+  // Parked workers re-park watching the new client's doorbell.
+  scheduler_->wake_all();
+}
+
+void Daemon::on_submit(Conn& c, const v1::Continuation& cont) {
+  auto answer = [&](Status st, ErrorDetail d, const std::string& why) {
+    v1::DaemonMessage m;
+    auto* r = m.mutable_result();
+    r->set_tag(cont.tag());
+    r->set_status(to_proto(st));
+    r->set_error(why.empty() ? error_text(st, d) : why);
+    v1::send_message(c.fd, m);
+  };
+  if (c.slot == nullptr) {
+    answer(Status::kInvalidArgument, ErrorDetail::kNone, "send Hello first");
+    return close_conn(c.fd, "submitted before Hello");
+  }
+  const auto id = registry_.id_of(cont.function());
+  if (!id) return answer(Status::kUnknownFunction, ErrorDetail::kUnknownFunction, "unknown function '" + cont.function() + "'");
+  if (registry_.find(*id)->needs_buffer && cont.env().empty()) {
+    return answer(Status::kInvalidArgument, ErrorDetail::kBufferRequired, "");
+  }
+  if (c.serial_inflight >= config_.max_serial_inflight) {
+    c.slot->backpressure.fetch_add(1, std::memory_order_relaxed);
+    return answer(Status::kBackpressure, ErrorDetail::kNone,
+                  "backpressure: " + std::to_string(c.serial_inflight) + " serialized continuations in flight");
+  }
+  ClientSlot& s = *c.slot;
+  std::uint32_t job;
+  {
+    std::lock_guard lock(s.jobs_mu);
+    if (!s.free_jobs.empty()) {
+      job = s.free_jobs.back();
+      s.free_jobs.pop_back();
+    } else {
+      job = static_cast<std::uint32_t>(s.jobs.size());
+      s.jobs.push_back(std::make_unique<SerialJob>());
+    }
+    SerialJob& j = *s.jobs[job];
+    j = SerialJob{};
+    j.tag = cont.tag();
+    j.env = cont.env();
+  }
+  Status st;
+  ErrorDetail d;
+  if (!scheduler_->submit_serial(s, job, *id, cont.arg(), &st, &d)) {
+    {
+      std::lock_guard lock(s.jobs_mu);
+      s.free_jobs.push_back(job);
+    }
+    return answer(st, d, "");
+  }
+  ++c.serial_inflight;
+}
+
+void Daemon::flush_outbox() {
+  std::vector<Outgoing> done;
+  {
+    std::lock_guard lock(outbox_mu_);
+    done.swap(outbox_);
+  }
+  for (auto& out : done) {
+    auto it = slot_conn_.find(out.slot);
+    if (it == slot_conn_.end()) continue;  // the client left; its result goes nowhere
+    auto cit = conns_.find(it->second);
+    if (cit == conns_.end() || cit->second.slot == nullptr || cit->second.slot->id != out.client_id) continue;
+    --cit->second.serial_inflight;
+    v1::send_message(cit->second.fd, out.msg);
+  }
+}
+
+void Daemon::close_conn(int fd, const char* why) {
+  auto it = conns_.find(fd);
+  if (it == conns_.end()) return;
+  Conn c = it->second;
+  conns_.erase(it);
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
+  ::close(fd);
+  if (c.slot != nullptr) {
+    ClientSlot& s = *c.slot;
+    spdlog::info("client {} (pid {}) {}: {} accepted, {} completed, {} failed, {} rejected", s.id, s.pid, why,
+                 s.accepted.load(), s.completed.load(), s.failed.load(), s.rejected.load());
+    slot_conn_.erase(s.index);
+    // Stop reading its rings, cancel what it has parked, drop the connection's reference;
+    // the slot is reclaimed once its last continuation has completed.
+    s.state.store(SlotState::kClosing, std::memory_order_seq_cst);
+    scheduler_->client_closing(s);
+    clients_.release(s);
+  }
+}
+
+void Daemon::heartbeat() {
+  const std::uint64_t now = now_ns(CLOCK_MONOTONIC);
+  const std::uint32_t hw = clients_.high_water();
+  for (std::uint32_t i = 0; i < hw; ++i) {
+    ClientSlot& s = clients_.slot(i);
+    if (s.state.load(std::memory_order_acquire) != SlotState::kActive || !s.has_segment) continue;
+    // Relaxed: liveness and statistics only.
+    s.segment.header()->heartbeat_ns.store(now, std::memory_order_relaxed);
+    shm::ClientCounters* k = s.segment.counters();
+    k->accepted.store(s.accepted.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    k->completed.store(s.completed.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    k->failed.store(s.failed.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    k->rejected_invalid.store(s.rejected.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    k->backpressure.store(s.backpressure.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  }
+}
+
+void Daemon::reclaim_zombies() {
+  const std::uint32_t hw = clients_.high_water();
+  bool fresh = false;
+  for (std::uint32_t i = 0; i < hw; ++i) {
+    ClientSlot& s = clients_.slot(i);
+    if (s.state.load(std::memory_order_seq_cst) != SlotState::kZombie) continue;
+    bool known = false;
+    for (const auto& z : zombies_) known |= z.slot == &s;
+    if (!known) {
+      zombies_.push_back({&s, scheduler_->epochs()});
+      fresh = true;
+    }
+  }
+  if (fresh) scheduler_->wake_all();  // parked workers pass a quiescent point on waking
+  for (auto it = zombies_.begin(); it != zombies_.end();) {
+    if (scheduler_->quiescent_since(it->epochs)) {
+      spdlog::debug("client {}: segment unmapped", it->slot->id);
+      clients_.reclaim(*it->slot);
+      it = zombies_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void Daemon::shutdown() {
+  // No new clients; existing ones are told the daemon is draining.
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
+  ::close(listen_fd_);
+  listen_fd_ = -1;
+  ::unlink(socket_path().c_str());
+  const std::uint32_t hw = clients_.high_water();
+  for (std::uint32_t i = 0; i < hw; ++i) {
+    ClientSlot& s = clients_.slot(i);
+    if (s.state.load(std::memory_order_acquire) == SlotState::kActive && s.has_segment) {
+      s.segment.header()->state.store(static_cast<std::uint32_t>(shm::SegmentState::kDraining),
+                                      std::memory_order_release);
+    }
+  }
+  const bool drained = scheduler_->drain(config_.drain_timeout);
+  if (!drained) spdlog::warn("drain timed out after {} ms; stopping with work in flight", config_.drain_timeout.count());
+  flush_outbox();
+  // Goodbye to everyone, then let their slots go.
+  std::vector<int> fds;
+  for (auto& [fd, c] : conns_) fds.push_back(fd);
+  for (int fd : fds) {
+    v1::DaemonMessage m;
+    m.mutable_goodbye()->set_reason("insideoutd is shutting down");
+    v1::send_message(fd, m);
+    auto& c = conns_[fd];
+    if (c.slot != nullptr && c.slot->has_segment) {
+      c.slot->segment.header()->state.store(static_cast<std::uint32_t>(shm::SegmentState::kClosed),
+                                            std::memory_order_release);
+    }
+    close_conn(fd, "disconnected at shutdown");
+  }
+  scheduler_->stop();
+  // Workers are gone: every zombie may be unmapped now.
+  for (std::uint32_t i = 0; i < clients_.high_water(); ++i) {
+    ClientSlot& s = clients_.slot(i);
+    if (s.state.load(std::memory_order_acquire) != SlotState::kFree) clients_.reclaim(s);
+  }
+  zombies_.clear();
+  const auto t = scheduler_->totals();
+  spdlog::info("stopped: {} accepted, {} completed, {} failed, {} rejected, {} steps, {} steals", t.accepted,
+               t.completed, t.failed, t.rejected, t.steps, t.steals);
+  ::unlink((runtime_dir_ + "/" + shm::kLockFileName).c_str());
+}
+
+}  // namespace insideout::daemon

@@ -1,0 +1,99 @@
+// insideoutd as a whole: the runtime directory and its single-instance lock, the
+// registration socket and its event loop (connections, serialized continuations,
+// signals, heartbeat, reclaiming segments), and the scheduler it feeds.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "insideout/v1/continuation.pb.h"
+#include "clients.h"
+#include "config.h"
+#include "registry.h"
+#include "scheduler.h"
+
+namespace insideout::daemon {
+
+inline constexpr const char* kVersion = "0.1.0";
+
+class Daemon {
+ public:
+  explicit Daemon(DaemonConfig config);
+  ~Daemon();
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+
+  // Prepares the runtime directory, takes the lock, binds the socket, starts the
+  // workers. SIGINT, SIGTERM and SIGHUP must already be blocked in every thread.
+  absl::Status start();
+  // Serves until SIGTERM or SIGINT (or request_stop()), then drains and cleans up.
+  // Returns the process exit code.
+  int run();
+  void request_stop();
+
+  const std::string& runtime_dir() const { return runtime_dir_; }
+  std::string socket_path() const { return runtime_dir_ + "/daemon.sock"; }
+  Scheduler& scheduler() { return *scheduler_; }
+
+ private:
+  struct Conn {
+    int fd = -1;
+    ucred cred{};
+    ClientSlot* slot = nullptr;
+    std::uint32_t serial_inflight = 0;
+  };
+
+  void on_accept();
+  void on_readable(Conn& c);
+  void on_hello(Conn& c, const v1::Hello& hello);
+  void on_submit(Conn& c, const v1::Continuation& cont);
+  void close_conn(int fd, const char* why);
+  void flush_outbox();
+  void heartbeat();
+  void reclaim_zombies();
+  void shutdown();
+
+  DaemonConfig config_;
+  std::string runtime_dir_;
+  FunctionRegistry registry_;
+  ClientTable clients_;
+  std::unique_ptr<Scheduler> scheduler_;
+
+  int lock_fd_ = -1;
+  int listen_fd_ = -1;
+  int epoll_fd_ = -1;
+  int signal_fd_ = -1;
+  int timer_fd_ = -1;
+  int event_fd_ = -1;  // outbox, zombies and request_stop()
+  std::atomic<bool> stop_requested_{false};
+  std::uint32_t next_client_id_ = 1;
+  std::uint64_t start_ns_ = 0;
+  std::unordered_map<int, Conn> conns_;
+  std::unordered_map<std::uint32_t, int> slot_conn_;  // slot index -> connection fd
+
+  struct Outgoing {
+    std::uint32_t slot = 0;
+    std::uint32_t client_id = 0;
+    v1::DaemonMessage msg;
+  };
+  std::mutex outbox_mu_;
+  std::vector<Outgoing> outbox_;  // serialized results, from the workers
+
+  struct Zombie {
+    ClientSlot* slot;
+    std::vector<std::uint64_t> epochs;
+  };
+  std::vector<Zombie> zombies_;
+};
+
+}  // namespace insideout::daemon

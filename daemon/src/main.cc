@@ -1,0 +1,78 @@
+// insideoutd: the continuation scheduler daemon. Runs in the foreground (systemd
+// Type=notify later); logs to stderr.
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <string>
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "insideout/shm/layout.h"
+#include "insideout/shm/paths.h"
+
+int main(int argc, char** argv) {
+  using insideout::daemon::DaemonConfig;
+  DaemonConfig config;
+  CLI::App app{"insideoutd: a continuation scheduler daemon. Client processes hand it continuations "
+               "through shared memory; pinned workers run them.",
+               "insideoutd"};
+  std::string cpus, idle = "spin-then-block", log_level = "info";
+  unsigned spin_us = 50, drain_ms = 5000;
+  bool no_pin = false;
+  app.add_option("--runtime-dir", config.runtime_dir,
+                 "Directory for daemon.sock and the lock (default: $INSIDEOUT_RUNTIME_DIR, else /run/insideout "
+                 "as root, else $XDG_RUNTIME_DIR/insideout)");
+  app.add_option("-w,--workers", config.workers, "Worker threads (default: one per allowed CPU)");
+  app.add_option("--cpus", cpus, "CPUs to pin workers to, e.g. 0-3,8 (default: the process's affinity mask)");
+  app.add_flag("--no-pin", no_pin, "Do not pin workers to CPUs");
+  app.add_option("--idle", idle, "What idle workers do: block, spin-then-block or poll")
+      ->check(CLI::IsMember({"block", "spin-then-block", "poll"}));
+  app.add_option("--spin-us", spin_us, "How long spin-then-block spins before it sleeps, in microseconds");
+  app.add_option("--max-clients", config.max_clients, "Most clients registered at once");
+  app.add_option("--drain-timeout-ms", drain_ms, "How long SIGTERM waits for in-flight work");
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+  app.set_version_flag("--version", std::string("insideoutd ") + insideout::daemon::kVersion + " (layout " +
+                                        std::to_string(insideout::shm::kLayoutVersion) + ", protocol " +
+                                        std::to_string(insideout::shm::kProtocolVersion) + ")");
+  CLI11_PARSE(app, argc, argv);
+
+  auto logger = spdlog::stderr_color_mt("insideoutd");
+  spdlog::set_default_logger(logger);
+  spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
+  spdlog::set_level(spdlog::level::from_str(log_level));
+
+  if (!cpus.empty()) {
+    std::string err;
+    auto list = insideout::daemon::parse_cpu_list(cpus, &err);
+    if (!list) {
+      std::fprintf(stderr, "insideoutd: --cpus: %s\n", err.c_str());
+      return 2;
+    }
+    config.cpus = *list;
+  }
+  config.pin = !no_pin;
+  config.idle = *insideout::shm::parse_idle_strategy(idle);
+  config.spin = std::chrono::microseconds(spin_us);
+  config.drain_timeout = std::chrono::milliseconds(drain_ms);
+
+  // Every thread inherits this mask; the daemon reads these signals from a signalfd.
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGINT);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &mask, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  insideout::daemon::Daemon daemon(config);
+  if (auto st = daemon.start(); !st.ok()) {
+    spdlog::error("cannot start: {}", std::string(st.message()));
+    return 1;
+  }
+  return daemon.run();
+}

@@ -1,0 +1,704 @@
+#include "scheduler.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include <spdlog/spdlog.h>
+
+namespace insideout::daemon {
+namespace {
+
+using shm::ErrorDetail;
+using shm::Status;
+
+constexpr std::uint16_t kTaskCancelled = 1u << 8;  // resumed by a cancelled timer
+constexpr std::uint32_t kStealMax = 32;
+constexpr std::uint32_t kMaxWatchedClients = shm::kMaxWaitTargets - 1;
+
+std::uint32_t next_random(std::uint32_t& s) {
+  s ^= s << 13;
+  s ^= s >> 17;
+  s ^= s << 5;
+  return s;
+}
+
+}  // namespace
+
+// ---- StepContext -------------------------------------------------------------------
+
+std::span<const std::byte> StepContext::env(const Task& t) const noexcept {
+  ClientSlot& c = sched_.clients_.slot(t.client);
+  if (t.flags & kTaskSerial) {
+    const SerialJob* job;
+    {
+      std::lock_guard lock(c.jobs_mu);  // the table may grow meanwhile; the job does not move
+      job = c.jobs[t.frame].get();
+    }
+    return std::as_bytes(std::span(job->env.data(), job->env.size()));
+  }
+  const auto len = static_cast<std::uint32_t>(t.w1 >> 32);
+  if (t.flags & kTaskEnvInline) {
+    return {reinterpret_cast<const std::byte*>(c.frame(t.frame)->inline_data), len};
+  }
+  const auto off = static_cast<std::uint32_t>(t.w1);
+  return {reinterpret_cast<const std::byte*>(c.base + off), len};
+}
+
+void StepContext::spawn(StepFn fn, std::uint64_t w0, std::uint64_t w1) noexcept {
+  Task* t = sched_.pool_.allocate(worker_.cache);
+  t->fn = fn;
+  t->w0 = w0;
+  t->w1 = w1;
+  t->frame = kNoFrame;
+  t->client = 0;
+  t->flags = kTaskChild;
+  worker_.stats.spawned.store(worker_.stats.spawned.load(std::memory_order_relaxed) + 1,
+                              std::memory_order_relaxed);
+  sched_.push_local(worker_, t);
+}
+
+bool StepContext::cancelled(const Task& t) const noexcept {
+  return sched_.clients_.slot(t.client).state.load(std::memory_order_relaxed) == SlotState::kClosing;
+}
+
+void StepContext::resume(Task* t) noexcept { sched_.push_local(worker_, t); }
+
+void StepContext::park_for(Task& t, std::chrono::nanoseconds d) noexcept {
+  worker_.stats.timer_parks.fetch_add(1, std::memory_order_relaxed);
+  sched_.park_timer(&t, std::chrono::steady_clock::now() + d);
+}
+
+std::uint32_t StepContext::worker_index() const noexcept { return worker_.index; }
+
+// ---- lifecycle ---------------------------------------------------------------------
+
+Scheduler::Scheduler(SchedulerConfig config, const FunctionRegistry& registry, ClientTable& clients)
+    : config_(std::move(config)), registry_(registry), clients_(clients) {
+  std::uint32_t n = config_.workers;
+  if (n == 0) n = config_.cpus.empty() ? 1 : static_cast<std::uint32_t>(config_.cpus.size());
+  for (std::uint32_t i = 0; i < n; ++i) {
+    auto w = std::make_unique<Worker>(config_.queue_capacity);
+    w->index = i;
+    w->cpu = config_.cpus.empty() ? -1 : config_.cpus[i % config_.cpus.size()];
+    w->rng = 0x9E3779B9u * (i + 1);
+    workers_.push_back(std::move(w));
+  }
+  idle_.reserve(n);
+}
+
+Scheduler::~Scheduler() {
+  if (!stop_.load()) {
+    drain(std::chrono::milliseconds(0));
+    stop();
+  }
+}
+
+void Scheduler::start() {
+  timer_thread_ = std::thread([this] { timer_loop(); });
+  for (auto& w : workers_) {
+    Worker* wp = w.get();
+    w->thread = std::thread([this, wp] { run(*wp); });
+  }
+}
+
+bool Scheduler::drain(std::chrono::milliseconds timeout) {
+  draining_.store(true, std::memory_order_seq_cst);
+  wake_all();  // parked workers stop watching client doorbells
+  // Parked continuations resume now, cancelled.
+  {
+    std::lock_guard lock(timer_mu_);
+    while (!timers_.empty()) {
+      Task* t = timers_.top().task;
+      timers_.pop();
+      t->flags |= kTaskCancelled;
+      inject(t);
+    }
+  }
+  auto busy = [this] {
+    const std::uint32_t hw = clients_.high_water();
+    for (std::uint32_t i = 0; i < hw; ++i) {
+      ClientSlot& c = clients_.slot(i);
+      const SlotState st = c.state.load(std::memory_order_acquire);
+      if (st == SlotState::kFree || st == SlotState::kZombie) continue;
+      // Active slots hold one reference for the connection; closing ones may hold none.
+      const std::uint32_t base = st == SlotState::kActive ? 1 : 0;
+      if (c.refs.load(std::memory_order_acquire) > base) return true;
+    }
+    return false;
+  };
+  std::unique_lock lock(drain_mu_);
+  return drain_cv_.wait_for(lock, timeout, [&] { return !busy(); });
+}
+
+void Scheduler::stop() {
+  stop_.store(true, std::memory_order_seq_cst);
+  wake_all();
+  for (auto& w : workers_) {
+    if (w->thread.joinable()) w->thread.join();
+  }
+  {
+    std::lock_guard lock(timer_mu_);
+    timer_stop_ = true;
+  }
+  timer_cv_.notify_all();
+  if (timer_thread_.joinable()) timer_thread_.join();
+}
+
+void Scheduler::wake_all() {
+  for (auto& w : workers_) {
+    w->wake_word.fetch_add(1, std::memory_order_release);  // K3
+    shm::futex_wake(&w->wake_word, 1);
+  }
+}
+
+SchedulerTotals Scheduler::totals() const {
+  SchedulerTotals t;
+  for (const auto& w : workers_) {
+    const WorkerStats& s = w->stats;
+    t.steps += s.steps.load(std::memory_order_relaxed);
+    t.accepted += s.accepted.load(std::memory_order_relaxed);
+    t.completed += s.completed.load(std::memory_order_relaxed);
+    t.failed += s.failed.load(std::memory_order_relaxed);
+    t.rejected += s.rejected.load(std::memory_order_relaxed);
+    t.steals += s.steals.load(std::memory_order_relaxed);
+    t.parks += s.parks.load(std::memory_order_relaxed);
+    t.timer_parks += s.timer_parks.load(std::memory_order_relaxed);
+    t.backpressure += s.backpressure.load(std::memory_order_relaxed);
+    t.spawned += s.spawned.load(std::memory_order_relaxed);
+  }
+  return t;
+}
+
+// ---- the worker loop ---------------------------------------------------------------
+
+void Scheduler::run(Worker& w) {
+  w.tid.store(static_cast<pid_t>(::syscall(SYS_gettid)), std::memory_order_relaxed);
+  const std::string name = config_.thread_prefix + std::to_string(w.index);
+  pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
+  if (w.cpu >= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(w.cpu, &set);
+    if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set) != 0) {
+      spdlog::warn("worker {}: could not pin to CPU {}", w.index, w.cpu);
+    }
+  }
+  StepContext ctx(*this, w);
+  const auto spin = config_.spin;
+  for (;;) {
+    if (Task* t = find_work(w)) {
+      run_task(w, ctx, t);
+      continue;
+    }
+    if (stop_.load(std::memory_order_acquire)) break;
+    // Nothing to do: spin (bounded) or poll, then park.
+    if (config_.idle != shm::IdleStrategy::kBlock) {
+      const auto until = std::chrono::steady_clock::now() + spin;
+      Task* t = nullptr;
+      for (std::uint32_t i = 0;; ++i) {
+        shm::cpu_relax();
+        if ((t = find_work(w)) != nullptr) break;
+        if (stop_.load(std::memory_order_relaxed)) break;
+        if (config_.idle == shm::IdleStrategy::kSpinThenBlock && (i & 63) == 63 &&
+            std::chrono::steady_clock::now() >= until) {
+          break;
+        }
+      }
+      if (t != nullptr) {
+        run_task(w, ctx, t);
+        continue;
+      }
+      if (stop_.load(std::memory_order_acquire)) break;
+    }
+    park(w);
+  }
+  pool_.drain(w.cache);
+}
+
+std::vector<std::uint64_t> Scheduler::epochs() const {
+  std::vector<std::uint64_t> e;
+  for (const auto& w : workers_) e.push_back(w->epoch.load(std::memory_order_seq_cst));
+  return e;
+}
+
+bool Scheduler::quiescent_since(const std::vector<std::uint64_t>& snapshot) const {
+  for (std::size_t i = 0; i < workers_.size() && i < snapshot.size(); ++i) {
+    // seq_cst: pairs with the worker's quiescent store (Q in find_work()).
+    if (workers_[i]->epoch.load(std::memory_order_seq_cst) == snapshot[i] &&
+        workers_[i]->thread.joinable() && !stop_.load(std::memory_order_relaxed)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+Task* Scheduler::find_work(Worker& w) {
+  ++w.tick;
+  // Q: a quiescent point (no unpinned slot pointer is held here). seq_cst pairs with the
+  // zombie store in ClientTable::release() and the snapshot in epochs(): a worker past
+  // this point sees the slot is no longer active.
+  if ((w.tick & 63) == 0) w.epoch.store(w.tick, std::memory_order_seq_cst);
+  // Every 32nd look starts at the client rings, so local work cannot starve them.
+  if ((w.tick & 31) == 0) {
+    if (Task* t = poll_clients(w)) return t;
+  }
+  if (Task* t = w.queue.pop()) return t;
+  if (!w.overflow.empty()) {
+    Task* t = w.overflow.front();
+    w.overflow.pop_front();
+    while (!w.overflow.empty() && w.queue.push(w.overflow.front())) w.overflow.pop_front();
+    return t;
+  }
+  if (injected_size_.load(std::memory_order_relaxed) != 0) {
+    if (Task* t = take_injected()) return t;
+  }
+  if (Task* t = poll_clients(w)) return t;
+  return steal(w);
+}
+
+Task* Scheduler::take_injected() {
+  std::lock_guard lock(inject_mu_);
+  if (injected_.empty()) return nullptr;
+  Task* t = injected_.front();
+  injected_.pop_front();
+  injected_size_.store(injected_.size(), std::memory_order_relaxed);
+  return t;
+}
+
+void Scheduler::inject(Task* t) {
+  {
+    std::lock_guard lock(inject_mu_);
+    injected_.push_back(t);
+    injected_size_.store(injected_.size(), std::memory_order_relaxed);
+  }
+  maybe_wake();
+}
+
+Task* Scheduler::steal(Worker& w) {
+  const auto n = static_cast<std::uint32_t>(workers_.size());
+  if (n < 2) return nullptr;
+  Task* got[kStealMax];
+  const std::uint32_t start = next_random(w.rng) % n;
+  for (std::uint32_t i = 0; i < n; ++i) {
+    Worker& v = *workers_[(start + i) % n];
+    if (&v == &w || v.queue.size() == 0) continue;
+    const std::size_t k = v.queue.steal(std::span<Task*>(got, kStealMax));
+    if (k == 0) continue;
+    w.stats.steals.store(w.stats.steals.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    for (std::size_t j = 1; j < k; ++j) push_local(w, got[j]);
+    if (k > 1) maybe_wake();
+    return got[0];
+  }
+  return nullptr;
+}
+
+void Scheduler::push_local(Worker& w, Task* t) {
+  if (w.overflow.empty() && w.queue.push(t)) {
+    w.pushed = true;
+    return;
+  }
+  w.overflow.push_back(t);
+}
+
+void Scheduler::maybe_wake() {
+  // K2: pairs with K1 in park().
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (idle_count_.load(std::memory_order_relaxed) == 0) return;
+  Worker* v = nullptr;
+  {
+    std::lock_guard lock(idle_mu_);
+    if (idle_.empty()) return;
+    v = idle_.back();
+    idle_.pop_back();
+    idle_count_.fetch_sub(1, std::memory_order_relaxed);
+  }
+  v->wake_word.fetch_add(1, std::memory_order_release);  // K3
+  shm::futex_wake(&v->wake_word, 1);
+}
+
+// ---- client rings ------------------------------------------------------------------
+
+Task* Scheduler::poll_clients(Worker& w) {
+  if (draining_.load(std::memory_order_relaxed)) return nullptr;
+  const std::uint32_t hw = clients_.high_water();
+  if (hw == 0) return nullptr;
+  const std::uint32_t start = w.client_cursor++ % hw;
+  for (std::uint32_t i = 0; i < hw; ++i) {
+    ClientSlot& c = clients_.slot((start + i) % hw);
+    // S2: pairs with S1 in ClientTable::activate().
+    if (c.state.load(std::memory_order_acquire) != SlotState::kActive || !c.has_segment) continue;
+    if (c.has_backlog.load(std::memory_order_relaxed)) flush_backlog(c);
+    // A peek without the lock: is the slot at the consumer's position published?
+    const std::uint64_t head = c.peek_head.load(std::memory_order_relaxed);
+    shm::RingView view(c.base + c.geom.submit_ring_off, c.geom.ring_capacity);
+    const std::uint64_t word = view.slot(head).load(std::memory_order_relaxed);
+    if (static_cast<std::uint32_t>(word >> 32) != static_cast<std::uint32_t>(head + 1)) continue;
+    if (c.draining.exchange(true, std::memory_order_acquire)) continue;  // another worker drains it
+    const bool got = accept_from(w, c);
+    c.draining.store(false, std::memory_order_release);
+    if (got) {
+      if (Task* t = w.queue.pop()) {
+        if (w.queue.size() != 0) maybe_wake();
+        return t;
+      }
+      if (!w.overflow.empty()) {
+        Task* t = w.overflow.front();
+        w.overflow.pop_front();
+        return t;
+      }
+    }
+  }
+  return nullptr;
+}
+
+bool Scheduler::accept_from(Worker& w, ClientSlot& c) {
+  // The client may have at most max_inflight continuations in the daemon; the rest wait
+  // in its ring (backpressure it sees as a full ring).
+  const std::uint32_t refs = c.refs.load(std::memory_order_relaxed);
+  const std::uint32_t inflight = refs > 0 ? refs - 1 : 0;
+  if (inflight >= c.max_inflight || c.has_backlog.load(std::memory_order_relaxed)) {
+    c.backpressure.fetch_add(1, std::memory_order_relaxed);
+    w.stats.backpressure.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
+  std::uint32_t budget = std::min(config_.accept_batch, c.max_inflight - inflight);
+  std::uint32_t offs[256];
+  budget = std::min<std::uint32_t>(budget, 256);
+  const std::size_t n = c.submit.pop_batch(std::span<std::uint32_t>(offs, budget));
+  c.peek_head.store(c.submit.head(), std::memory_order_relaxed);
+  if (n == 0) return false;
+  // One reference per accepted continuation, taken before any can complete.
+  c.refs.fetch_add(static_cast<std::uint32_t>(n), std::memory_order_relaxed);
+  for (std::size_t i = 0; i < n; ++i) accept_one(w, c, offs[i]);
+  // The client may be waiting for room in its ring.
+  shm::event_notify(c.doorbells->space);
+  return true;
+}
+
+void Scheduler::accept_one(Worker& w, ClientSlot& c, std::uint32_t off) {
+  if (!c.geom.frame_offset_valid(off)) {
+    // No frame to complete: count it and drop the reference taken for it.
+    c.rejected.fetch_add(1, std::memory_order_relaxed);
+    w.stats.rejected.fetch_add(1, std::memory_order_relaxed);
+    clients_.release(c);
+    return;
+  }
+  // Copy the descriptor out once; only the copy is used from here on.
+  shm::Frame f;
+  std::memcpy(&f, c.base + off, sizeof(f));
+  auto reject = [&](Status st, ErrorDetail d) {
+    c.rejected.fetch_add(1, std::memory_order_relaxed);
+    w.stats.rejected.fetch_add(1, std::memory_order_relaxed);
+    complete_frame(w, c, off, st, d, 0, 0, false);
+    clients_.release(c);
+  };
+  if ((f.flags & ~shm::kFrameKnownFlags) != 0) return reject(Status::kInvalidArgument, ErrorDetail::kUnknownFlags);
+  const FunctionDef* def = registry_.find(f.fn);
+  if (def == nullptr) return reject(Status::kUnknownFunction, ErrorDetail::kUnknownFunction);
+  std::uint16_t flags = 0;
+  std::uint64_t env = 0;
+  if (f.flags & shm::kFrameEnvInline) {
+    if (f.env_len > shm::kInlineCapacity) return reject(Status::kInvalidArgument, ErrorDetail::kInlineTooLong);
+    if (def->needs_buffer) return reject(Status::kInvalidArgument, ErrorDetail::kBufferRequired);
+    flags |= kTaskEnvInline;
+    env = std::uint64_t{f.env_len} << 32;
+  } else if (f.env_len != 0) {
+    if (!c.geom.buffer_range_valid(f.env_off, f.env_len)) {
+      return reject(Status::kInvalidArgument, ErrorDetail::kEnvOutOfSegment);
+    }
+    env = (std::uint64_t{f.env_len} << 32) | f.env_off;
+  } else if (def->needs_buffer) {
+    return reject(Status::kInvalidArgument, ErrorDetail::kBufferRequired);
+  }
+  if (f.arg > def->max_arg) return reject(Status::kInvalidArgument, ErrorDetail::kArgumentOutOfRange);
+  Task* t = pool_.allocate(w.cache);
+  t->fn = def->entry;
+  t->w0 = f.arg;
+  t->w1 = env;
+  t->frame = off;
+  t->client = static_cast<std::uint16_t>(c.index);
+  t->flags = flags;
+  c.accepted.fetch_add(1, std::memory_order_relaxed);
+  w.stats.accepted.store(w.stats.accepted.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  push_local(w, t);
+}
+
+bool Scheduler::submit_serial(ClientSlot& c, std::uint32_t job, std::uint32_t fn_id, std::uint64_t arg,
+                              Status* status, ErrorDetail* detail) {
+  const FunctionDef* def = registry_.find(fn_id);
+  if (def == nullptr) {
+    *status = Status::kUnknownFunction;
+    *detail = ErrorDetail::kUnknownFunction;
+    return false;
+  }
+  if (arg > def->max_arg) {
+    *status = Status::kInvalidArgument;
+    *detail = ErrorDetail::kArgumentOutOfRange;
+    return false;
+  }
+  c.refs.fetch_add(1, std::memory_order_relaxed);
+  c.accepted.fetch_add(1, std::memory_order_relaxed);
+  Task* t;
+  {
+    std::lock_guard lock(inject_mu_);
+    t = pool_.allocate(inject_cache_);
+  }
+  t->fn = def->entry;
+  t->w0 = arg;
+  t->w1 = 0;
+  t->frame = job;
+  t->client = static_cast<std::uint16_t>(c.index);
+  t->flags = kTaskSerial;
+  inject(t);
+  return true;
+}
+
+// ---- running and completing --------------------------------------------------------
+
+void Scheduler::run_task(Worker& w, StepContext& ctx, Task* t) {
+  // A root continuation of a client that hung up, or one resumed by a cancelled timer,
+  // is cancelled at its next step boundary.
+  if (!(t->flags & kTaskChild)) {
+    ClientSlot& c = clients_.slot(t->client);
+    const bool gone = c.state.load(std::memory_order_relaxed) == SlotState::kClosing;
+    if ((t->flags & kTaskCancelled) || (gone && !(t->flags & kTaskNoCancel))) {
+      ctx.reset();
+      ctx.fail(Status::kCancelled, c.state.load(std::memory_order_relaxed) == SlotState::kClosing
+                                       ? ErrorDetail::kClientGone
+                                       : ErrorDetail::kShutdown);
+      return finish(w, ctx, t, Step::kFail);
+    }
+  }
+  std::uint64_t steps = 0;
+  for (;;) {
+    ctx.reset();
+    Step s;
+    try {
+      s = t->fn(*t, ctx);
+    } catch (...) {
+      s = ctx.fail(Status::kInternal, ErrorDetail::kStepThrew);
+    }
+    ++steps;
+    if (s == Step::kContinue) continue;
+    w.stats.steps.store(w.stats.steps.load(std::memory_order_relaxed) + steps, std::memory_order_relaxed);
+    switch (s) {
+      case Step::kYield: push_local(w, t); break;
+      case Step::kPark:
+      case Step::kWait: break;
+      case Step::kComplete:
+      case Step::kFail: finish(w, ctx, t, s); break;
+      case Step::kContinue: break;
+    }
+    if (w.pushed) {
+      w.pushed = false;
+      if (w.queue.size() > 1) maybe_wake();
+    }
+    return;
+  }
+}
+
+void Scheduler::finish(Worker& w, StepContext& ctx, Task* t, Step s) {
+  if (t->flags & kTaskChild) {
+    pool_.free(w.cache, t);
+    return;
+  }
+  ClientSlot& c = clients_.slot(t->client);
+  const Status st = s == Step::kComplete ? Status::kOk : ctx.status();
+  const ErrorDetail d = s == Step::kComplete ? ErrorDetail::kNone : ctx.detail();
+  if (st == Status::kOk) {
+    c.completed.fetch_add(1, std::memory_order_relaxed);
+    w.stats.completed.store(w.stats.completed.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  } else {
+    c.failed.fetch_add(1, std::memory_order_relaxed);
+    w.stats.failed.store(w.stats.failed.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
+  if (t->flags & kTaskSerial) {
+    SerialJob* job;
+    {
+      std::lock_guard lock(c.jobs_mu);
+      job = c.jobs[t->frame].get();
+    }
+    job->status = st;
+    job->detail = d;
+    job->value = ctx.value();
+    if (ctx.result_is_env()) job->data = job->env;
+    const std::uint32_t idx = t->frame;
+    pool_.free(w.cache, t);
+    if (serial_sink_) serial_sink_(c, idx);
+  } else {
+    const bool inline_result = ctx.result_is_env() && (t->flags & kTaskEnvInline);
+    complete_frame(w, c, t->frame, st, d, ctx.value(), ctx.result_len(), inline_result);
+    pool_.free(w.cache, t);
+  }
+  release_client(c);
+}
+
+void Scheduler::release_client(ClientSlot& c) {
+  if (draining_.load(std::memory_order_relaxed)) {
+    clients_.release(c);
+    std::lock_guard lock(drain_mu_);
+    drain_cv_.notify_all();
+    return;
+  }
+  clients_.release(c);
+}
+
+void Scheduler::complete_frame(Worker& w, ClientSlot& c, std::uint32_t off, Status st, ErrorDetail d,
+                               std::uint64_t value, std::uint32_t result_len, bool result_inline) {
+  shm::Frame* f = c.frame(off);
+  f->result = value;
+  f->result_len = result_len;
+  f->detail = static_cast<std::uint32_t>(d);
+  if (result_inline) f->flags = static_cast<std::uint16_t>(f->flags | shm::kFrameResultInline);
+  f->status = static_cast<std::uint16_t>(st);
+  // The ring's release store publishes the frame's result (P1 in ring.h).
+  if (!c.completion.try_push(off)) {
+    // Only a client that corrupts its ring (or submits frames twice) gets here.
+    std::lock_guard lock(c.backlog_mu);
+    c.backlog.push_back(off);
+    c.has_backlog.store(true, std::memory_order_relaxed);
+    return;
+  }
+  (void)w;
+  shm::event_notify(c.doorbells->completion, INT32_MAX);
+}
+
+void Scheduler::flush_backlog(ClientSlot& c) {
+  std::unique_lock lock(c.backlog_mu, std::try_to_lock);
+  if (!lock.owns_lock()) return;
+  std::size_t i = 0;
+  while (i < c.backlog.size() && c.completion.try_push(c.backlog[i])) ++i;
+  c.backlog.erase(c.backlog.begin(), c.backlog.begin() + static_cast<std::ptrdiff_t>(i));
+  c.has_backlog.store(!c.backlog.empty(), std::memory_order_relaxed);
+  if (i != 0) shm::event_notify(c.doorbells->completion, INT32_MAX);
+}
+
+// ---- parking -----------------------------------------------------------------------
+
+bool Scheduler::any_work(const Worker& self) {
+  for (const auto& w : workers_) {
+    if (w->queue.size() != 0) return true;
+    if (w.get() == &self && !w->overflow.empty()) return true;
+  }
+  if (injected_size_.load(std::memory_order_relaxed) != 0) return true;
+  if (draining_.load(std::memory_order_relaxed)) return false;
+  const std::uint32_t hw = clients_.high_water();
+  for (std::uint32_t i = 0; i < hw; ++i) {
+    ClientSlot& c = clients_.slot(i);
+    if (c.state.load(std::memory_order_acquire) != SlotState::kActive || !c.has_segment) continue;
+    const std::uint64_t head = c.peek_head.load(std::memory_order_relaxed);
+    shm::RingView view(c.base + c.geom.submit_ring_off, c.geom.ring_capacity);
+    const std::uint64_t word = view.slot(head).load(std::memory_order_seq_cst);
+    if (static_cast<std::uint32_t>(word >> 32) == static_cast<std::uint32_t>(head + 1)) return true;
+  }
+  return false;
+}
+
+void Scheduler::park(Worker& w) {
+  w.targets.clear();
+  w.announced.clear();
+  const std::uint32_t my = w.wake_word.load(std::memory_order_seq_cst);
+  w.targets.push_back({&w.wake_word, my});
+  {
+    std::lock_guard lock(idle_mu_);
+    idle_.push_back(&w);
+  }
+  idle_count_.fetch_add(1, std::memory_order_seq_cst);  // K1: pairs with K2
+  bool timed = false;
+  // Watch every client's submit doorbell (W1 in futex.h for each).
+  if (!draining_.load(std::memory_order_relaxed)) {
+    const std::uint32_t hw = clients_.high_water();
+    for (std::uint32_t i = 0; i < hw; ++i) {
+      ClientSlot& c = clients_.slot(i);
+      if (c.state.load(std::memory_order_acquire) != SlotState::kActive || !c.has_segment) continue;
+      if (c.has_backlog.load(std::memory_order_relaxed)) timed = true;
+      if (w.announced.size() == kMaxWatchedClients) {
+        timed = true;  // more clients than one futex_waitv takes: re-scan every millisecond
+        continue;
+      }
+      // No reference is needed: the slot cannot be unmapped before this worker passes
+      // its next quiescent point, after it has left park().
+      shm::EventWord& ev = c.doorbells->submit;
+      ev.waiters.fetch_add(1, std::memory_order_seq_cst);
+      w.targets.push_back({&ev.seq, ev.seq.load(std::memory_order_seq_cst)});
+      w.announced.push_back(&c);
+    }
+  }
+  if (!any_work(w) && !stop_.load(std::memory_order_seq_cst)) {
+    w.parked.store(true, std::memory_order_relaxed);
+    w.stats.parks.store(w.stats.parks.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    std::optional<std::chrono::nanoseconds> timeout;
+    if (timed) timeout = std::chrono::milliseconds(1);
+    shm::futex_wait_any(w.targets, timeout);
+    w.parked.store(false, std::memory_order_relaxed);
+  }
+  for (ClientSlot* c : w.announced) c->doorbells->submit.waiters.fetch_sub(1, std::memory_order_relaxed);
+  w.tick |= 63;  // the next find_work() is a quiescent point
+  {
+    std::lock_guard lock(idle_mu_);
+    auto it = std::find(idle_.begin(), idle_.end(), &w);
+    if (it != idle_.end()) {
+      idle_.erase(it);
+      idle_count_.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+}
+
+void Scheduler::client_closing(ClientSlot& slot) {
+  std::lock_guard lock(timer_mu_);
+  std::vector<TimerEntry> keep;
+  while (!timers_.empty()) {
+    TimerEntry e = timers_.top();
+    timers_.pop();
+    if (e.task->client == slot.index) {
+      e.task->flags |= kTaskCancelled;
+      inject(e.task);
+    } else {
+      keep.push_back(e);
+    }
+  }
+  for (auto& e : keep) timers_.push(e);
+}
+
+// ---- timers ------------------------------------------------------------------------
+
+void Scheduler::park_timer(Task* t, std::chrono::steady_clock::time_point when) {
+  bool earliest;
+  {
+    std::lock_guard lock(timer_mu_);
+    if (draining_.load(std::memory_order_relaxed)) {
+      t->flags |= kTaskCancelled;
+      inject(t);
+      return;
+    }
+    earliest = timers_.empty() || when < timers_.top().when;
+    timers_.push({when, t});
+  }
+  if (earliest) timer_cv_.notify_one();
+}
+
+void Scheduler::timer_loop() {
+  pthread_setname_np(pthread_self(), "io-timers");
+  std::unique_lock lock(timer_mu_);
+  while (!timer_stop_) {
+    if (timers_.empty()) {
+      timer_cv_.wait(lock);
+      continue;
+    }
+    const auto when = timers_.top().when;
+    if (std::chrono::steady_clock::now() < when) {
+      timer_cv_.wait_until(lock, when);
+      continue;
+    }
+    Task* t = timers_.top().task;
+    timers_.pop();
+    inject(t);
+  }
+}
+
+}  // namespace insideout::daemon

@@ -1,0 +1,189 @@
+// The scheduler: pinned workers with local FIFO run queues that steal from each other,
+// drain client submit rings fairly, run continuations in a trampoline and push
+// completions back. Idle workers sleep on futexes (their own word and, through
+// futex_waitv, every client's submit doorbell) after announcing themselves.
+//
+// Memory ordering of parking (internal wake-ups):
+//   K1 (park: idle_count_.fetch_add, seq_cst, then re-check every queue) pairs with K2
+//      (maybe_wake: fence seq_cst after pushing work, then load idle_count_): either the
+//      parking worker sees the work or the pusher sees the parked worker and wakes it.
+//   K3 (wake: wake_word.fetch_add, release) pairs with the parked worker's futex value.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <queue>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "clients.h"
+#include "insideout/shm/futex.h"
+#include "registry.h"
+#include "step_context.h"
+#include "task.h"
+#include "work_queue.h"
+
+namespace insideout::daemon {
+
+struct SchedulerConfig {
+  std::uint32_t workers = 0;      // 0: one per CPU in `cpus`
+  std::vector<int> cpus;          // CPUs to pin to (worker i gets cpus[i % size]); empty: no pinning
+  shm::IdleStrategy idle = shm::IdleStrategy::kSpinThenBlock;
+  std::chrono::microseconds spin{50};  // how long kSpinThenBlock spins before it blocks
+  std::uint32_t accept_batch = 64;     // offsets taken from one client per visit (fairness)
+  std::uint32_t queue_capacity = 1024;
+  std::string thread_prefix = "io-w";
+};
+
+// Statistics of one worker; each written by its worker only (relaxed).
+struct alignas(shm::kCacheLine) WorkerStats {
+  std::atomic<std::uint64_t> steps{0};
+  std::atomic<std::uint64_t> accepted{0};
+  std::atomic<std::uint64_t> completed{0};
+  std::atomic<std::uint64_t> failed{0};
+  std::atomic<std::uint64_t> rejected{0};
+  std::atomic<std::uint64_t> steals{0};
+  std::atomic<std::uint64_t> parks{0};
+  std::atomic<std::uint64_t> timer_parks{0};
+  std::atomic<std::uint64_t> backpressure{0};
+  std::atomic<std::uint64_t> spawned{0};
+};
+
+struct alignas(shm::kCacheLine) Worker {
+  std::uint32_t index = 0;
+  int cpu = -1;
+  std::atomic<pid_t> tid{0};
+  WorkQueue queue;
+  std::deque<Task*> overflow;  // owner only: what did not fit in `queue`
+  TaskPool::Cache cache;
+  std::uint32_t client_cursor = 0;
+  std::uint32_t rng = 0;
+  std::uint32_t tick = 0;
+  bool pushed = false;  // this step pushed work others could take
+  alignas(shm::kCacheLine) std::atomic<std::uint32_t> wake_word{0};
+  std::atomic<bool> parked{false};
+  // Quiescent-state counter: bumped (seq_cst) at the top of the loop, where the worker
+  // holds no pointer into any client segment that is not pinned by a reference.
+  alignas(shm::kCacheLine) std::atomic<std::uint64_t> epoch{0};
+  WorkerStats stats;
+  std::thread thread;
+  std::vector<shm::WaitTarget> targets;
+  std::vector<ClientSlot*> announced;
+
+  explicit Worker(std::uint32_t capacity) : queue(capacity) {}
+};
+
+struct SchedulerTotals {
+  std::uint64_t steps = 0, accepted = 0, completed = 0, failed = 0, rejected = 0, steals = 0, parks = 0,
+                timer_parks = 0, backpressure = 0, spawned = 0;
+};
+
+class Scheduler {
+ public:
+  Scheduler(SchedulerConfig config, const FunctionRegistry& registry, ClientTable& clients);
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  void start();
+  // Stops taking work from client rings, cancels parked continuations, and waits until
+  // every accepted continuation has completed or `timeout` passed. True when drained.
+  bool drain(std::chrono::milliseconds timeout);
+  // Joins the workers (after drain()).
+  void stop();
+
+  // The serialized path: a job in `slot.jobs[job]` runs `fn_id` with `arg`.
+  // Returns false (and completes nothing) when fn_id is unknown or the argument is out
+  // of range; the caller answers with an error.
+  bool submit_serial(ClientSlot& slot, std::uint32_t job, std::uint32_t fn_id, std::uint64_t arg,
+                     shm::Status* status, shm::ErrorDetail* detail);
+  // Called on a worker when a serialized job has completed.
+  void set_serial_sink(std::function<void(ClientSlot&, std::uint32_t job)> sink) { serial_sink_ = std::move(sink); }
+
+  // The client hung up: its parked continuations resume at once and are cancelled.
+  void client_closing(ClientSlot& slot);
+  // Wakes every worker (a new client registered: they must watch its doorbell).
+  void wake_all();
+
+  const FunctionRegistry& registry() const noexcept { return registry_; }
+  std::uint32_t worker_count() const noexcept { return static_cast<std::uint32_t>(workers_.size()); }
+  const Worker& worker(std::uint32_t i) const noexcept { return *workers_[i]; }
+  SchedulerTotals totals() const;
+  // Grace periods for ClientTable: a snapshot of the workers' epochs, and whether every
+  // worker has passed a quiescent point since it was taken.
+  std::vector<std::uint64_t> epochs() const;
+  bool quiescent_since(const std::vector<std::uint64_t>& snapshot) const;
+  std::size_t task_bytes_reserved() const { return pool_.bytes_reserved(); }
+
+ private:
+  friend class StepContext;
+
+  void run(Worker& w);
+  Task* find_work(Worker& w);
+  Task* poll_clients(Worker& w);
+  bool accept_from(Worker& w, ClientSlot& c);
+  void accept_one(Worker& w, ClientSlot& c, std::uint32_t off);
+  Task* steal(Worker& w);
+  Task* take_injected();
+  void run_task(Worker& w, StepContext& ctx, Task* t);
+  void finish(Worker& w, StepContext& ctx, Task* t, Step s);
+  void complete_frame(Worker& w, ClientSlot& c, std::uint32_t off, shm::Status st, shm::ErrorDetail d,
+                      std::uint64_t value, std::uint32_t result_len, bool result_inline);
+  void flush_backlog(ClientSlot& c);
+  void push_local(Worker& w, Task* t);
+  void inject(Task* t);
+  void maybe_wake();
+  void park(Worker& w);
+  bool any_work(const Worker& w);
+  void release_client(ClientSlot& c);
+
+  // Timers (a simple heap on its own thread until the event queue replaces it).
+  void park_timer(Task* t, std::chrono::steady_clock::time_point when);
+  void timer_loop();
+
+  SchedulerConfig config_;
+  const FunctionRegistry& registry_;
+  ClientTable& clients_;
+  TaskPool pool_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::function<void(ClientSlot&, std::uint32_t)> serial_sink_;
+
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> draining_{false};
+
+  // Idle workers; idle_count_ is the announcement (K1/K2).
+  alignas(shm::kCacheLine) std::atomic<std::uint32_t> idle_count_{0};
+  std::mutex idle_mu_;
+  std::vector<Worker*> idle_;
+
+  // Work from outside the workers (timers, the serialized path).
+  alignas(shm::kCacheLine) std::atomic<std::size_t> injected_size_{0};
+  std::mutex inject_mu_;
+  std::deque<Task*> injected_;
+  TaskPool::Cache inject_cache_;  // under inject_mu_
+
+  // Drain: completions notify while draining.
+  std::mutex drain_mu_;
+  std::condition_variable drain_cv_;
+
+  struct TimerEntry {
+    std::chrono::steady_clock::time_point when;
+    Task* task;
+    bool operator>(const TimerEntry& o) const { return when > o.when; }
+  };
+  std::mutex timer_mu_;
+  std::condition_variable timer_cv_;
+  std::priority_queue<TimerEntry, std::vector<TimerEntry>, std::greater<>> timers_;
+  bool timer_stop_ = false;
+  std::thread timer_thread_;
+};
+
+}  // namespace insideout::daemon

@@ -1,0 +1,72 @@
+// What a step function may do besides returning its Step: read its environment, set its
+// result, spawn children, resume a waiting continuation, park on a timer.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "insideout/shm/layout.h"
+#include "task.h"
+
+namespace insideout::daemon {
+
+class Scheduler;
+struct Worker;
+
+class StepContext {
+ public:
+  StepContext(Scheduler& s, Worker& w) noexcept : sched_(s), worker_(w) {}
+
+  // The environment bytes of `t` (inline, in the client's segment, or the serialized
+  // job's), already validated at accept. Client memory may change underfoot; steps treat
+  // it as data only.
+  std::span<const std::byte> env(const Task& t) const noexcept;
+
+  void set_value(std::uint64_t v) noexcept { value_ = v; }
+  // The result data is the environment itself, in place (echo).
+  void set_result_is_env(std::uint32_t len) noexcept { result_len_ = len; result_is_env_ = true; }
+  Step fail(shm::Status s, shm::ErrorDetail d) noexcept {
+    status_ = s;
+    detail_ = d;
+    return Step::kFail;
+  }
+
+  // A child continuation of the current client, pushed to this worker's queue.
+  void spawn(StepFn fn, std::uint64_t w0, std::uint64_t w1) noexcept;
+  // True when the continuation's client hung up: a long computation should stop and
+  // fail with kCancelled.
+  bool cancelled(const Task& t) const noexcept;
+  // Makes a waiting (Step::kWait) task runnable again on this worker.
+  void resume(Task* t) noexcept;
+  // With Step::kPark: the timer queue resumes the task (with task.fn) after `d`.
+  void park_for(Task& t, std::chrono::nanoseconds d) noexcept;
+
+  std::uint32_t worker_index() const noexcept;
+
+  // Read by the scheduler after the step.
+  void reset() noexcept {
+    value_ = 0;
+    result_len_ = 0;
+    result_is_env_ = false;
+    status_ = shm::Status::kOk;
+    detail_ = shm::ErrorDetail::kNone;
+  }
+  std::uint64_t value() const noexcept { return value_; }
+  std::uint32_t result_len() const noexcept { return result_len_; }
+  bool result_is_env() const noexcept { return result_is_env_; }
+  shm::Status status() const noexcept { return status_; }
+  shm::ErrorDetail detail() const noexcept { return detail_; }
+
+ private:
+  Scheduler& sched_;
+  Worker& worker_;
+  std::uint64_t value_ = 0;
+  std::uint32_t result_len_ = 0;
+  bool result_is_env_ = false;
+  shm::Status status_ = shm::Status::kOk;
+  shm::ErrorDetail detail_ = shm::ErrorDetail::kNone;
+};
+
+}  // namespace insideout::daemon
