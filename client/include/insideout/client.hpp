@@ -1,0 +1,192 @@
+// libinsideout: hand continuations to insideoutd through shared memory.
+//
+//   auto client = insideout::Client::connect().value();
+//   auto h = client->submit("checksum", bytes).value();
+//   if (h.wait() == insideout::Status::kOk) use(h.result().value);
+//
+// Zero-copy: allocate a frame (and a buffer) in the segment, fill them in place, submit
+// the frame: only its offset travels. Completions come back through the completion ring;
+// a handle is waited on (wait, wait_for), polled, given a callback (then) or co_awaited.
+// Callbacks run, and coroutines resume, on the thread that drains completions: any
+// wait()/poll() caller, or the client's dispatcher thread when ClientOptions::dispatcher.
+//
+// Thread safety: a Client may be used from many threads; a Handle from one at a time.
+// Handles must not outlive their Client.
+#pragma once
+
+#include <chrono>
+#include <coroutine>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "insideout/shm/futex.h"
+#include "insideout/shm/layout.h"
+
+namespace insideout {
+
+using shm::ErrorDetail;
+using shm::Frame;
+using shm::Status;
+
+// What submit does when the submit ring is full.
+enum class OnFull : std::uint8_t {
+  kFailFast,  // return kResourceExhausted at once
+  kWait,      // wait for room, up to ClientOptions::full_timeout
+};
+
+struct ClientOptions {
+  std::string runtime_dir;  // empty: $INSIDEOUT_RUNTIME_DIR, /run/insideout or $XDG_RUNTIME_DIR/insideout
+  std::string socket_path;  // overrides runtime_dir
+  std::string name;         // shown by the daemon's logs and insideoutctl
+  bool want_segment = true;  // false: the serialized path only
+  shm::SegmentRequest segment{};
+  shm::IdleStrategy idle = shm::IdleStrategy::kSpinThenBlock;
+  std::chrono::microseconds spin{20};  // spin-then-block: how long a wait spins
+  OnFull on_full = OnFull::kWait;
+  std::chrono::milliseconds full_timeout{1000};
+  bool dispatcher = false;  // a thread that drains completions (for then() and co_await)
+};
+
+struct FunctionInfo {
+  std::string name;
+  std::uint32_t id = 0;
+  bool needs_buffer = false;
+  std::uint64_t max_arg = 0;
+  std::string help;
+};
+
+// A completed continuation's outcome. `data` points into the segment (inline bytes or
+// the environment buffer) and stays valid while the handle does.
+struct Result {
+  Status status = Status::kPending;
+  ErrorDetail detail = ErrorDetail::kNone;
+  std::uint64_t value = 0;
+  std::span<const std::byte> data;
+
+  bool ok() const noexcept { return status == Status::kOk; }
+  std::string error() const;
+};
+
+// The outcome of a serialized (protobuf) continuation.
+struct SerialResult {
+  Status status = Status::kPending;
+  std::string error;
+  std::uint64_t value = 0;
+  std::string data;
+};
+
+struct ClientStats {
+  std::uint64_t submitted = 0;
+  std::uint64_t completed = 0;
+  std::uint64_t full_fail_fast = 0;  // submissions refused because the ring was full
+  std::uint64_t full_waits = 0;      // submissions that waited for room
+};
+
+class Client;
+
+class Handle {
+ public:
+  Handle() = default;
+  Handle(Handle&& o) noexcept : client_(o.client_), index_(o.index_) { o.client_ = nullptr; }
+  Handle& operator=(Handle&& o) noexcept;
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+  ~Handle() { reset(); }
+
+  bool valid() const noexcept { return client_ != nullptr; }
+  // Drains completions; true once this continuation has completed.
+  bool poll();
+  bool done() const noexcept;
+  // Blocks until it completes (or the daemon is lost: kDaemonLost).
+  Status wait();
+  // As wait(), at most `timeout`; nullopt when it has not completed by then.
+  std::optional<Status> wait_for(std::chrono::nanoseconds timeout);
+  Result result() const;
+  Frame* frame() const noexcept;
+  // Runs `fn` on completion (on the draining thread); consumes the handle.
+  void then(std::function<void(const Result&)> fn) &&;
+  // Lets go without waiting; the frame is freed when its completion arrives.
+  void reset() noexcept;
+
+  struct Awaiter {
+    Handle& h;
+    bool await_ready() { return h.poll(); }
+    bool await_suspend(std::coroutine_handle<> c);
+    Result await_resume() const { return h.result(); }
+  };
+  Awaiter operator co_await() noexcept { return Awaiter{*this}; }
+
+ private:
+  friend class Client;
+  Handle(Client* c, std::uint32_t index) noexcept : client_(c), index_(index) {}
+  Client* client_ = nullptr;
+  std::uint32_t index_ = 0;
+};
+
+class Client {
+ public:
+  // Registers with insideoutd and maps the segment it hands over. Fails with
+  // kUnavailable (naming the socket path) when no daemon listens, kFailedPrecondition
+  // when the daemon refuses (it says why: versions, limits).
+  static absl::StatusOr<std::unique_ptr<Client>> connect(ClientOptions options = {});
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  const std::vector<FunctionInfo>& functions() const noexcept;
+  absl::StatusOr<std::uint32_t> function_id(std::string_view name) const;
+
+  // Copies `env` into the frame (up to 16 bytes) or a buffer in the segment and submits.
+  absl::StatusOr<Handle> submit(std::string_view function, std::span<const std::byte> env = {},
+                                std::uint64_t arg = 0);
+  absl::StatusOr<Handle> submit(std::uint32_t function_id, std::span<const std::byte> env = {},
+                                std::uint64_t arg = 0);
+
+  // Zero-copy. A frame to fill in place (nullptr when all are in use), then submit(f).
+  Frame* allocate_frame() noexcept;
+  void release_frame(Frame* f) noexcept;  // one never submitted
+  // A buffer in the segment (empty when none is free); point a frame's env_off/env_len
+  // at it. The caller frees it once the continuation completed.
+  std::span<std::byte> allocate_buffer(std::size_t bytes);
+  void free_buffer(std::span<std::byte> buffer);
+  std::uint32_t offset_of(const void* p) const noexcept;
+  absl::StatusOr<Handle> submit(Frame* f);
+  // Pushes frames in as few ring reservations as room allows; one doorbell for all.
+  // On error, the frames not submitted are left to the caller (out holds the rest).
+  absl::Status submit_batch(std::span<Frame* const> frames, std::vector<Handle>* out);
+
+  // Drains the completion ring: marks handles done, runs callbacks, resumes coroutines.
+  // Returns how many completions it took.
+  std::size_t poll();
+  // Polls, sleeping between completions, until pred() or the timeout; false on timeout.
+  bool run_until(const std::function<bool()>& pred,
+                 std::optional<std::chrono::nanoseconds> timeout = std::nullopt);
+
+  // The serialized path: a protobuf Continuation over the registration socket.
+  absl::StatusOr<SerialResult> call(std::string_view function, std::string_view env = {}, std::uint64_t arg = 0,
+                                    std::chrono::milliseconds timeout = std::chrono::milliseconds(10000));
+
+  bool daemon_lost() const noexcept;
+  std::string lost_reason() const;
+  std::uint32_t client_id() const noexcept;
+  ClientStats stats() const noexcept;
+  void* segment_base() const noexcept;
+
+  struct Impl;
+
+ private:
+  friend class Handle;
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace insideout
