@@ -1,0 +1,223 @@
+#include <gtest/gtest.h>
+#include <xxhash.h>
+
+#include <cstring>
+#include <vector>
+
+#include "support/in_process.h"
+
+namespace insideout {
+namespace {
+
+using shm::ErrorDetail;
+using shm::Frame;
+using shm::Status;
+using testing::InProcessDaemon;
+
+Status status_of(const Frame* f) { return static_cast<Status>(f->status); }
+ErrorDetail detail_of(const Frame* f) { return static_cast<ErrorDetail>(f->detail); }
+
+TEST(Scheduler, ShouldRunEveryBuiltin) {
+  InProcessDaemon d;
+  Frame* f = d.frame();
+  f->fn = d.fn("noop");
+  ASSERT_TRUE(d.push(f));
+  ASSERT_EQ(d.next(), f);
+  EXPECT_EQ(status_of(f), Status::kOk);
+
+  f->fn = d.fn("echo");
+  f->flags = shm::kFrameEnvInline;
+  f->env_len = 5;
+  std::memcpy(f->inline_data, "hello", 5);
+  f->status = 0;
+  ASSERT_TRUE(d.push(f));
+  ASSERT_EQ(d.next(), f);
+  EXPECT_EQ(status_of(f), Status::kOk);
+  EXPECT_EQ(f->result_len, 5u);
+  EXPECT_TRUE(f->flags & shm::kFrameResultInline);
+
+  char* buf = d.buffer(0);
+  for (int i = 0; i < 1000; ++i) buf[i] = static_cast<char>(i * 7);
+  f->fn = d.fn("checksum");
+  f->flags = 0;
+  f->env_off = d.offset(buf);
+  f->env_len = 1000;
+  ASSERT_TRUE(d.push(f));
+  ASSERT_EQ(d.next(), f);
+  EXPECT_EQ(status_of(f), Status::kOk);
+  EXPECT_EQ(f->result, XXH3_64bits(buf, 1000));
+
+  f->fn = d.fn("fanout");
+  f->env_len = 0;
+  f->arg = 10'000;
+  ASSERT_TRUE(d.push(f));
+  ASSERT_EQ(d.next(), f);
+  EXPECT_EQ(status_of(f), Status::kOk);
+  EXPECT_EQ(f->result, 10'000u);
+
+  f->fn = d.fn("chain");
+  f->arg = 1000;
+  ASSERT_TRUE(d.push(f));
+  ASSERT_EQ(d.next(), f);
+  EXPECT_EQ(status_of(f), Status::kOk);
+  EXPECT_EQ(f->result, 1000u);
+
+  f->fn = d.fn("sleep");
+  f->arg = 1'000'000;
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(d.push(f));
+  ASSERT_EQ(d.next(), f);
+  EXPECT_EQ(status_of(f), Status::kOk);
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(1));
+}
+
+TEST(Scheduler, ShouldCompleteManyInFlightContinuationsExactlyOnce) {
+  InProcessDaemon d(2);
+  std::vector<int> seen(d.geometry().frame_count, 0);
+  int submitted = 0, completed = 0;
+  const std::uint32_t noop = d.fn("noop"), chain = d.fn("chain");
+  while (completed < 50'000) {
+    while (submitted < 50'000) {
+      Frame* f = d.frame();
+      if (f == nullptr) break;
+      f->fn = submitted % 2 ? noop : chain;
+      f->arg = 3;
+      f->tag = static_cast<std::uint64_t>(submitted);
+      if (!d.push(f)) {
+        d.release(f);
+        break;
+      }
+      ++submitted;
+    }
+    Frame* f = d.next();
+    ASSERT_NE(f, nullptr) << "a completion went missing";
+    EXPECT_EQ(status_of(f), Status::kOk);
+    ++completed;
+    d.release(f);
+  }
+  EXPECT_EQ(d.slot().completed.load(), 50'000u);
+  EXPECT_EQ(d.slot().failed.load(), 0u);
+}
+
+struct BadCase {
+  const char* name;
+  void (*setup)(Frame*, InProcessDaemon&);
+  Status status;
+  ErrorDetail detail;
+};
+
+TEST(Scheduler, ShouldFailEachKindOfBadInputWithAClearError) {
+  const BadCase cases[] = {
+      {"unknown function", [](Frame* f, InProcessDaemon&) { f->fn = 999; }, Status::kUnknownFunction,
+       ErrorDetail::kUnknownFunction},
+      {"function id zero", [](Frame* f, InProcessDaemon&) { f->fn = 0; }, Status::kUnknownFunction,
+       ErrorDetail::kUnknownFunction},
+      {"unknown flags",
+       [](Frame* f, InProcessDaemon& d) {
+         f->fn = d.fn("noop");
+         f->flags = 0x80;
+       },
+       Status::kInvalidArgument, ErrorDetail::kUnknownFlags},
+      {"inline too long",
+       [](Frame* f, InProcessDaemon& d) {
+         f->fn = d.fn("echo");
+         f->flags = shm::kFrameEnvInline;
+         f->env_len = 17;
+       },
+       Status::kInvalidArgument, ErrorDetail::kInlineTooLong},
+      {"env outside the buffers",
+       [](Frame* f, InProcessDaemon& d) {
+         f->fn = d.fn("checksum");
+         f->env_off = d.geometry().frames_off;  // the arena is not a buffer
+         f->env_len = 64;
+       },
+       Status::kInvalidArgument, ErrorDetail::kEnvOutOfSegment},
+      {"env past the end",
+       [](Frame* f, InProcessDaemon& d) {
+         f->fn = d.fn("checksum");
+         f->env_off = d.geometry().buffers_off;
+         f->env_len = 0xFFFFFFF0u;
+       },
+       Status::kInvalidArgument, ErrorDetail::kEnvOutOfSegment},
+      {"fanout too large",
+       [](Frame* f, InProcessDaemon& d) {
+         f->fn = d.fn("fanout");
+         f->arg = 1ull << 40;
+       },
+       Status::kInvalidArgument, ErrorDetail::kArgumentOutOfRange},
+      {"sleep too long",
+       [](Frame* f, InProcessDaemon& d) {
+         f->fn = d.fn("sleep");
+         f->arg = ~0ull;
+       },
+       Status::kInvalidArgument, ErrorDetail::kArgumentOutOfRange},
+      {"chain of zero steps",
+       [](Frame* f, InProcessDaemon& d) {
+         f->fn = d.fn("chain");
+         f->arg = 0;
+       },
+       Status::kInvalidArgument, ErrorDetail::kArgumentOutOfRange},
+  };
+  InProcessDaemon d;
+  for (const auto& c : cases) {
+    Frame* f = d.frame();
+    c.setup(f, d);
+    ASSERT_TRUE(d.push(f));
+    ASSERT_EQ(d.next(), f) << c.name;
+    EXPECT_EQ(status_of(f), c.status) << c.name;
+    EXPECT_EQ(detail_of(f), c.detail) << c.name;
+    d.release(f);
+  }
+  // And the daemon carries on.
+  Frame* f = d.frame();
+  f->fn = d.fn("noop");
+  ASSERT_TRUE(d.push(f));
+  ASSERT_EQ(d.next(), f);
+  EXPECT_EQ(status_of(f), Status::kOk);
+}
+
+TEST(Scheduler, ShouldCountAndDropOffsetsThatAreNotFrames) {
+  InProcessDaemon d;
+  for (std::uint32_t off : {0u, 1u, d.geometry().frames_off + 1, d.geometry().buffers_off, 0xFFFFFFFFu}) {
+    ASSERT_TRUE(d.push(off));
+  }
+  Frame* f = d.frame();
+  f->fn = d.fn("noop");
+  ASSERT_TRUE(d.push(f));
+  ASSERT_EQ(d.next(), f) << "only the real frame completes";
+  EXPECT_EQ(d.slot().rejected.load(), 5u);
+  EXPECT_EQ(d.next(std::chrono::milliseconds(50)), nullptr);
+}
+
+TEST(Scheduler, ShouldCancelParkedContinuationsOfAClientThatLeft) {
+  InProcessDaemon d;
+  Frame* f = d.frame();
+  f->fn = d.fn("sleep");
+  f->arg = 60ull * 1'000'000'000;  // a minute
+  ASSERT_TRUE(d.push(f));
+  // Wait until it is parked, then the client goes.
+  for (int i = 0; i < 1000 && d.scheduler().totals().timer_parks == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  d.close_client();
+  ASSERT_EQ(d.next(std::chrono::seconds(5)), f);
+  EXPECT_EQ(status_of(f), Status::kCancelled);
+  EXPECT_EQ(detail_of(f), ErrorDetail::kClientGone);
+}
+
+TEST(Scheduler, ShouldSpreadFanoutChildrenOverWorkers) {
+  InProcessDaemon d(2);
+  Frame* f = d.frame();
+  f->fn = d.fn("fanout");
+  f->arg = 1'000'000;
+  ASSERT_TRUE(d.push(f));
+  ASSERT_EQ(d.next(std::chrono::seconds(30)), f);
+  EXPECT_EQ(status_of(f), Status::kOk);
+  EXPECT_EQ(f->result, 1'000'000u);
+  const auto t = d.scheduler().totals();
+  EXPECT_EQ(t.spawned, 1'000'000u);
+  EXPECT_GE(t.steps, 1'000'000u);
+}
+
+}  // namespace
+}  // namespace insideout
