@@ -307,8 +307,7 @@ void Scheduler::push_local(Worker& w, Task* t) {
 
 void Scheduler::maybe_wake() {
   // K2: pairs with K1 in park().
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (idle_count_.load(std::memory_order_relaxed) == 0) return;
+  if (shm::load_after_fence(idle_count_) == 0) return;
   Worker* v = nullptr;
   {
     std::lock_guard lock(idle_mu_);
@@ -671,7 +670,12 @@ void Scheduler::park_timer(Task* t, std::chrono::steady_clock::time_point when) 
   bool earliest;
   {
     std::lock_guard lock(timer_mu_);
-    if (draining_.load(std::memory_order_relaxed)) {
+    // A task whose client hung up after its step began must not park: client_closing()
+    // has already swept the timers (under timer_mu_, after the slot became kClosing), so
+    // it would sleep out its whole timeout and keep the segment mapped meanwhile.
+    const bool client_gone = !(t->flags & kTaskChild) &&
+                             clients_.slot(t->client).state.load(std::memory_order_seq_cst) == SlotState::kClosing;
+    if (draining_.load(std::memory_order_relaxed) || client_gone) {
       t->flags |= kTaskCancelled;
       inject(t);
       return;
