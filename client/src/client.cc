@@ -616,9 +616,22 @@ absl::StatusOr<Handle> Client::submit(std::uint32_t function_id, std::span<const
 }
 
 absl::StatusOr<Handle> Client::submit(Frame* f) {
+  auto& d = *impl_;
+  if (!d.has_segment) return absl::FailedPreconditionError("this client has no segment (want_segment = false)");
+  if (d.lost.load(std::memory_order_acquire)) return absl::UnavailableError("daemon lost: " + lost_reason());
+  const std::uint32_t idx = d.arena.index_of(f);
+  f->status = 0;
+  // Relaxed: the ring's release store (P1) publishes this with the frame.
+  d.states[idx].state.store(kInFlight, std::memory_order_relaxed);
+  if (d.submit.try_push(d.arena.offset_of(f))) {
+    d.submitted.fetch_add(1, std::memory_order_relaxed);
+    shm::event_notify(d.doorbells->submit, 1);
+    return Handle(this, idx);
+  }
+  d.states[idx].state.store(kFree, std::memory_order_relaxed);
+  // Full (or lost): the batch path waits or fails as the options say.
   Frame* one[1] = {f};
   std::vector<Handle> out;
-  out.reserve(1);
   if (auto st = submit_batch(one, &out); !st.ok()) return st;
   return std::move(out.front());
 }
