@@ -24,7 +24,7 @@ ClientSlot* ClientTable::reserve() {
     s->backlog.clear();
     s->jobs.clear();
     s->free_jobs.clear();
-    s->accepted = s->completed = s->failed = s->rejected = s->backpressure = 0;
+    s->accepted = s->completed = s->failed = s->rejected = s->rejected_function = s->backpressure = 0;
     s->has_segment = false;
     s->base = nullptr;
     s->doorbells = nullptr;

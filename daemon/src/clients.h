@@ -76,7 +76,8 @@ struct alignas(shm::kCacheLine) ClientSlot {
   std::atomic<std::uint64_t> accepted{0};
   std::atomic<std::uint64_t> completed{0};
   std::atomic<std::uint64_t> failed{0};
-  std::atomic<std::uint64_t> rejected{0};
+  std::atomic<std::uint64_t> rejected{0};           // bad offset, length, flags or argument
+  std::atomic<std::uint64_t> rejected_function{0};  // unknown function id
   std::atomic<std::uint64_t> backpressure{0};
 
   shm::Frame* frame(std::uint32_t off) const noexcept { return reinterpret_cast<shm::Frame*>(base + off); }

@@ -445,8 +445,9 @@ void Daemon::close_conn(int fd, const char* why) {
   ::close(fd);
   if (c.slot != nullptr) {
     ClientSlot& s = *c.slot;
-    spdlog::info("client {} (pid {}) {}: {} accepted, {} completed, {} failed, {} rejected", s.id, s.pid, why,
-                 s.accepted.load(), s.completed.load(), s.failed.load(), s.rejected.load());
+    spdlog::info("client {} (pid {}) {}: {} accepted, {} completed, {} failed, {} rejected, {} unknown functions",
+                 s.id, s.pid, why, s.accepted.load(), s.completed.load(), s.failed.load(), s.rejected.load(),
+                 s.rejected_function.load());
     slot_conn_.erase(s.index);
     // Stop reading its rings, cancel what it has parked, drop the connection's reference;
     // the slot is reclaimed once its last continuation has completed.
@@ -469,6 +470,7 @@ void Daemon::heartbeat() {
     k->completed.store(s.completed.load(std::memory_order_relaxed), std::memory_order_relaxed);
     k->failed.store(s.failed.load(std::memory_order_relaxed), std::memory_order_relaxed);
     k->rejected_invalid.store(s.rejected.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    k->rejected_function.store(s.rejected_function.load(std::memory_order_relaxed), std::memory_order_relaxed);
     k->backpressure.store(s.backpressure.load(std::memory_order_relaxed), std::memory_order_relaxed);
   }
 }

@@ -391,7 +391,8 @@ void Scheduler::accept_one(Worker& w, ClientSlot& c, std::uint32_t off) {
   shm::Frame f;
   std::memcpy(&f, c.base + off, sizeof(f));
   auto reject = [&](Status st, ErrorDetail d) {
-    c.rejected.fetch_add(1, std::memory_order_relaxed);
+    // ClientCounters keeps unknown function ids apart from bad offsets, lengths and flags.
+    (st == Status::kUnknownFunction ? c.rejected_function : c.rejected).fetch_add(1, std::memory_order_relaxed);
     w.stats.rejected.fetch_add(1, std::memory_order_relaxed);
     complete_frame(w, c, off, st, d, 0, 0, false);
     clients_.release(c);
