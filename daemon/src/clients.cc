@@ -50,9 +50,9 @@ void ClientTable::activate(ClientSlot& s) {
   s.state.store(SlotState::kActive, std::memory_order_release);
 }
 
-void ClientTable::release(ClientSlot& s) noexcept {
+void ClientTable::release(ClientSlot& s, std::uint32_t n) noexcept {
   // acq_rel: the last releaser sees every other user's writes before the slot goes.
-  if (s.refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  if (s.refs.fetch_sub(n, std::memory_order_acq_rel) != n) return;
   // seq_cst: ordered before the registry's epoch snapshot (see Scheduler::epochs()).
   s.state.store(SlotState::kZombie, std::memory_order_seq_cst);
   if (on_zombie_) on_zombie_();

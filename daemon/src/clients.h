@@ -97,7 +97,7 @@ class ClientTable {
   // Registry thread: publishes a reserved slot (S1).
   void activate(ClientSlot& s);
   // Drops one reference; the last one makes the slot a zombie and calls on_zombie.
-  void release(ClientSlot& s) noexcept;
+  void release(ClientSlot& s, std::uint32_t n = 1) noexcept;
   // Registry thread, after the grace period: unmaps a zombie's segment and frees it.
   void reclaim(ClientSlot& s) noexcept;
   void set_on_zombie(std::function<void()> f) { on_zombie_ = std::move(f); }

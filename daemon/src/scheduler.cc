@@ -217,6 +217,7 @@ void Scheduler::run(Worker& w) {
     }
     park(w);
   }
+  flush_completions(w);
   pool_.drain(w.cache);
 }
 
@@ -242,7 +243,10 @@ Task* Scheduler::find_work(Worker& w) {
   // Q: a quiescent point (no unpinned slot pointer is held here). seq_cst pairs with the
   // zombie store in ClientTable::release() and the snapshot in epochs(): a worker past
   // this point sees the slot is no longer active.
-  if ((w.tick & 63) == 0) w.epoch.store(w.tick, std::memory_order_seq_cst);
+  if ((w.tick & 63) == 0) {
+    w.epoch.store(w.tick, std::memory_order_seq_cst);
+    flush_completions(w);  // bounds how long a completion waits behind busy local work
+  }
   // Every 32nd look starts at the client rings, so local work cannot starve them.
   if ((w.tick & 31) == 0) {
     if (Task* t = poll_clients(w)) return t;
@@ -254,6 +258,8 @@ Task* Scheduler::find_work(Worker& w) {
     while (!w.overflow.empty() && w.queue.push(w.overflow.front())) w.overflow.pop_front();
     return t;
   }
+  // Local work is done: hand the client what completed before looking further.
+  flush_completions(w);
   if (injected_size_.load(std::memory_order_relaxed) != 0) {
     if (Task* t = take_injected()) return t;
   }
@@ -373,7 +379,12 @@ bool Scheduler::accept_from(Worker& w, ClientSlot& c) {
   if (n == 0) return false;
   // One reference per accepted continuation, taken before any can complete.
   c.refs.fetch_add(static_cast<std::uint32_t>(n), std::memory_order_relaxed);
+  w.accepted_batch = 0;
   for (std::size_t i = 0; i < n; ++i) accept_one(w, c, offs[i]);
+  // Relaxed: statistics, counted once per batch.
+  c.accepted.fetch_add(w.accepted_batch, std::memory_order_relaxed);
+  w.stats.accepted.store(w.stats.accepted.load(std::memory_order_relaxed) + w.accepted_batch,
+                         std::memory_order_relaxed);
   // The client may be waiting for room in its ring.
   shm::event_notify(c.doorbells->space);
   return true;
@@ -384,7 +395,7 @@ void Scheduler::accept_one(Worker& w, ClientSlot& c, std::uint32_t off) {
     // No frame to complete: count it and drop the reference taken for it.
     c.rejected.fetch_add(1, std::memory_order_relaxed);
     w.stats.rejected.fetch_add(1, std::memory_order_relaxed);
-    clients_.release(c);
+    release_client(c, 1);
     return;
   }
   // Copy the descriptor out once; only the copy is used from here on.
@@ -394,8 +405,7 @@ void Scheduler::accept_one(Worker& w, ClientSlot& c, std::uint32_t off) {
     // ClientCounters keeps unknown function ids apart from bad offsets, lengths and flags.
     (st == Status::kUnknownFunction ? c.rejected_function : c.rejected).fetch_add(1, std::memory_order_relaxed);
     w.stats.rejected.fetch_add(1, std::memory_order_relaxed);
-    complete_frame(w, c, off, st, d, 0, 0, false);
-    clients_.release(c);
+    complete_frame(w, c, off, st, d, 0, 0, false);  // takes over the reference
   };
   if ((f.flags & ~shm::kFrameKnownFlags) != 0) return reject(Status::kInvalidArgument, ErrorDetail::kUnknownFlags);
   const FunctionDef* def = registry_.find(f.fn);
@@ -423,8 +433,7 @@ void Scheduler::accept_one(Worker& w, ClientSlot& c, std::uint32_t off) {
   t->frame = off;
   t->client = static_cast<std::uint16_t>(c.index);
   t->flags = flags;
-  c.accepted.fetch_add(1, std::memory_order_relaxed);
-  w.stats.accepted.store(w.stats.accepted.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  ++w.accepted_batch;
   push_local(w, t);
 }
 
@@ -510,14 +519,10 @@ void Scheduler::finish(Worker& w, StepContext& ctx, Task* t, Step s) {
   ClientSlot& c = clients_.slot(t->client);
   const Status st = s == Step::kComplete ? Status::kOk : ctx.status();
   const ErrorDetail d = s == Step::kComplete ? ErrorDetail::kNone : ctx.detail();
-  if (st == Status::kOk) {
-    c.completed.fetch_add(1, std::memory_order_relaxed);
-    w.stats.completed.store(w.stats.completed.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-  } else {
-    c.failed.fetch_add(1, std::memory_order_relaxed);
-    w.stats.failed.store(w.stats.failed.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-  }
   if (t->flags & kTaskSerial) {
+    (st == Status::kOk ? c.completed : c.failed).fetch_add(1, std::memory_order_relaxed);
+    auto& counter = st == Status::kOk ? w.stats.completed : w.stats.failed;
+    counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     SerialJob* job;
     {
       std::lock_guard lock(c.jobs_mu);
@@ -530,22 +535,21 @@ void Scheduler::finish(Worker& w, StepContext& ctx, Task* t, Step s) {
     const std::uint32_t idx = t->frame;
     pool_.free(w.cache, t);
     if (serial_sink_) serial_sink_(c, idx);
+    release_client(c, 1);
   } else {
     const bool inline_result = ctx.result_is_env() && (t->flags & kTaskEnvInline);
-    complete_frame(w, c, t->frame, st, d, ctx.value(), ctx.result_len(), inline_result);
+    const std::uint32_t off = t->frame;
     pool_.free(w.cache, t);
+    complete_frame(w, c, off, st, d, ctx.value(), ctx.result_len(), inline_result);  // takes the reference
   }
-  release_client(c);
 }
 
-void Scheduler::release_client(ClientSlot& c) {
+void Scheduler::release_client(ClientSlot& c, std::uint32_t n) {
+  clients_.release(c, n);
   if (draining_.load(std::memory_order_relaxed)) {
-    clients_.release(c);
     std::lock_guard lock(drain_mu_);
     drain_cv_.notify_all();
-    return;
   }
-  clients_.release(c);
 }
 
 void Scheduler::complete_frame(Worker& w, ClientSlot& c, std::uint32_t off, Status st, ErrorDetail d,
@@ -556,16 +560,41 @@ void Scheduler::complete_frame(Worker& w, ClientSlot& c, std::uint32_t off, Stat
   f->detail = static_cast<std::uint32_t>(d);
   if (result_inline) f->flags = static_cast<std::uint16_t>(f->flags | shm::kFrameResultInline);
   f->status = static_cast<std::uint16_t>(st);
-  // The ring's release store publishes the frame's result (P1 in ring.h).
-  if (!c.completion.try_push(off)) {
+  // Completions are pushed in batches per client (one ring reservation, one doorbell,
+  // one reference drop): see flush_completions().
+  if (w.out_client != &c || w.out_n == Worker::kOutMax) flush_completions(w);
+  w.out_client = &c;
+  w.out_offs[w.out_n++] = off;
+  (st == Status::kOk ? w.out_ok : w.out_failed)++;
+}
+
+void Scheduler::flush_completions(Worker& w) {
+  if (w.out_n == 0) return;
+  ClientSlot& c = *w.out_client;
+  const std::span<const std::uint32_t> offs(w.out_offs, w.out_n);
+  std::size_t pushed = 0;
+  while (pushed < offs.size()) {
+    // The ring's release stores publish the frames' results (P1 in ring.h).
+    const std::size_t n = c.completion.try_push_batch(offs.subspan(pushed));
+    if (n == 0) break;
+    pushed += n;
+  }
+  if (pushed < offs.size()) {
     // Only a client that corrupts its ring (or submits frames twice) gets here.
     std::lock_guard lock(c.backlog_mu);
-    c.backlog.push_back(off);
+    c.backlog.insert(c.backlog.end(), offs.begin() + static_cast<std::ptrdiff_t>(pushed), offs.end());
     c.has_backlog.store(true, std::memory_order_relaxed);
-    return;
   }
-  (void)w;
-  shm::event_notify(c.doorbells->completion, INT32_MAX);
+  if (pushed != 0) shm::event_notify(c.doorbells->completion, INT32_MAX);
+  // Relaxed: statistics.
+  if (w.out_ok) c.completed.fetch_add(w.out_ok, std::memory_order_relaxed);
+  if (w.out_failed) c.failed.fetch_add(w.out_failed, std::memory_order_relaxed);
+  w.stats.completed.store(w.stats.completed.load(std::memory_order_relaxed) + w.out_ok, std::memory_order_relaxed);
+  w.stats.failed.store(w.stats.failed.load(std::memory_order_relaxed) + w.out_failed, std::memory_order_relaxed);
+  const std::uint32_t n = w.out_n;
+  w.out_n = w.out_ok = w.out_failed = 0;
+  w.out_client = nullptr;
+  release_client(c, n);
 }
 
 void Scheduler::flush_backlog(ClientSlot& c) {

@@ -77,6 +77,12 @@ struct alignas(shm::kCacheLine) Worker {
   std::thread thread;
   std::vector<shm::WaitTarget> targets;
   std::vector<ClientSlot*> announced;
+  std::uint32_t accepted_batch = 0;
+  // Completed frames of one client not yet pushed to its completion ring.
+  static constexpr std::uint32_t kOutMax = 64;
+  ClientSlot* out_client = nullptr;
+  std::uint32_t out_n = 0, out_ok = 0, out_failed = 0;
+  std::uint32_t out_offs[kOutMax];
 
   explicit Worker(std::uint32_t capacity) : queue(capacity) {}
 };
@@ -138,12 +144,13 @@ class Scheduler {
   void complete_frame(Worker& w, ClientSlot& c, std::uint32_t off, shm::Status st, shm::ErrorDetail d,
                       std::uint64_t value, std::uint32_t result_len, bool result_inline);
   void flush_backlog(ClientSlot& c);
+  void flush_completions(Worker& w);
   void push_local(Worker& w, Task* t);
   void inject(Task* t);
   void maybe_wake();
   void park(Worker& w);
   bool any_work(const Worker& w);
-  void release_client(ClientSlot& c);
+  void release_client(ClientSlot& c, std::uint32_t n);
 
   // Timers (a simple heap on its own thread until the event queue replaces it).
   void park_timer(Task* t, std::chrono::steady_clock::time_point when);
