@@ -165,7 +165,7 @@ int run_channel_peer(const Options& o, const ChannelPeer& p, MakeChannel&& make)
     guarded([&] {
       auto ping = make();
       auto pong = make();
-      return run_rtt(o, p, "rtt_sleep", ping, pong, p.sleep_wait, kSleepGap, p.rtt_sleep_samples);
+      return run_rtt(o, p, "rtt_sleep", ping, pong, Wait::kBlock, kSleepGap, p.rtt_sleep_samples);
     });
   }
   return failures;

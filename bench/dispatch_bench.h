@@ -78,7 +78,7 @@ inline void pin_pool_threads(unsigned threads,
 template <class MakePool>
 int run_dispatch(const Options& o, std::string_view system, MakePool&& make_pool) {
   constexpr std::uint32_t kChains = 64;
-  const auto steps = std::uint32_t(o.pick(10'000'000, 2'000'000, 20'000) / kChains);
+  const auto steps = std::uint32_t(o.pick(10'000'000, 4'000'000, 20'000) / kChains);
   int failures = 0;
   for (unsigned threads : dispatch_thread_counts()) {
     const std::string scenario = dispatch_scenario(threads);

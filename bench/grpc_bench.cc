@@ -168,18 +168,18 @@ int run(const Options& o) {
     } else {
       Client client(o, channel);
       if (o.wants(throughput_scenario(1))) {
-        failures += !client.unary_throughput(o.pick(10'000, 2'000, 50));
+        failures += !client.unary_throughput(o.pick(10'000, 4'000, 50));
       }
       if (o.wants("rtt_busy")) {
         failures +=
-            !client.unary_rtt("rtt_busy", std::chrono::microseconds(0), o.pick(20'000, 2'000, 50));
+            !client.unary_rtt("rtt_busy", std::chrono::microseconds(0), o.pick(20'000, 4'000, 50));
       }
       if (o.wants("rtt_sleep")) {
-        failures += !client.unary_rtt("rtt_sleep", kSleepGap, o.pick(10'000, 1'000, 50));
+        failures += !client.unary_rtt("rtt_sleep", kSleepGap, o.pick(10'000, 2'000, 50));
       }
       for (std::size_t b : kBatches) {
         if (o.wants(throughput_scenario(b))) {
-          failures += !client.stream_throughput(b, o.pick(200'000, 50'000, 1'000));
+          failures += !client.stream_throughput(b, o.pick(200'000, 100'000, 1'000));
         }
       }
     }

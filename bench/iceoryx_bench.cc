@@ -247,7 +247,7 @@ int instance = 0;
 
 bool throughput(const Options& o, const char* system, bool waitset) {
   const std::string id = std::to_string(getpid()) + "-" + std::to_string(instance++);
-  const std::uint64_t total = o.pick(1'000'000, 100'000, 2'000);
+  const std::uint64_t total = o.pick(1'000'000, 200'000, 2'000);
   Shared<Report> r;
   const bool ok = run_pair(
       [&]() -> int {
@@ -351,10 +351,10 @@ int main(int argc, char** argv) {
   }
   if (o.wants("rtt_busy")) {
     failures += !rtt(o, "iceoryx_poll", "rtt_busy", false, std::chrono::microseconds(0),
-                     o.pick(100'000, 10'000, 200));
+                     o.pick(100'000, 20'000, 200));
   }
   if (o.wants("rtt_sleep")) {
-    failures += !rtt(o, "iceoryx_waitset", "rtt_sleep", true, kSleepGap, o.pick(20'000, 2'000, 50));
+    failures += !rtt(o, "iceoryx_waitset", "rtt_sleep", true, kSleepGap, o.pick(20'000, 4'000, 50));
   }
   return failures == 0 ? 0 : 1;
 }

@@ -65,7 +65,7 @@ void cacheline_pingpong(const Options& o) {
 //   S3 (sleeper: state store "awake", release) pairs with S4 (waker), so the next round
 //      starts with the word reset.
 void futex_wake_latency(const Options& o) {
-  const std::uint64_t rounds = o.pick(20'000, 2'000, 50);
+  const std::uint64_t rounds = o.pick(20'000, 4'000, 50);
   struct Shared {
     alignas(kCacheLine) std::atomic<std::uint32_t> word{0};
     alignas(kCacheLine) std::atomic<std::uint64_t> state{0};

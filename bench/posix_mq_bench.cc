@@ -99,8 +99,8 @@ int main(int argc, char** argv) {
       channel_scenarios(true));
   pin_thread(cpu_for(0));
   const ChannelPeer p{.system = "posix_mq",
-                      .throughput_msgs = o.pick(500'000, 100'000, 5'000),
-                      .rtt_busy_samples = o.pick(100'000, 10'000, 200),
-                      .rtt_sleep_samples = o.pick(20'000, 2'000, 50)};
+                      .throughput_msgs = o.pick(500'000, 200'000, 5'000),
+                      .rtt_busy_samples = o.pick(100'000, 20'000, 200),
+                      .rtt_sleep_samples = o.pick(20'000, 4'000, 50)};
   return run_channel_peer(o, p, [] { return PosixMq(); }) == 0 ? 0 : 1;
 }

@@ -2,8 +2,8 @@
 // single-consumer ring of 64-byte messages in an anonymous shared mapping made before
 // fork(), with a futex wake issued only when the other side announced that it sleeps.
 //
-// Systems: raw_ring (both sides spin) and raw_ring_futex (both sides sleep on a futex as
-// soon as there is nothing to do). In rtt_sleep the spinning ring spins through the gap.
+// Systems: raw_ring (both sides spin: throughput and rtt_busy) and raw_ring_futex (both
+// sides sleep on a futex as soon as there is nothing to do: throughput and rtt_sleep).
 //
 // Memory ordering:
 //   P1 (producer: tail store, release) pairs with C1 (consumer: tail load, acquire): the
@@ -122,18 +122,16 @@ int main(int argc, char** argv) {
                                   "(raw_ring) or futex-blocking (raw_ring_futex).",
                                   channel_scenarios(true));
   pin_thread(cpu_for(0));
-  ChannelPeer spin{.system = "raw_ring",
-                   .throughput_wait = Wait::kSpin,
-                   .sleep_wait = Wait::kSpin,
-                   .throughput_msgs = o.pick(5'000'000, 1'000'000, 20'000),
-                   .rtt_busy_samples = o.pick(200'000, 20'000, 200),
-                   .rtt_sleep_samples = o.pick(20'000, 2'000, 50)};
-  ChannelPeer futex = spin;
-  futex.system = "raw_ring_futex";
-  futex.throughput_wait = Wait::kBlock;
-  futex.rtt_busy = false;  // it never spins
-  futex.sleep_wait = Wait::kBlock;
-  futex.throughput_msgs = o.pick(2'000'000, 400'000, 20'000);
+  const ChannelPeer spin{.system = "raw_ring",
+                         .throughput_wait = Wait::kSpin,
+                         .rtt_sleep = false,  // it never sleeps
+                         .throughput_msgs = o.pick(5'000'000, 2'000'000, 20'000),
+                         .rtt_busy_samples = o.pick(200'000, 40'000, 200)};
+  const ChannelPeer futex{.system = "raw_ring_futex",
+                          .throughput_wait = Wait::kBlock,
+                          .rtt_busy = false,  // it never spins
+                          .throughput_msgs = o.pick(2'000'000, 800'000, 20'000),
+                          .rtt_sleep_samples = o.pick(20'000, 4'000, 50)};
   auto make = [] { return RawRing(); };
   const int failures = run_channel_peer(o, spin, make) + run_channel_peer(o, futex, make);
   return failures == 0 ? 0 : 1;
