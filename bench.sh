@@ -83,6 +83,7 @@ mapfile -t programs < <(find "$bin" -maxdepth 1 -type f -name 'bench_*' -perm -u
 # ---- runs ----
 out=bench/out
 rm -rf "$out/raw"
+rm -f "$out"/*.png "$out"/plot_*.dat "$out/results.csv" "$out/table.txt"
 mkdir -p "$out/raw"
 : >"$out/bench.log"
 {
