@@ -56,19 +56,20 @@ class ChainWorkload {
 };
 
 // Pins each of a pool's `threads` threads to its own CPU (wrapping around) by posting one
-// task per thread that blocks until all have arrived, so no thread can take two.
+// task per thread that blocks until all have arrived, so no thread can take two. The
+// tasks share the barrier: a thread may still be leaving it when this one returns.
 inline void pin_pool_threads(unsigned threads,
                              const std::function<void(std::function<void()>)>& post) {
-  std::barrier sync(std::ptrdiff_t(threads) + 1);
-  std::atomic<int> next{0};
+  auto sync = std::make_shared<std::barrier<>>(std::ptrdiff_t(threads) + 1);
+  auto next = std::make_shared<std::atomic<int>>(0);
   for (unsigned i = 0; i < threads; ++i) {
-    post([&] {
+    post([sync, next] {
       // Relaxed: only hands out distinct indices.
-      pin_thread(cpu_for(next.fetch_add(1, std::memory_order_relaxed)));
-      sync.arrive_and_wait();
+      pin_thread(cpu_for(next->fetch_add(1, std::memory_order_relaxed)));
+      sync->arrive_and_wait();
     });
   }
-  sync.arrive_and_wait();
+  sync->arrive_and_wait();
 }
 
 // Runs the workload on pools of 1, 2 and hardware_concurrency threads, for each

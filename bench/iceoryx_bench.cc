@@ -37,7 +37,11 @@ inline constexpr int kSkipped = 77;
 inline constexpr const char* kRoudiSocket = "/tmp/roudi";  // iceoryx 2.0's fixed name
 inline constexpr std::size_t kMaxSamples = 200'000;
 
-// What the timed child reports, in a mapping shared with the parent.
+// What the timed child reports, in a mapping shared with the parent, which reads it after
+// both children exited.
+//
+// Memory ordering: E1 (timed child: done store, release) pairs with E2 (other child: done
+// load, acquire): the other child leaves only after the timed one has taken everything.
 struct Report {
   StartGate gate;
   std::atomic<std::uint32_t> done{0};  // the timed child finished: the other may leave
@@ -261,7 +265,7 @@ bool throughput(const Options& o, const char* system, bool waitset) {
         while (n < total && rx.take(&m) && m.seq == n) ++n;
         r->elapsed_ns = now_ns() - t0;
         r->count = n;
-        r->done.store(1, std::memory_order_release);  // pairs with the acquire in the producer
+        r->done.store(1, std::memory_order_release);  // E1: pairs with E2
         return n == total ? 0 : 1;
       },
       [&]() -> int {
@@ -273,7 +277,7 @@ bool throughput(const Options& o, const char* system, bool waitset) {
           if (!publish(pub, make_msg(i))) return 1;
         }
         // Stay until the consumer has taken everything: leaving may tear down the port.
-        spin_until([&] { return r->done.load(std::memory_order_acquire) != 0; });
+        spin_until([&] { return r->done.load(std::memory_order_acquire) != 0; });  // E2
         return 0;
       });
   if (!ok) {
@@ -306,7 +310,7 @@ bool rtt(const Options& o, const char* system, const char* scenario, bool waitse
           std::copy(samples->begin(), samples->end(), r->samples);
           r->count = samples->size();
         }
-        r->done.store(1, std::memory_order_release);  // pairs with the acquire in the server
+        r->done.store(1, std::memory_order_release);  // E1: pairs with E2
         return samples ? 0 : 1;
       },
       [&]() -> int {
@@ -321,7 +325,7 @@ bool rtt(const Options& o, const char* system, const char* scenario, bool waitse
         for (std::uint64_t i = 0; i < trips_with_warmup(count); ++i) {
           if (!ping.take(&m) || !publish(pong, m)) return 1;
         }
-        spin_until([&] { return r->done.load(std::memory_order_acquire) != 0; });
+        spin_until([&] { return r->done.load(std::memory_order_acquire) != 0; });  // E2
         return 0;
       });
   if (!ok) {

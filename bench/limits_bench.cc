@@ -17,8 +17,8 @@
 namespace insideout::bench {
 namespace {
 
-// Memory ordering: each store (release) pairs with the other thread's load (acquire) of
-// the same line; the value is the only payload.
+// Memory ordering: L1 (ping store, release) pairs with L2 (pong load, acquire), and L3
+// (pong store, release) with L4 (ping load, acquire); the value is the only payload.
 void cacheline_pingpong(const Options& o) {
   const std::uint64_t warm_trips = o.pick(100'000, 10'000, 500);  // both threads running
   const std::uint64_t mean_trips = o.pick(2'000'000, 200'000, 2'000);
@@ -30,15 +30,15 @@ void cacheline_pingpong(const Options& o) {
   std::thread pong([&] {
     pin_thread(cpu_for(1));
     for (std::uint64_t i = 0; i < trips; ++i) {
-      while (line.v.load(std::memory_order_acquire) != 2 * i + 1) {
+      while (line.v.load(std::memory_order_acquire) != 2 * i + 1) {  // L2
       }
-      line.v.store(2 * i + 2, std::memory_order_release);
+      line.v.store(2 * i + 2, std::memory_order_release);  // L3
     }
   });
   std::uint64_t i = 0;
   auto trip = [&] {
-    line.v.store(2 * i + 1, std::memory_order_release);
-    while (line.v.load(std::memory_order_acquire) != 2 * i + 2) {
+    line.v.store(2 * i + 1, std::memory_order_release);            // L1
+    while (line.v.load(std::memory_order_acquire) != 2 * i + 2) {  // L4
     }
     ++i;
   };
