@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Benchmarks insideout beside its peers: installs what is missing, builds the release
+# preset, runs every bench_* program in build/release/bin for every scenario, interleaved
+# run by run (A B C, A B C, ...) so that drift hits all of them alike, then aggregates
+# (bench/out/results.csv, a table on the terminal) and plots (bench/out/*.png).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+usage() {
+  cat <<'EOF'
+usage: ./bench.sh [--runs N] [--quick] [--scenario NAME] [--ref SYSTEM] [--help]
+  --runs N         runs of every program (default 7; 3 with --quick)
+  --quick          small counts: the whole thing in a few minutes
+  --scenario NAME  only this scenario (throughput_batch1, rtt_busy, dispatch_threads2, ...)
+  --ref SYSTEM     reference of the ratio column (default insideout, else raw_ring)
+Environment: BENCH_JOBS (build jobs, default nproc).
+Output: bench/out/results.csv, bench/out/table.txt, bench/out/*.png, raw rows in
+bench/out/raw/, programs' stderr in bench/out/bench.log.
+EOF
+}
+
+runs=""
+quick=0
+scenario="all"
+ref="insideout"
+while (($#)); do
+  case "$1" in
+    --runs) runs="${2:?--runs needs a number}"; shift 2 ;;
+    --quick) quick=1; shift ;;
+    --scenario) scenario="${2:?--scenario needs a name}"; shift 2 ;;
+    --ref) ref="${2:?--ref needs a system}"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; exit 2 ;;
+  esac
+done
+[[ -z $runs ]] && runs=$((quick ? 3 : 7))
+[[ $runs =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --runs wants a positive number" >&2; exit 2; }
+jobs="${BENCH_JOBS:-$(nproc)}"
+
+# ---- packages ----
+if [[ -f deploy/install-deps.sh ]]; then
+  source deploy/install-deps.sh
+else
+  # The same as deploy/install-deps.sh, for a tree that does not have it yet.
+  insideout_install_deps() {
+    local pkg missing=() sudo=""
+    while read -r pkg; do
+      pkg="${pkg%%#*}"; pkg="${pkg// /}"
+      [[ -z $pkg ]] && continue
+      dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done <deploy/debian-packages.txt
+    ((${#missing[@]} == 0)) && return 0
+    if [[ $(id -u) -ne 0 ]]; then
+      command -v sudo >/dev/null || { echo "bench.sh: need root (or sudo) to install: ${missing[*]}" >&2; return 1; }
+      sudo="sudo"
+    fi
+    echo "bench.sh: installing ${missing[*]}" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  }
+fi
+insideout_install_deps
+
+# ---- build ----
+# The release preset builds the whole project, insideout's own benchmark included. Where
+# it cannot be configured or built (a tree without the main project), the peers alone are
+# built standalone from bench/.
+mkdir -p build
+if cmake --preset release >build/release-configure.log 2>&1 \
+    && cmake --build --preset release --parallel "$jobs"; then
+  bin=build/release/bin
+else
+  echo "bench.sh: warning: the release preset did not configure or build" \
+       "(see build/release-configure.log or the output above); building the peers alone" >&2
+  cmake -S bench -B build/bench -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build build/bench --parallel "$jobs"
+  bin=build/bench/bin
+fi
+
+mapfile -t programs < <(find "$bin" -maxdepth 1 -type f -name 'bench_*' -perm -u+x | sort)
+((${#programs[@]})) || { echo "bench.sh: no bench_* programs in $bin" >&2; exit 1; }
+
+# ---- runs ----
+out=bench/out
+rm -rf "$out/raw"
+rm -f "$out"/*.png "$out"/plot_*.dat "$out/results.csv" "$out/table.txt"
+mkdir -p "$out/raw"
+: >"$out/bench.log"
+{
+  echo "date: $(date -Is)"
+  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo none)$(git diff --quiet 2>/dev/null || echo ' (modified)')"
+  echo "kernel: $(uname -r)"
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') x $(nproc)"
+  echo "runs: $runs, quick: $quick, scenario: $scenario, programs: ${programs[*]##*/}"
+} >"$out/env.txt"
+
+args=(--scenario "$scenario")
+((quick)) && args+=(--quick)
+limit=$((quick ? 180 : 1000))  # seconds a program may take; each also has its own watchdog
+failed=()
+skipped=()
+start=$SECONDS
+for ((r = 1; r <= runs; r++)); do
+  line="run $r/$runs:"
+  for prog in "${programs[@]}"; do
+    name="${prog##*/}"
+    name="${name#bench_}"
+    t0=$SECONDS
+    rc=0
+    echo "== run $r $name" >>"$out/bench.log"
+    timeout --kill-after=10 "$limit" "$prog" "${args[@]}" >"$out/raw/run${r}_${name}.csv" \
+      2>>"$out/bench.log" || rc=$?
+    case $rc in
+      0) line+=" $name($((SECONDS - t0))s)" ;;
+      77) line+=" $name(skipped)"; [[ " ${skipped[*]} " == *" $name "* ]] || skipped+=("$name") ;;
+      *) line+=" $name(FAILED rc=$rc)"; failed+=("run $r $name rc=$rc") ;;
+    esac
+  done
+  echo "$line"
+done
+echo "bench.sh: ${runs} run(s) of ${#programs[@]} programs in $((SECONDS - start)) s"
+
+# ---- results ----
+if ! grep -qs , "$out"/raw/*.csv; then
+  echo "bench.sh: no rows at all (is '$scenario' a scenario?)" >&2
+  exit 1
+fi
+python3 bench/aggregate.py --ref "$ref" --out "$out" "$out"/raw/*.csv | tee "$out/table.txt"
+if command -v gnuplot >/dev/null; then
+  gnuplot -e "dir='$out'" bench/plot.gp && ls "$out"/*.png 2>/dev/null | sed 's/^/plot: /'
+else
+  echo "bench.sh: gnuplot not found, no plots" >&2
+fi
+((${#skipped[@]})) && echo "bench.sh: skipped (see $out/bench.log): ${skipped[*]}" >&2
+if ((${#failed[@]})); then
+  echo "bench.sh: FAILED (see $out/bench.log): ${failed[*]}" >&2
+  exit 1
+fi
+exit 0
