@@ -1,0 +1,298 @@
+// insideout itself, in the scenarios its peers run (bench_common.h), plus its own:
+// in-daemon chain step cost and fanout rate by worker count, memory per continuation,
+// and the billion-continuation fanout.
+//
+// Each cross-process scenario starts a real insideoutd (the one built beside this
+// program) in a private runtime directory: one worker pinned to the second CPU, the
+// client pinned to the first, as the peers' two processes are.
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <thread>
+
+#include "bench_common.h"
+#include "insideout/client.hpp"
+#include "task.h"
+#include "work_queue.h"
+
+namespace insideout::bench {
+namespace {
+
+constexpr const char* kSystem = "insideout";
+using shm::IdleStrategy;
+
+std::string daemon_path() {
+  std::error_code ec;
+  auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return (self.parent_path() / "insideoutd").string();
+}
+
+// A private insideoutd for one measurement.
+class Daemon {
+ public:
+  Daemon(unsigned workers, const std::string& cpus, const char* idle) {
+    char tmpl[] = "/tmp/insideout-bench-XXXXXX";
+    dir_ = ::mkdtemp(tmpl);
+    const std::string exe = daemon_path();
+    std::vector<std::string> args = {exe, "--runtime-dir", dir_, "--workers", std::to_string(workers), "--idle",
+                                     idle, "--log-level", "warn"};
+    if (!cpus.empty()) {
+      args.push_back("--cpus");
+      args.push_back(cpus);
+    } else {
+      args.push_back("--no-pin");
+    }
+    pid_ = spawn(-1, [&] {
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      return 127;
+    });
+    ClientOptions o;
+    o.runtime_dir = dir_;
+    o.want_segment = false;
+    for (int i = 0; i < 2000; ++i) {
+      if (Client::connect(o).ok()) {
+        ok_ = true;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+  ~Daemon() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGTERM);
+      reap(pid_, std::chrono::seconds(10));
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  bool ok() const { return ok_; }
+  std::unique_ptr<Client> connect(IdleStrategy idle = IdleStrategy::kSpinThenBlock) const {
+    ClientOptions o;
+    o.runtime_dir = dir_;
+    o.name = "bench";
+    o.idle = idle;
+    o.spin = std::chrono::microseconds(200);
+    auto c = Client::connect(o);
+    if (!c.ok()) {
+      std::fprintf(stderr, "insideout_bench: %s\n", std::string(c.status().message()).c_str());
+      return nullptr;
+    }
+    return std::move(*c);
+  }
+
+ private:
+  std::string dir_;
+  pid_t pid_ = -1;
+  bool ok_ = false;
+};
+
+std::string second_cpu() { return std::to_string(cpu_for(1)); }
+
+// Throughput: noop continuations submitted in batches of `batch`, completions drained as
+// they come; the frames are recycled, so the count is bounded only by time.
+int throughput(const Options& o, std::uint32_t batch) {
+  Daemon d(1, second_cpu(), "spin-then-block");
+  if (!d.ok()) return 1;
+  pin_thread(cpu_for(0));
+  auto c = d.connect();
+  if (!c) return 1;
+  const std::uint32_t noop = *c->function_id("noop");
+  const std::uint64_t total = o.pick(20'000'000, 2'000'000, 20'000);
+  std::vector<Handle> handles;
+  handles.reserve(4096);
+  std::vector<Frame*> frames;
+  std::uint64_t submitted = 0, completed = 0;
+  std::deque<Handle> inflight;
+  const std::uint64_t t0 = now_ns();
+  while (completed < total) {
+    // Keep up to 2048 in flight.
+    while (submitted < total && inflight.size() + batch <= 2048) {
+      frames.clear();
+      for (std::uint32_t i = 0; i < batch && submitted + frames.size() < total; ++i) {
+        Frame* f = c->allocate_frame();
+        if (f == nullptr) break;
+        f->fn = noop;
+        frames.push_back(f);
+      }
+      if (frames.empty()) break;
+      handles.clear();
+      if (batch == 1) {
+        for (Frame* f : frames) handles.push_back(std::move(*c->submit(f)));
+      } else if (!c->submit_batch(frames, &handles).ok()) {
+        return 1;
+      }
+      submitted += handles.size();
+      for (auto& h : handles) inflight.push_back(std::move(h));
+    }
+    c->poll();
+    while (!inflight.empty() && inflight.front().done()) {
+      inflight.pop_front();
+      ++completed;
+    }
+    if (!inflight.empty() && !inflight.front().done()) {
+      if (!inflight.front().wait_for(std::chrono::seconds(10))) return 1;
+    }
+  }
+  const std::uint64_t t1 = now_ns();
+  emit_rate("throughput_batch" + std::to_string(batch), kSystem, total, t1 - t0);
+  return 0;
+}
+
+// Round trips of one noop: while work flows (both sides spin) and from sleep (both
+// block, with a gap between trips so they really sleep).
+int round_trips(const Options& o, bool sleep) {
+  Daemon d(1, second_cpu(), sleep ? "block" : "poll");
+  if (!d.ok()) return 1;
+  pin_thread(cpu_for(0));
+  auto c = d.connect(sleep ? IdleStrategy::kBlock : IdleStrategy::kPoll);
+  if (!c) return 1;
+  const std::uint32_t noop = *c->function_id("noop");
+  const std::uint64_t count = o.pick(sleep ? 20'000 : 200'000, sleep ? 3'000 : 50'000, 200);
+  auto samples = time_round_trips(count, std::chrono::microseconds(sleep ? 100 : 0), [&](std::uint64_t) {
+    Frame* f = c->allocate_frame();
+    f->fn = noop;
+    auto h = c->submit(f);
+    return h.ok() && h->wait() == Status::kOk;
+  });
+  if (!samples) return 1;
+  emit_latency(sleep ? "rtt_sleep" : "rtt_busy", kSystem, std::move(*samples));
+  return 0;
+}
+
+// The peers' dispatch workload in the daemon: 64 chains of empty steps, each step a yield
+// (so the continuation may move to another worker).
+int dispatch(const Options& o, unsigned threads) {
+  std::string cpus;
+  for (unsigned i = 0; i < threads; ++i) cpus += (i ? "," : "") + std::to_string(cpu_for(static_cast<int>(i)));
+  Daemon d(threads, cpus, "spin-then-block");
+  if (!d.ok()) return 1;
+  auto c = d.connect(IdleStrategy::kBlock);
+  if (!c) return 1;
+  constexpr std::uint32_t kChains = 64;
+  const auto steps = static_cast<std::uint32_t>(o.pick(10'000'000, 2'000'000, 20'000) / kChains);
+  auto run = [&](std::uint32_t s) {
+    std::vector<Handle> hs;
+    for (std::uint32_t i = 0; i < kChains; ++i) hs.push_back(std::move(*c->submit("chain", {}, s)));
+    for (auto& h : hs) {
+      if (h.wait() != Status::kOk) return false;
+    }
+    return true;
+  };
+  run(std::max(1u, steps / 10));
+  const std::uint64_t t0 = now_ns();
+  if (!run(steps)) return 1;
+  const std::uint64_t t1 = now_ns();
+  emit_rate(dispatch_scenario(threads), kSystem, std::uint64_t{kChains} * steps, t1 - t0, true);
+  return 0;
+}
+
+// In-daemon figures by worker count: one chain (its step cost, ns) and one fanout
+// (children per second).
+int in_daemon(const Options& o, unsigned workers, bool billion) {
+  std::string cpus;
+  for (unsigned i = 0; i < workers; ++i) cpus += (i ? "," : "") + std::to_string(cpu_for(static_cast<int>(i)));
+  Daemon d(workers, cpus, "spin-then-block");
+  if (!d.ok()) return 1;
+  auto c = d.connect(IdleStrategy::kBlock);
+  if (!c) return 1;
+  const std::string w = std::to_string(workers);
+  if (billion) {
+    const std::uint64_t n = 1'000'000'000;
+    const std::uint64_t t0 = now_ns();
+    auto h = c->submit("fanout", {}, n);
+    if (!h.ok() || h->wait() != Status::kOk) return 1;
+    const std::uint64_t t1 = now_ns();
+    emit("billion_workers" + w, kSystem, "seconds", double(t1 - t0) / 1e9, "s");
+    emit_rate("billion_workers" + w, kSystem, n, t1 - t0, true);
+    emit("billion_workers" + w, kSystem, "per_thread_rate", double(n) * 1e9 / double(t1 - t0) / workers, "task/s");
+    return 0;
+  }
+  const std::uint64_t steps = o.pick(100'000'000, 10'000'000, 100'000);
+  std::uint64_t t0 = now_ns();
+  auto h = c->submit("chain", {}, steps);
+  if (!h.ok() || h->wait() != Status::kOk) return 1;
+  std::uint64_t t1 = now_ns();
+  emit("chain_step_workers" + w, kSystem, "step_ns", double(t1 - t0) / double(steps), "ns");
+  const std::uint64_t children = o.pick(100'000'000, 10'000'000, 100'000);
+  t0 = now_ns();
+  auto f = c->submit("fanout", {}, children);
+  if (!f.ok() || f->wait() != Status::kOk) return 1;
+  t1 = now_ns();
+  emit_rate("fanout_workers" + w, kSystem, children, t1 - t0, true);
+  return 0;
+}
+
+std::uint64_t rss_bytes() {
+  std::ifstream in("/proc/self/statm");
+  std::uint64_t size = 0, resident = 0;
+  in >> size >> resident;
+  return resident * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+}
+
+// Memory of queued continuations: the daemon's own structures (its task pool and a
+// worker's run queue with its overflow), filled in this process and measured by RSS.
+int memory(const Options& o) {
+  emit("memory", kSystem, "bytes_per_empty_continuation", sizeof(daemon::Task), "B");
+  for (std::uint64_t n : {o.pick(10'000'000, 10'000'000, 100'000), o.pick(100'000'000, 0, 0)}) {
+    if (n == 0) continue;
+    const std::uint64_t before = rss_bytes();
+    {
+      daemon::TaskPool pool;
+      daemon::TaskPool::Cache cache;
+      daemon::WorkQueue queue(1024);
+      std::deque<daemon::Task*> overflow;  // as Worker::overflow
+      for (std::uint64_t i = 0; i < n; ++i) {
+        daemon::Task* t = pool.allocate(cache);
+        t->fn = nullptr;
+        t->w0 = i;
+        if (!queue.push(t)) overflow.push_back(t);
+      }
+      const std::uint64_t after = rss_bytes();
+      const std::string scenario = "memory_queued_" + std::to_string(n / 1'000'000) + "M";
+      emit(scenario, kSystem, "rss_delta", double(after - before) / (1024.0 * 1024.0), "MiB");
+      emit(scenario, kSystem, "bytes_per_queued", double(after - before) / double(n), "B");
+      emit(scenario, kSystem, "queue_bytes_per_item",
+           double(after - before) / double(n) - double(sizeof(daemon::Task)), "B");
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace insideout::bench
+
+int main(int argc, char** argv) {
+  using namespace insideout::bench;
+  std::vector<std::string> scenarios = {"throughput_batch1", "throughput_batch8", "throughput_batch64",
+                                        "throughput_batch512", "rtt_busy", "rtt_sleep", "memory", "billion"};
+  for (const auto& s : dispatch_scenarios()) scenarios.push_back(s);
+  for (unsigned t : dispatch_thread_counts()) {
+    scenarios.push_back("chain_step_workers" + std::to_string(t));
+    scenarios.push_back("fanout_workers" + std::to_string(t));
+  }
+  const Options o = parse_options(argc, argv, "insideout: continuations through insideoutd", scenarios);
+  int failures = 0;
+  for (std::uint32_t b : {1u, 8u, 64u, 512u}) {
+    if (o.wants("throughput_batch" + std::to_string(b))) failures += throughput(o, b);
+  }
+  if (o.wants("rtt_busy")) failures += round_trips(o, false);
+  if (o.wants("rtt_sleep")) failures += round_trips(o, true);
+  for (unsigned t : dispatch_thread_counts()) {
+    if (o.wants(dispatch_scenario(t))) failures += dispatch(o, t);
+    const std::string w = std::to_string(t);
+    if (o.wants("chain_step_workers" + w) || o.wants("fanout_workers" + w)) failures += in_daemon(o, t, false);
+  }
+  if (o.wants("memory")) failures += memory(o);
+  // The billion runs only when asked for by name, or in a full run.
+  if (o.scenario == "billion" || (o.scenario == "all" && o.size == Size::kFull)) {
+    failures += in_daemon(o, std::max(1u, std::thread::hardware_concurrency()), true);
+  }
+  return failures == 0 ? 0 : 1;
+}
