@@ -251,9 +251,15 @@ struct Client::Impl {
       lost_reason = std::move(why);
     }
     lost.store(true, std::memory_order_release);  // L1: pairs with L2
-    // Nobody will complete what is in flight: fail it here.
     std::vector<std::uint32_t> notify;
     if (has_segment) {
+      // What the daemon completed before it went (its completions precede its Goodbye
+      // or its death) is a result, not a loss: take it first. drain() unlocks.
+      {
+        std::unique_lock lock(drain_mu);
+        drain(lock);
+      }
+      // Nobody will complete what is still in flight: fail it here.
       std::lock_guard lock(drain_mu);
       for (std::uint32_t i = 0; i < arena.frame_count(); ++i) {
         std::uint8_t st = states[i].state.load(std::memory_order_acquire);
