@@ -17,6 +17,7 @@
 #include <deque>
 #include <functional>
 #include <new>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -269,3 +270,9 @@ T* map_shared() {
 }
 
 }  // namespace insideout::testing
+
+namespace insideout::shm {
+// Readable gtest output for statuses and details.
+inline void PrintTo(Status s, std::ostream* os) { *os << status_name(s) << " (" << static_cast<int>(s) << ")"; }
+inline void PrintTo(ErrorDetail d, std::ostream* os) { *os << detail_name(d) << " (" << static_cast<int>(d) << ")"; }
+}  // namespace insideout::shm

@@ -20,9 +20,9 @@
 
 namespace insideout::testing {
 
-DaemonProcess::DaemonProcess(std::vector<std::string> args) {
+DaemonProcess::DaemonProcess(std::vector<std::string> args, std::string runtime_dir) {
   char tmpl[] = "/tmp/insideout-test-XXXXXX";
-  dir_ = ::mkdtemp(tmpl);
+  dir_ = runtime_dir.empty() ? ::mkdtemp(tmpl) : std::move(runtime_dir);
   log_path_ = dir_ + ".log";
   pid_ = ::fork();
   if (pid_ == 0) {

@@ -13,8 +13,9 @@ namespace insideout::testing {
 
 class DaemonProcess {
  public:
-  // Starts insideoutd with `args` and waits until its socket accepts registrations.
-  explicit DaemonProcess(std::vector<std::string> args = {});
+  // Starts insideoutd with `args` and waits until its socket accepts registrations. The
+  // runtime directory is a fresh one, or `runtime_dir` (a successor on a dead daemon's).
+  explicit DaemonProcess(std::vector<std::string> args = {}, std::string runtime_dir = {});
   ~DaemonProcess();  // SIGKILL if still running; removes the runtime directory
 
   const std::string& runtime_dir() const { return dir_; }
