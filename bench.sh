@@ -8,11 +8,13 @@ cd "$(dirname "$0")"
 
 usage() {
   cat <<'EOF'
-usage: ./bench.sh [--runs N] [--quick] [--scenario NAME] [--ref SYSTEM] [--help]
+usage: ./bench.sh [--runs N] [--quick] [--scenario NAME] [--ref SYSTEM] [--prebuilt DIR] [--help]
   --runs N         runs of every program (default 7; 3 with --quick)
   --quick          small counts: the whole thing in a few minutes
   --scenario NAME  only this scenario (throughput_batch1, rtt_busy, dispatch_threads2, ...)
   --ref SYSTEM     reference of the ratio column (default insideout, else raw_ring)
+  --prebuilt DIR   run the bench_* programs already built in DIR: no install, no build
+                   (for a machine without the packages, e.g. a lent multi-core box)
 Environment: BENCH_JOBS (build jobs, default nproc).
 Output: bench/out/results.csv, bench/out/table.txt, bench/out/*.png, raw rows in
 bench/out/raw/, programs' stderr in bench/out/bench.log.
@@ -23,12 +25,14 @@ runs=""
 quick=0
 scenario="all"
 ref="insideout"
+prebuilt=""
 while (($#)); do
   case "$1" in
     --runs) runs="${2:?--runs needs a number}"; shift 2 ;;
     --quick) quick=1; shift ;;
     --scenario) scenario="${2:?--scenario needs a name}"; shift 2 ;;
     --ref) ref="${2:?--ref needs a system}"; shift 2 ;;
+    --prebuilt) prebuilt="${2:?--prebuilt needs a directory}"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac
@@ -38,7 +42,9 @@ done
 jobs="${BENCH_JOBS:-$(nproc)}"
 
 # ---- packages ----
-if [[ -f deploy/install-deps.sh ]]; then
+if [[ -n $prebuilt ]]; then
+  insideout_install_deps() { :; }
+elif [[ -f deploy/install-deps.sh ]]; then
   source deploy/install-deps.sh
 else
   # The same as deploy/install-deps.sh, for a tree that does not have it yet.
@@ -66,7 +72,9 @@ insideout_install_deps
 # it cannot be configured or built (a tree without the main project), the peers alone are
 # built standalone from bench/.
 mkdir -p build
-if cmake --preset release >build/release-configure.log 2>&1 \
+if [[ -n $prebuilt ]]; then
+  bin="$prebuilt"
+elif cmake --preset release >build/release-configure.log 2>&1 \
     && cmake --build --preset release --parallel "$jobs"; then
   bin=build/release/bin
 else
