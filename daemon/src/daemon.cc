@@ -263,24 +263,26 @@ void Daemon::on_accept() {
 }
 
 void Daemon::on_readable(Conn& c) {
+  // A handler may close the connection, which frees `c`: keep the fd, and look again.
+  const int fd = c.fd;
   for (int i = 0; i < 64; ++i) {  // bounded: one chatty client cannot hold the loop
     v1::ClientMessage msg;
     int err = 0;
-    switch (v1::recv_message(c.fd, &msg, nullptr, &err)) {
+    switch (v1::recv_message(fd, &msg, nullptr, &err)) {
       case v1::RecvStatus::kOk: break;
       case v1::RecvStatus::kWouldBlock: return;
-      case v1::RecvStatus::kClosed: return close_conn(c.fd, "closed");
-      case v1::RecvStatus::kError: return close_conn(c.fd, std::strerror(err));
-      case v1::RecvStatus::kMalformed: return close_conn(c.fd, "sent a malformed message");
+      case v1::RecvStatus::kClosed: return close_conn(fd, "closed");
+      case v1::RecvStatus::kError: return close_conn(fd, std::strerror(err));
+      case v1::RecvStatus::kMalformed: return close_conn(fd, "sent a malformed message");
     }
     if (msg.has_hello()) {
       on_hello(c, msg.hello());
-      if (conns_.find(c.fd) == conns_.end()) return;
     } else if (msg.has_submit()) {
       on_submit(c, msg.submit());
     } else {
-      return close_conn(c.fd, "sent an empty message");
+      return close_conn(fd, "sent an empty message");
     }
+    if (conns_.find(fd) == conns_.end()) return;
   }
 }
 
