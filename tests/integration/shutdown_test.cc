@@ -80,7 +80,9 @@ TEST(Shutdown, ShouldDrainSayGoodbyeExitZeroAndLeaveNothingBehindOnSigterm) {
     ASSERT_TRUE(st.has_value()) << "no outcome 5 s after the daemon exited";
     EXPECT_EQ(*st, e.status) << e.h.result().error();
     EXPECT_EQ(e.h.result().value, e.value);
-    if (e.status == Status::kCancelled) EXPECT_EQ(e.h.result().detail, ErrorDetail::kShutdown);
+    if (e.status == Status::kCancelled) {
+      EXPECT_EQ(e.h.result().detail, ErrorDetail::kShutdown);
+    }
   }
   // The serialized sleep: cancelled, then Goodbye, then the connection closes.
   ASSERT_EQ(raw.recv(&m, 5s), v1::RecvStatus::kOk);
