@@ -237,7 +237,7 @@ std::uint64_t rss_bytes() {
 }
 
 // Memory of queued continuations: the daemon's own structures (its task pool and a
-// worker's run queue with its overflow), filled in this process and measured by RSS.
+// worker's run queue with its private deque), filled in this process and measured by RSS.
 int memory(const Options& o) {
   emit("memory", kSystem, "bytes_per_empty_continuation", sizeof(daemon::Task), "B");
   for (std::uint64_t n : {o.pick(10'000'000, 10'000'000, 100'000), o.pick(100'000'000, 0, 0)}) {
@@ -247,12 +247,12 @@ int memory(const Options& o) {
       daemon::TaskPool pool;
       daemon::TaskPool::Cache cache;
       daemon::WorkQueue queue(1024);
-      std::deque<daemon::Task*> overflow;  // as Worker::overflow
+      std::deque<daemon::Task*> local;  // as Worker::local
       for (std::uint64_t i = 0; i < n; ++i) {
         daemon::Task* t = pool.allocate(cache);
         t->fn = nullptr;
         t->w0 = i;
-        if (!queue.push(t)) overflow.push_back(t);
+        if (!queue.push(t)) local.push_back(t);
       }
       const std::uint64_t after = rss_bytes();
       const std::string scenario = "memory_queued_" + std::to_string(n / 1'000'000) + "M";

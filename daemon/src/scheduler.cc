@@ -59,7 +59,7 @@ void StepContext::spawn(StepFn fn, std::uint64_t w0, std::uint64_t w1) noexcept 
   t->flags = kTaskChild;
   worker_.stats.spawned.store(worker_.stats.spawned.load(std::memory_order_relaxed) + 1,
                               std::memory_order_relaxed);
-  sched_.push_local(worker_, t);
+  sched_.push_local(worker_, t, Scheduler::Origin::kSpawned);
 }
 
 bool StepContext::cancelled(const Task& t) const noexcept {
@@ -192,10 +192,12 @@ void Scheduler::run(Worker& w) {
   const auto spin = config_.spin;
   for (;;) {
     if (Task* t = find_work(w)) {
+      set_hungry(w, false);
       run_task(w, ctx, t);
       continue;
     }
     if (stop_.load(std::memory_order_acquire)) break;
+    set_hungry(w, true);  // busy workers start sharing their private work
     // Nothing to do: spin (bounded) or poll, then park.
     if (config_.idle != shm::IdleStrategy::kBlock) {
       const auto until = std::chrono::steady_clock::now() + spin;
@@ -210,6 +212,7 @@ void Scheduler::run(Worker& w) {
         }
       }
       if (t != nullptr) {
+        set_hungry(w, false);
         run_task(w, ctx, t);
         continue;
       }
@@ -217,8 +220,28 @@ void Scheduler::run(Worker& w) {
     }
     park(w);
   }
+  set_hungry(w, false);
   flush_completions(w);
   pool_.drain(w.cache);
+}
+
+void Scheduler::set_hungry(Worker& w, bool hungry) {
+  if (w.hungry == hungry) return;
+  w.hungry = hungry;
+  // Relaxed: a hint for busy workers' sharing decisions; a stale value costs at most one
+  // round of sharing (or 64 ticks of not sharing), never a lost task.
+  if (hungry) {
+    hungry_.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    hungry_.fetch_sub(1, std::memory_order_relaxed);
+  }
+}
+
+void Scheduler::share(Worker& w) {
+  // Hand the oldest half of the private queue to the shared one, where thieves look.
+  std::size_t n = (w.local.size() + 1) / 2;
+  while (n-- != 0 && w.queue.push(w.local.front())) w.local.pop_front();
+  maybe_wake();
 }
 
 std::vector<std::uint64_t> Scheduler::epochs() const {
@@ -246,16 +269,18 @@ Task* Scheduler::find_work(Worker& w) {
   if ((w.tick & 63) == 0) {
     w.epoch.store(w.tick, std::memory_order_seq_cst);
     flush_completions(w);  // bounds how long a completion waits behind busy local work
+    w.share_hint = hungry_.load(std::memory_order_relaxed) != 0;  // read once per 64 looks
+    if (w.share_hint && w.local.size() > 1) share(w);
   }
   // Every 32nd look starts at the client rings, so local work cannot starve them.
   if ((w.tick & 31) == 0) {
     if (Task* t = poll_clients(w)) return t;
   }
+  // Shared work first (what thieves could otherwise take), then private work.
   if (Task* t = w.queue.pop()) return t;
-  if (!w.overflow.empty()) {
-    Task* t = w.overflow.front();
-    w.overflow.pop_front();
-    while (!w.overflow.empty() && w.queue.push(w.overflow.front())) w.overflow.pop_front();
+  if (!w.local.empty()) {
+    Task* t = w.local.front();
+    w.local.pop_front();
     return t;
   }
   // Local work is done: hand the client what completed before looking further.
@@ -296,19 +321,25 @@ Task* Scheduler::steal(Worker& w) {
     const std::size_t k = v.queue.steal(std::span<Task*>(got, kStealMax));
     if (k == 0) continue;
     w.stats.steals.store(w.stats.steals.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-    for (std::size_t j = 1; j < k; ++j) push_local(w, got[j]);
+    for (std::size_t j = 1; j < k; ++j) push_local(w, got[j], Origin::kAccepted);
     if (k > 1) maybe_wake();
     return got[0];
   }
   return nullptr;
 }
 
-void Scheduler::push_local(Worker& w, Task* t) {
-  if (w.overflow.empty() && w.queue.push(t)) {
+void Scheduler::push_local(Worker& w, Task* t, Origin origin) {
+  // New parallelism goes where thieves see it: spawned children always, continuations
+  // accepted from a client while some worker is hungry. A continuation that yields or is
+  // resumed stays private (a busy pool queues and takes it without atomics, and a lone
+  // chain does not bounce between cores); share() hands surplus private work over to
+  // hungry workers every 64 looks. The owner takes shared work before private work.
+  const bool shared = origin == Origin::kSpawned || (origin == Origin::kAccepted && w.share_hint);
+  if (shared && w.queue.push(t)) {
     w.pushed = true;
     return;
   }
-  w.overflow.push_back(t);
+  w.local.push_back(t);
 }
 
 void Scheduler::maybe_wake() {
@@ -351,9 +382,9 @@ Task* Scheduler::poll_clients(Worker& w) {
         if (w.queue.size() != 0) maybe_wake();
         return t;
       }
-      if (!w.overflow.empty()) {
-        Task* t = w.overflow.front();
-        w.overflow.pop_front();
+      if (!w.local.empty()) {
+        Task* t = w.local.front();
+        w.local.pop_front();
         return t;
       }
     }
@@ -380,6 +411,9 @@ bool Scheduler::accept_from(Worker& w, ClientSlot& c) {
   // One reference per accepted continuation, taken before any can complete.
   c.refs.fetch_add(static_cast<std::uint32_t>(n), std::memory_order_relaxed);
   w.accepted_batch = 0;
+  // The frames were last written by the client's core: fetch their lines together
+  // rather than one miss at a time (out-of-range offsets are harmless to prefetch).
+  for (std::size_t i = 0; i < n; ++i) __builtin_prefetch(c.base + (offs[i] % c.geom.size));
   for (std::size_t i = 0; i < n; ++i) accept_one(w, c, offs[i]);
   // Relaxed: statistics, counted once per batch.
   c.accepted.fetch_add(w.accepted_batch, std::memory_order_relaxed);
@@ -434,7 +468,7 @@ void Scheduler::accept_one(Worker& w, ClientSlot& c, std::uint32_t off) {
   t->client = static_cast<std::uint16_t>(c.index);
   t->flags = flags;
   ++w.accepted_batch;
-  push_local(w, t);
+  push_local(w, t, Origin::kAccepted);
 }
 
 bool Scheduler::submit_serial(ClientSlot& c, std::uint32_t job, std::uint32_t fn_id, std::uint64_t arg,
@@ -612,7 +646,7 @@ void Scheduler::flush_backlog(ClientSlot& c) {
 bool Scheduler::any_work(const Worker& self) {
   for (const auto& w : workers_) {
     if (w->queue.size() != 0) return true;
-    if (w.get() == &self && !w->overflow.empty()) return true;
+    if (w.get() == &self && !w->local.empty()) return true;
   }
   if (injected_size_.load(std::memory_order_relaxed) != 0) return true;
   if (draining_.load(std::memory_order_relaxed)) return false;

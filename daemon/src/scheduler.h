@@ -62,7 +62,12 @@ struct alignas(shm::kCacheLine) Worker {
   int cpu = -1;
   std::atomic<pid_t> tid{0};
   WorkQueue queue;
-  std::deque<Task*> overflow;  // owner only: what did not fit in `queue`
+  // Owner only: work no thief can see. It is where new work goes while no worker is
+  // hungry (so a busy pool queues and takes work without atomics), and what does not fit
+  // in `queue`.
+  std::deque<Task*> local;
+  bool hungry = false;      // counted in Scheduler::hungry_
+  bool share_hint = false;  // hungry_ != 0, as last read (every 64 looks)
   TaskPool::Cache cache;
   std::uint32_t client_cursor = 0;
   std::uint32_t rng = 0;
@@ -145,7 +150,10 @@ class Scheduler {
                       std::uint64_t value, std::uint32_t result_len, bool result_inline);
   void flush_backlog(ClientSlot& c);
   void flush_completions(Worker& w);
-  void push_local(Worker& w, Task* t);
+  enum class Origin { kSpawned, kAccepted, kResumed };
+  void push_local(Worker& w, Task* t, Origin origin = Origin::kResumed);
+  void set_hungry(Worker& w, bool hungry);
+  void share(Worker& w);
   void inject(Task* t);
   void maybe_wake();
   void park(Worker& w);
@@ -166,6 +174,9 @@ class Scheduler {
   std::atomic<bool> stop_{false};
   std::atomic<bool> draining_{false};
 
+  // Workers that found nothing to do (spinning or parked): while there are any, busy
+  // workers put new work in their shared queues and share their private ones.
+  alignas(shm::kCacheLine) std::atomic<std::uint32_t> hungry_{0};
   // Idle workers; idle_count_ is the announcement (K1/K2).
   alignas(shm::kCacheLine) std::atomic<std::uint32_t> idle_count_{0};
   std::mutex idle_mu_;
