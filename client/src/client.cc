@@ -197,6 +197,9 @@ struct Client::Impl {
       const std::size_t n = completion.pop_batch(std::span<std::uint32_t>(offs, 256));
       if (n == 0) break;
       total += n;
+      // The daemon's core wrote these frames; whoever reads the results and frees the
+      // frames next will find their lines here.
+      for (std::size_t i = 0; i < n; ++i) __builtin_prefetch(base + (offs[i] % segment.geometry().size), 1);
       for (std::size_t i = 0; i < n; ++i) {
         if (!segment.geometry().frame_offset_valid(offs[i])) continue;
         const std::uint32_t idx = index_of(offs[i]);
