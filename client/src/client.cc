@@ -490,11 +490,17 @@ absl::StatusOr<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
   if (int e = v1::send_message(impl->sock, hello_msg); e != 0) {
     return fail(absl::UnavailableError("sending Hello to " + path + ": " + std::strerror(e)));
   }
+  // A daemon that accepts and then never answers must not hang us: bound the handshake.
+  timeval tv{5, 0};
+  ::setsockopt(impl->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   v1::DaemonMessage reply;
   int fd = -1, err = 0;
   if (v1::recv_message(impl->sock, &reply, &fd, &err) != v1::RecvStatus::kOk) {
-    return fail(absl::UnavailableError("no answer to Hello from " + path));
+    if (fd >= 0) ::close(fd);
+    return fail(absl::UnavailableError("no answer to Hello from " + path + " within 5 s"));
   }
+  tv = timeval{0, 0};
+  ::setsockopt(impl->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   if (reply.has_refused()) {
     if (fd >= 0) ::close(fd);
     return fail(absl::FailedPreconditionError("insideoutd refused the registration: " + reply.refused().reason()));

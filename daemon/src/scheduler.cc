@@ -272,8 +272,12 @@ Task* Scheduler::find_work(Worker& w) {
     w.share_hint = hungry_.load(std::memory_order_relaxed) != 0;  // read once per 64 looks
     if (w.share_hint && w.local.size() > 1) share(w);
   }
-  // Every 32nd look starts at the client rings, so local work cannot starve them.
+  // Every 32nd look starts at the client rings and at work from outside (timers, the
+  // serialized path), so local work cannot starve them.
   if ((w.tick & 31) == 0) {
+    if (injected_size_.load(std::memory_order_relaxed) != 0) {
+      if (Task* t = take_injected()) return t;
+    }
     if (Task* t = poll_clients(w)) return t;
   }
   // Shared work first (what thieves could otherwise take), then private work.
