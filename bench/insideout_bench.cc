@@ -93,6 +93,12 @@ class Daemon {
   bool ok_ = false;
 };
 
+// Appends the i-th CPU to a --cpus list.
+void append_cpu(std::string& list, unsigned i) {
+  if (!list.empty()) list += ',';
+  list += std::to_string(cpu_for(static_cast<int>(i)));
+}
+
 std::string second_cpu() { return std::to_string(cpu_for(1)); }
 
 // Throughput: noop continuations submitted in batches of `batch`, completions drained as
@@ -114,14 +120,11 @@ int throughput(const Options& o, std::uint32_t batch) {
   while (completed < total) {
     // Keep up to 2048 in flight.
     while (submitted < total && inflight.size() + batch <= 2048) {
-      frames.clear();
-      for (std::uint32_t i = 0; i < batch && submitted + frames.size() < total; ++i) {
-        Frame* f = c->allocate_frame();
-        if (f == nullptr) break;
-        f->fn = noop;
-        frames.push_back(f);
-      }
+      const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(batch, total - submitted));
+      frames.resize(want);
+      frames.resize(c->allocate_frames(frames));
       if (frames.empty()) break;
+      for (Frame* f : frames) f->fn = noop;
       handles.clear();
       if (batch == 1) {
         for (Frame* f : frames) handles.push_back(std::move(*c->submit(f)));
@@ -170,7 +173,7 @@ int round_trips(const Options& o, bool sleep) {
 // (so the continuation may move to another worker).
 int dispatch(const Options& o, unsigned threads) {
   std::string cpus;
-  for (unsigned i = 0; i < threads; ++i) cpus += (i ? "," : "") + std::to_string(cpu_for(static_cast<int>(i)));
+  for (unsigned i = 0; i < threads; ++i) append_cpu(cpus, i);
   Daemon d(threads, cpus, "spin-then-block");
   if (!d.ok()) return 1;
   auto c = d.connect(IdleStrategy::kBlock);
@@ -197,7 +200,7 @@ int dispatch(const Options& o, unsigned threads) {
 // (children per second).
 int in_daemon(const Options& o, unsigned workers, bool billion) {
   std::string cpus;
-  for (unsigned i = 0; i < workers; ++i) cpus += (i ? "," : "") + std::to_string(cpu_for(static_cast<int>(i)));
+  for (unsigned i = 0; i < workers; ++i) append_cpu(cpus, i);
   Daemon d(workers, cpus, "spin-then-block");
   if (!d.ok()) return 1;
   auto c = d.connect(IdleStrategy::kBlock);

@@ -568,6 +568,13 @@ Frame* Client::allocate_frame() noexcept {
   return f;
 }
 
+std::size_t Client::allocate_frames(std::span<Frame*> out) noexcept {
+  if (!impl_->has_segment) return 0;
+  const std::size_t n = impl_->arena.allocate(out);
+  for (std::size_t i = 0; i < n; ++i) std::memset(static_cast<void*>(out[i]), 0, sizeof(Frame));
+  return n;
+}
+
 void Client::release_frame(Frame* f) noexcept { impl_->arena.free(f); }
 
 std::span<std::byte> Client::allocate_buffer(std::size_t bytes) {

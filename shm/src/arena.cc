@@ -37,6 +37,29 @@ Frame* FrameArena::allocate() noexcept {
   }
 }
 
+std::size_t FrameArena::allocate(std::span<Frame*> out) noexcept {
+  if (out.empty()) return 0;
+  // A1, as in allocate(): the links of the whole chain were published by F1.
+  std::uint64_t head = header_->free_head.load(std::memory_order_acquire);
+  for (;;) {
+    std::uint32_t next = static_cast<std::uint32_t>(head);
+    std::size_t n = 0;
+    // Walk up to out.size() links. If another thread pops or pushes meanwhile, the tag
+    // in head changes and the CAS below fails, so a stale walk is never used.
+    while (n < out.size() && next != 0 && next <= count_) {
+      out[n] = &frames_[next - 1];
+      next = link_of(out[n]).load(std::memory_order_relaxed);
+      ++n;
+    }
+    if (n == 0) return 0;
+    const std::uint64_t tag = (head >> 32) + 1;
+    if (header_->free_head.compare_exchange_weak(head, (tag << 32) | next, std::memory_order_acquire,
+                                                 std::memory_order_acquire)) {
+      return n;
+    }
+  }
+}
+
 void FrameArena::free(Frame* f) noexcept {
   const std::uint32_t idx1 = index_of(f) + 1;
   std::uint64_t head = header_->free_head.load(std::memory_order_relaxed);

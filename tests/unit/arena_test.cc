@@ -120,3 +120,44 @@ TEST(Arena, ShouldNeverShareAFrameBetweenTwoProcesses) {
 
 }  // namespace
 }  // namespace insideout::shm
+
+namespace insideout::shm {
+namespace {
+
+TEST(Arena, ShouldHandOutBatchesWithoutOverlap) {
+  SharedArena a(100);
+  std::set<Frame*> seen;
+  Frame* got[32];
+  std::size_t total = 0;
+  for (;;) {
+    const std::size_t n = a.arena.allocate(std::span<Frame*>(got, 32));
+    if (n == 0) break;
+    for (std::size_t i = 0; i < n; ++i) EXPECT_TRUE(seen.insert(got[i]).second);
+    total += n;
+  }
+  EXPECT_EQ(total, 100u);
+  for (Frame* f : seen) a.arena.free(f);
+  std::atomic<int> clashes{0};
+  std::vector<std::thread> threads;
+  for (std::uint64_t t = 1; t <= 3; ++t) {
+    threads.emplace_back([&, t] {
+      Frame* mine[16];
+      for (int round = 0; round < 20'000; ++round) {
+        const std::size_t n = a.arena.allocate(std::span<Frame*>(mine, 1 + round % 16));
+        for (std::size_t i = 0; i < n; ++i) mine[i]->tag = t;
+        for (std::size_t i = 0; i < n; ++i) {
+          clashes += mine[i]->tag != t;
+          a.arena.free(mine[i]);
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(clashes.load(), 0);
+  std::size_t back = 0;
+  while (a.arena.allocate() != nullptr) ++back;
+  EXPECT_EQ(back, 100u);
+}
+
+}  // namespace
+}  // namespace insideout::shm

@@ -153,6 +153,8 @@ class Client {
 
   // Zero-copy. A frame to fill in place (nullptr when all are in use), then submit(f).
   Frame* allocate_frame() noexcept;
+  // Up to out.size() frames at once (one atomic operation); returns how many.
+  std::size_t allocate_frames(std::span<Frame*> out) noexcept;
   void release_frame(Frame* f) noexcept;  // one never submitted
   // A buffer in the segment (empty when none is free); point a frame's env_off/env_len
   // at it. The caller frees it once the continuation completed.

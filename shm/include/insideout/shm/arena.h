@@ -14,7 +14,9 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
+#include <span>
 
 #include "insideout/shm/layout.h"
 
@@ -30,6 +32,8 @@ class FrameArena {
 
   [[nodiscard]] Frame* allocate() noexcept;
   void free(Frame* f) noexcept;
+  // Takes up to out.size() frames in one CAS; returns how many.
+  [[nodiscard]] std::size_t allocate(std::span<Frame*> out) noexcept;
 
   Frame* frame_at(std::uint32_t offset) const noexcept {
     return reinterpret_cast<Frame*>(base_ + offset);
