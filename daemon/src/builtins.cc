@@ -32,8 +32,8 @@ Step checksum(Task& t, StepContext& ctx) {
 
 // fanout(N): spawns N children in bursts, yielding between bursts so that children run
 // (here or on a thief) before more are made; completes with N when the last child has.
-// w0: outstanding children plus one for the spawner itself (atomic: children decrement
-// it); w1: (N << 32) | children still to spawn.
+// w0: outstanding children plus one for the spawner itself (atomic: finished children
+// are subtracted through StepContext::child_done()); w1: (N << 32) | children to spawn.
 constexpr std::uint64_t kFanoutBurst = 64;
 
 Step fanout_done(Task& t, StepContext& ctx) {
@@ -44,12 +44,9 @@ Step fanout_done(Task& t, StepContext& ctx) {
 }
 
 Step fanout_child(Task& child, StepContext& ctx) {
-  auto* parent = reinterpret_cast<Task*>(child.w0);
-  // acq_rel: pairs with the other decrements; the last one sees every child's work and
-  // resumes the parent.
-  if (std::atomic_ref<std::uint64_t>(parent->w0).fetch_sub(1, std::memory_order_acq_rel) == 1) {
-    ctx.resume(parent);
-  }
+  // The worker batches these decrements (one atomic per run of siblings) and resumes the
+  // parent when its count reaches zero.
+  ctx.child_done(reinterpret_cast<Task*>(child.w0));
   return Step::kComplete;
 }
 

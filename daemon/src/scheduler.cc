@@ -66,6 +66,14 @@ bool StepContext::cancelled(const Task& t) const noexcept {
   return sched_.clients_.slot(t.client).state.load(std::memory_order_relaxed) == SlotState::kClosing;
 }
 
+void StepContext::child_done(Task* parent) noexcept {
+  if (worker_.done_parent != parent) {
+    sched_.flush_children(worker_);
+    worker_.done_parent = parent;
+  }
+  if (++worker_.done_children == 64) sched_.flush_children(worker_);
+}
+
 void StepContext::resume(Task* t) noexcept { sched_.push_local(worker_, t); }
 
 void StepContext::park_for(Task& t, std::chrono::nanoseconds d) noexcept {
@@ -221,6 +229,7 @@ void Scheduler::run(Worker& w) {
     park(w);
   }
   set_hungry(w, false);
+  flush_children(w);
   flush_completions(w);
   pool_.drain(w.cache);
 }
@@ -268,7 +277,8 @@ Task* Scheduler::find_work(Worker& w) {
   // this point sees the slot is no longer active.
   if ((w.tick & 63) == 0) {
     w.epoch.store(w.tick, std::memory_order_seq_cst);
-    flush_completions(w);  // bounds how long a completion waits behind busy local work
+    flush_children(w);     // bounds how long a parent waits for its last children
+    flush_completions(w);  // and a completion behind busy local work
     w.share_hint = hungry_.load(std::memory_order_relaxed) != 0;  // read once per 64 looks
     if (w.share_hint && w.local.size() > 1) share(w);
   }
@@ -287,7 +297,13 @@ Task* Scheduler::find_work(Worker& w) {
     w.local.pop_front();
     return t;
   }
-  // Local work is done: hand the client what completed before looking further.
+  // Local work is done: settle finished children and hand the client what completed
+  // before looking further.
+  flush_children(w);
+  if (Task* t = w.local.empty() ? nullptr : w.local.front()) {
+    w.local.pop_front();  // a parent the children just resumed
+    return t;
+  }
   flush_completions(w);
   if (injected_size_.load(std::memory_order_relaxed) != 0) {
     if (Task* t = take_injected()) return t;
@@ -604,6 +620,19 @@ void Scheduler::complete_frame(Worker& w, ClientSlot& c, std::uint32_t off, Stat
   w.out_client = &c;
   w.out_offs[w.out_n++] = off;
   (st == Status::kOk ? w.out_ok : w.out_failed)++;
+}
+
+void Scheduler::flush_children(Worker& w) {
+  if (w.done_children == 0) return;
+  Task* parent = w.done_parent;
+  const std::uint64_t n = w.done_children;
+  w.done_children = 0;
+  w.done_parent = nullptr;
+  // acq_rel: pairs with the other workers' subtractions and the spawner's; whoever takes
+  // the count to zero sees all the children's work and resumes the parent.
+  if (std::atomic_ref<std::uint64_t>(parent->w0).fetch_sub(n, std::memory_order_acq_rel) == n) {
+    push_local(w, parent);
+  }
 }
 
 void Scheduler::flush_completions(Worker& w) {

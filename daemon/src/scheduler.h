@@ -88,6 +88,9 @@ struct alignas(shm::kCacheLine) Worker {
   ClientSlot* out_client = nullptr;
   std::uint32_t out_n = 0, out_ok = 0, out_failed = 0;
   std::uint32_t out_offs[kOutMax];
+  // Finished children of one parent not yet subtracted from its count.
+  Task* done_parent = nullptr;
+  std::uint64_t done_children = 0;
 
   explicit Worker(std::uint32_t capacity) : queue(capacity) {}
 };
@@ -150,6 +153,7 @@ class Scheduler {
                       std::uint64_t value, std::uint32_t result_len, bool result_inline);
   void flush_backlog(ClientSlot& c);
   void flush_completions(Worker& w);
+  void flush_children(Worker& w);
   enum class Origin { kSpawned, kAccepted, kResumed };
   void push_local(Worker& w, Task* t, Origin origin = Origin::kResumed);
   void set_hungry(Worker& w, bool hungry);

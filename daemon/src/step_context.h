@@ -38,6 +38,10 @@ class StepContext {
   // True when the continuation's client hung up: a long computation should stop and
   // fail with kCancelled.
   bool cancelled(const Task& t) const noexcept;
+  // A child of `parent` finished. The parent's w0 counts its outstanding children; the
+  // worker subtracts finished ones in batches and resumes the parent (which must have
+  // returned Step::kWait or be about to) when the count reaches zero.
+  void child_done(Task* parent) noexcept;
   // Makes a waiting (Step::kWait) task runnable again on this worker.
   void resume(Task* t) noexcept;
   // With Step::kPark: the timer queue resumes the task (with task.fn) after `d`.
