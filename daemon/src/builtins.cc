@@ -30,41 +30,74 @@ Step checksum(Task& t, StepContext& ctx) {
   return Step::kComplete;
 }
 
-// fanout(N): spawns N children in bursts, yielding between bursts so that children run
-// (here or on a thief) before more are made; completes with N when the last child has.
-// w0: outstanding children plus one for the spawner itself (atomic: finished children
-// are subtracted through StepContext::child_done()); w1: (N << 32) | children to spawn.
+// fanout(N): N leaf children, made by a tree of spawner nodes so that the spawning
+// itself is spread over the workers: a node with more than kFanoutLeaf children to make
+// spawns kFanoutSplit sub-nodes that share them (thieves take the older, larger ones);
+// a smaller node spawns its leaves in bursts of kFanoutBurst, yielding between bursts so
+// that leaves run (here or on a thief) before more are made. Completes with N when the
+// last leaf has. Every node's w0 counts its outstanding children plus one for itself
+// (finished children are subtracted through StepContext::child_done()).
+//   root (the client's continuation): w1 = (N << 32) | children still to make
+//   sub-node (a child): w1 = its parent; frame = children still to make
 constexpr std::uint64_t kFanoutBurst = 64;
+constexpr std::uint64_t kFanoutLeaf = 4096;
+constexpr std::uint64_t kFanoutSplit = 4;
+
+bool is_root(const Task& t) { return !(t.flags & kTaskChild); }
+std::uint64_t to_make(const Task& t) { return is_root(t) ? (t.w1 & 0xFFFFFFFFu) : t.frame; }
+void set_to_make(Task& t, std::uint64_t n) {
+  if (is_root(t)) {
+    t.w1 = (t.w1 & ~std::uint64_t{0xFFFFFFFFu}) | n;
+  } else {
+    t.frame = static_cast<std::uint32_t>(n);
+  }
+}
 
 Step fanout_done(Task& t, StepContext& ctx) {
+  if (!is_root(t)) {
+    ctx.child_done(reinterpret_cast<Task*>(t.w1));
+    return Step::kComplete;  // a child: freed, nothing reported
+  }
   t.flags = static_cast<std::uint16_t>(t.flags & ~kTaskNoCancel);  // no child is left
   if (ctx.cancelled(t)) return ctx.fail(Status::kCancelled, ErrorDetail::kClientGone);
   ctx.set_value(t.w1 >> 32);
   return Step::kComplete;
 }
 
-Step fanout_child(Task& child, StepContext& ctx) {
-  // The worker batches these decrements (one atomic per run of siblings) and resumes the
-  // parent when its count reaches zero.
-  ctx.child_done(reinterpret_cast<Task*>(child.w0));
+Step fanout_leaf(Task& leaf, StepContext& ctx) {
+  // The worker batches these subtractions (one atomic per run of siblings) and resumes
+  // the node when its count reaches zero.
+  ctx.child_done(reinterpret_cast<Task*>(leaf.w0));
   return Step::kComplete;
 }
 
-Step fanout_spawn(Task& t, StepContext& ctx) {
-  if (ctx.cancelled(t)) t.w1 &= ~std::uint64_t{0xFFFFFFFFu};  // spawn no more; wait for the rest
-  const std::uint64_t left = t.w1 & 0xFFFFFFFFu;
-  const std::uint64_t n = std::min(left, kFanoutBurst);
-  // Relaxed: the children that decrement this count are spawned after it, through the
-  // queue's release/acquire.
-  std::atomic_ref<std::uint64_t>(t.w0).fetch_add(n, std::memory_order_relaxed);
-  for (std::uint64_t i = 0; i < n; ++i) ctx.spawn(fanout_child, reinterpret_cast<std::uint64_t>(&t), 0);
-  t.w1 -= n;
-  if ((t.w1 & 0xFFFFFFFFu) != 0) return Step::kYield;
-  t.fn = fanout_done;
-  // Drop the spawner's own count; whoever reaches zero runs fanout_done.
-  if (std::atomic_ref<std::uint64_t>(t.w0).fetch_sub(1, std::memory_order_acq_rel) == 1) {
-    return Step::kContinue;
+Step fanout_node(Task& t, StepContext& ctx);
+
+Step fanout_node(Task& t, StepContext& ctx) {
+  std::uint64_t left = ctx.cancelled(t) ? 0 : to_make(t);  // cancelled: make no more
+  auto count = std::atomic_ref<std::uint64_t>(t.w0);
+  const auto parent = reinterpret_cast<std::uint64_t>(&t);
+  if (left > kFanoutLeaf) {
+    // Relaxed: the children that subtract from this count are spawned after it, through
+    // the queue's release/acquire.
+    count.fetch_add(kFanoutSplit, std::memory_order_relaxed);
+    for (std::uint64_t i = 0; i < kFanoutSplit; ++i) {
+      const std::uint64_t share = left / (kFanoutSplit - i);
+      left -= share;
+      // A sub-node: its own count starts at one (itself), its parent in w1.
+      ctx.spawn(fanout_node, 1, parent, static_cast<std::uint32_t>(share));
+    }
+    set_to_make(t, 0);
+  } else if (left != 0) {
+    const std::uint64_t n = std::min(left, kFanoutBurst);
+    count.fetch_add(n, std::memory_order_relaxed);  // relaxed, as above
+    for (std::uint64_t i = 0; i < n; ++i) ctx.spawn(fanout_leaf, parent, 0);
+    set_to_make(t, left - n);
+    if (left - n != 0) return Step::kYield;
   }
+  t.fn = fanout_done;
+  // Drop the node's own count; whoever reaches zero runs fanout_done.
+  if (count.fetch_sub(1, std::memory_order_acq_rel) == 1) return Step::kContinue;
   return Step::kWait;
 }
 
@@ -72,7 +105,7 @@ Step fanout(Task& t, StepContext&) {
   const std::uint64_t n = t.w0;
   t.w0 = 1;
   t.w1 = (n << 32) | n;
-  t.fn = n == 0 ? fanout_done : fanout_spawn;
+  t.fn = n == 0 ? fanout_done : fanout_node;
   t.flags = static_cast<std::uint16_t>(t.flags | kTaskNoCancel);
   return Step::kContinue;
 }

@@ -49,13 +49,13 @@ std::span<const std::byte> StepContext::env(const Task& t) const noexcept {
   return {reinterpret_cast<const std::byte*>(c.base + off), len};
 }
 
-void StepContext::spawn(StepFn fn, std::uint64_t w0, std::uint64_t w1) noexcept {
+void StepContext::spawn(StepFn fn, std::uint64_t w0, std::uint64_t w1, std::uint32_t aux) noexcept {
   Task* t = sched_.pool_.allocate(worker_.cache);
   t->fn = fn;
   t->w0 = w0;
   t->w1 = w1;
-  t->frame = kNoFrame;
-  t->client = 0;
+  t->frame = aux;
+  t->client = current_ != nullptr ? current_->client : 0;  // so that cancelled() sees the client
   t->flags = kTaskChild;
   worker_.stats.spawned.store(worker_.stats.spawned.load(std::memory_order_relaxed) + 1,
                               std::memory_order_relaxed);
@@ -540,6 +540,7 @@ void Scheduler::run_task(Worker& w, StepContext& ctx, Task* t) {
   std::uint64_t steps = 0;
   for (;;) {
     ctx.reset();
+    ctx.set_current(t);
     Step s;
     try {
       s = t->fn(*t, ctx);

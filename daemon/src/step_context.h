@@ -33,8 +33,9 @@ class StepContext {
     return Step::kFail;
   }
 
-  // A child continuation of the current client, pushed to this worker's queue.
-  void spawn(StepFn fn, std::uint64_t w0, std::uint64_t w1) noexcept;
+  // A child continuation of the current one (same client), pushed to this worker's
+  // shared queue; `aux` lands in the child's `frame` field, which children may use.
+  void spawn(StepFn fn, std::uint64_t w0, std::uint64_t w1, std::uint32_t aux = kNoFrame) noexcept;
   // True when the continuation's client hung up: a long computation should stop and
   // fail with kCancelled.
   bool cancelled(const Task& t) const noexcept;
@@ -50,6 +51,7 @@ class StepContext {
   std::uint32_t worker_index() const noexcept;
 
   // Read by the scheduler after the step.
+  void set_current(const Task* t) noexcept { current_ = t; }
   void reset() noexcept {
     value_ = 0;
     result_len_ = 0;
@@ -66,6 +68,7 @@ class StepContext {
  private:
   Scheduler& sched_;
   Worker& worker_;
+  const Task* current_ = nullptr;
   std::uint64_t value_ = 0;
   std::uint32_t result_len_ = 0;
   bool result_is_env_ = false;
