@@ -318,6 +318,10 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
                   " layout " + std::to_string(hello.layout_version()) + ", daemon protocol " +
                   std::to_string(shm::kProtocolVersion) + " layout " + std::to_string(shm::kLayoutVersion));
   }
+  // Named pools are not implemented yet: only the default one exists.
+  if (!hello.pool().empty() && hello.pool() != "default") {
+    return refuse("unknown pool '" + hello.pool() + "' (this daemon has one pool, 'default')");
+  }
   ClientSlot* slot = clients_.reserve();
   if (slot == nullptr) return refuse("too many clients (max " + std::to_string(config_.max_clients) + ")");
   slot->id = next_client_id_++;

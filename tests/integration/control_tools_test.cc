@@ -19,6 +19,7 @@
 
 #include "insideout/client.hpp"
 #include "integration/control_support.h"
+#include "integration/raw_protocol.h"
 #include "support/daemon_process.h"
 
 namespace insideout::testing {
@@ -60,6 +61,28 @@ TEST(ControlTools, ShouldListAClientAndEvictIt) {
 
   eq.set_pid(::getpid());
   EXPECT_EQ(stub->EvictClient(ctx().get(), eq, &er).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST(ControlTools, ShouldRegisterClientsOnlyInAPoolThatExists) {
+  DaemonProcess daemon({"--workers", "1"});
+  ASSERT_TRUE(daemon.ready()) << daemon.log();
+  for (const char* pool : {"default", "no-such-pool"}) {
+    SCOPED_TRACE(pool);
+    RawConnection raw(daemon.socket_path());
+    ASSERT_TRUE(raw.valid()) << raw.error();
+    auto hello = hello_message();
+    hello.mutable_hello()->set_pool(pool);
+    hello.mutable_hello()->set_want_segment(false);
+    ASSERT_EQ(raw.send(hello), 0);
+    v1::DaemonMessage m;
+    ASSERT_EQ(raw.recv(&m, 5s), v1::RecvStatus::kOk);
+    if (std::string(pool) == "default") {
+      EXPECT_TRUE(m.has_welcome()) << m.DebugString();
+    } else {
+      ASSERT_TRUE(m.has_refused()) << m.DebugString();
+      EXPECT_NE(m.refused().reason().find("unknown pool 'no-such-pool'"), std::string::npos) << m.DebugString();
+    }
+  }
 }
 
 TEST(ControlTools, ShouldRunASerializedContinuationThroughSubmit) {
