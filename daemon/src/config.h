@@ -31,6 +31,11 @@ struct DaemonConfig {
   std::chrono::milliseconds drain_timeout{5000};
   std::chrono::milliseconds heartbeat{250};
   mode_t socket_mode = 0660;
+  // Control plane (control.sock). Root and the daemon's own uid may always change things.
+  bool control = true;
+  std::string admin_group;   // its members may change things too
+  std::string client_group;  // its members may read; empty: anyone who can open the socket
+  std::chrono::milliseconds stats_interval{100};  // how often $RUNTIME/stats is refreshed
 };
 
 // "0-3,8,10-11" -> {0,1,2,3,8,10,11}; nullopt (and *error) on a malformed list.

@@ -135,6 +135,8 @@ absl::Status Daemon::start() {
   }
 
   register_builtins(registry_);
+  allowed_cpus_ = insideout::daemon::allowed_cpus();
+  started_ = std::chrono::steady_clock::now();
   SchedulerConfig sc;
   sc.cpus = config_.cpus.empty() ? allowed_cpus() : config_.cpus;
   sc.workers = config_.workers;
@@ -147,6 +149,9 @@ absl::Status Daemon::start() {
   // Runs on a worker, before the job's reference on the slot is dropped: the result is
   // copied out here, so the loop never looks at a slot that may be gone.
   scheduler_->set_serial_sink([this](ClientSlot& slot, std::uint32_t job) {
+    // The local client's sink is set before its first job (happens-before through the
+    // scheduler's inject lock).
+    if (&slot == local_slot_) return local_sink_(slot, job);
     Outgoing out;
     out.slot = slot.index;
     out.client_id = slot.id;
@@ -220,6 +225,18 @@ int Daemon::run() {
         std::uint64_t v;
         (void)!::read(event_fd_, &v, sizeof(v));
         flush_outbox();
+        std::vector<pid_t> evict;
+        {
+          std::lock_guard lock(evict_mu_);
+          evict.swap(evictions_);
+        }
+        for (pid_t pid : evict) {
+          std::vector<int> fds;
+          for (auto& [fd, c] : conns_) {
+            if (c.cred.pid == pid) fds.push_back(fd);
+          }
+          for (int fd : fds) close_conn(fd, "evicted by the control plane");
+        }
         if (stop_requested_.load(std::memory_order_acquire)) stop = true;
       } else {
         const int fd = static_cast<int>(key);
@@ -303,6 +320,10 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
                   " layout " + std::to_string(hello.layout_version()) + ", daemon protocol " +
                   std::to_string(shm::kProtocolVersion) + " layout " + std::to_string(shm::kLayoutVersion));
   }
+  // Named pools are not implemented yet: only the default one exists.
+  if (!hello.pool().empty() && hello.pool() != "default") {
+    return refuse("unknown pool '" + hello.pool() + "' (this daemon has one pool, 'default')");
+  }
   ClientSlot* slot = clients_.reserve();
   if (slot == nullptr) return refuse("too many clients (max " + std::to_string(config_.max_clients) + ")");
   slot->id = next_client_id_++;
@@ -339,6 +360,11 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
   clients_.activate(*slot);
   c.slot = slot;
   slot_conn_[slot->index] = c.fd;
+  {
+    std::lock_guard lock(info_mu_);
+    infos_[slot->id] = ClientInfo{slot->id, slot->index, slot->pid, slot->uid, slot->gid, slot->name,
+                                  hello.pool().empty() ? "default" : hello.pool(), slot->has_segment};
+  }
 
   v1::DaemonMessage m;
   auto* w = m.mutable_welcome();
@@ -451,6 +477,10 @@ void Daemon::close_conn(int fd, const char* why) {
                  s.id, s.pid, why, s.accepted.load(), s.completed.load(), s.failed.load(), s.rejected.load(),
                  s.rejected_function.load());
     slot_conn_.erase(s.index);
+    {
+      std::lock_guard lock(info_mu_);
+      infos_.erase(s.id);
+    }
     // Stop reading its rings, cancel what it has parked, drop the connection's reference;
     // the slot is reclaimed once its last continuation has completed.
     s.state.store(SlotState::kClosing, std::memory_order_seq_cst);
@@ -503,6 +533,7 @@ void Daemon::reclaim_zombies() {
 }
 
 void Daemon::shutdown() {
+  if (shutdown_hook_) shutdown_hook_();
   // No new clients; existing ones are told the daemon is draining.
   ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
   ::close(listen_fd_);
@@ -544,6 +575,47 @@ void Daemon::shutdown() {
   spdlog::info("stopped: {} accepted, {} completed, {} failed, {} rejected, {} steps, {} steals", t.accepted,
                t.completed, t.failed, t.rejected, t.steps, t.steals);
   ::unlink((runtime_dir_ + "/" + shm::kLockFileName).c_str());
+}
+
+// ---- for the control plane ---------------------------------------------------------
+
+std::vector<Daemon::ClientInfo> Daemon::client_infos() const {
+  std::lock_guard lock(info_mu_);
+  std::vector<ClientInfo> out;
+  out.reserve(infos_.size());
+  for (const auto& [id, info] : infos_) out.push_back(info);
+  return out;
+}
+
+std::uint32_t Daemon::evict(pid_t pid) {
+  std::uint32_t n = 0;
+  {
+    std::lock_guard lock(info_mu_);
+    for (const auto& [id, info] : infos_) n += info.pid == pid;
+  }
+  if (n == 0) return 0;
+  {
+    std::lock_guard lock(evict_mu_);
+    evictions_.push_back(pid);
+  }
+  const std::uint64_t one = 1;
+  (void)!::write(event_fd_, &one, sizeof(one));
+  return n;
+}
+
+ClientSlot* Daemon::open_local_client(std::string name, std::function<void(ClientSlot&, std::uint32_t)> sink) {
+  if (local_slot_ != nullptr) return local_slot_;
+  ClientSlot* slot = clients_.reserve();
+  if (slot == nullptr) return nullptr;
+  slot->id = next_client_id_++;
+  slot->pid = ::getpid();
+  slot->uid = ::getuid();
+  slot->gid = ::getgid();
+  slot->name = std::move(name);
+  local_sink_ = std::move(sink);
+  clients_.activate(*slot);  // no segment: workers never look at its rings
+  local_slot_ = slot;
+  return slot;
 }
 
 }  // namespace insideout::daemon

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -44,6 +45,34 @@ class Daemon {
   const std::string& runtime_dir() const { return runtime_dir_; }
   std::string socket_path() const { return runtime_dir_ + "/daemon.sock"; }
   Scheduler& scheduler() { return *scheduler_; }
+
+  // ---- For the control plane (control.cc); any thread unless noted. ----------------
+  struct ClientInfo {
+    std::uint32_t id = 0;
+    std::uint32_t slot = 0;
+    pid_t pid = 0;
+    uid_t uid = 0;
+    gid_t gid = 0;
+    std::string name;
+    std::string pool;
+    bool has_segment = false;
+  };
+  // The registered clients (not the local one), a snapshot.
+  std::vector<ClientInfo> client_infos() const;
+  ClientTable& clients() { return clients_; }
+  const DaemonConfig& config() const { return config_; }
+  // The CPUs the daemon may use (its affinity mask at start).
+  const std::vector<int>& allowed_cpus() const { return allowed_cpus_; }
+  std::chrono::steady_clock::time_point started() const { return started_; }
+  // Closes every connection of process `pid` on the loop thread; returns how many
+  // registered clients it has (0: nothing to do).
+  std::uint32_t evict(pid_t pid);
+  // Loop thread, after start() and before run(): a client slot with no connection, for
+  // serialized continuations submitted from inside the daemon (the gRPC Submit call).
+  // `sink` runs on a worker when one of its jobs completed (see set_serial_sink()).
+  ClientSlot* open_local_client(std::string name, std::function<void(ClientSlot&, std::uint32_t)> sink);
+  // Runs first in shutdown(), on the loop thread (the control plane stops there).
+  void set_shutdown_hook(std::function<void()> hook) { shutdown_hook_ = std::move(hook); }
 
  private:
   struct Conn {
@@ -94,6 +123,17 @@ class Daemon {
     std::vector<std::uint64_t> epochs;
   };
   std::vector<Zombie> zombies_;
+
+  // Control plane.
+  std::vector<int> allowed_cpus_;
+  std::chrono::steady_clock::time_point started_{};
+  ClientSlot* local_slot_ = nullptr;
+  std::function<void(ClientSlot&, std::uint32_t)> local_sink_;
+  std::function<void()> shutdown_hook_;
+  mutable std::mutex info_mu_;
+  std::unordered_map<std::uint32_t, ClientInfo> infos_;  // by client id, under info_mu_
+  std::mutex evict_mu_;
+  std::vector<pid_t> evictions_;  // under evict_mu_; the loop closes them
 };
 
 }  // namespace insideout::daemon

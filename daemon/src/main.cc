@@ -4,12 +4,14 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <memory>
 #include <string>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "config.h"
+#include "control.h"
 #include "daemon.h"
 #include "insideout/shm/layout.h"
 #include "insideout/shm/paths.h"
@@ -34,6 +36,14 @@ int main(int argc, char** argv) {
   app.add_option("--spin-us", spin_us, "How long spin-then-block spins before it sleeps, in microseconds");
   app.add_option("--max-clients", config.max_clients, "Most clients registered at once");
   app.add_option("--drain-timeout-ms", drain_ms, "How long SIGTERM waits for in-flight work");
+  bool no_control = false;
+  app.add_option("--admin-group", config.admin_group,
+                 "Group whose members may change the daemon over control.sock (root and the daemon's own user "
+                 "always may)");
+  app.add_option("--client-group", config.client_group,
+                 "Group whose members may read the daemon's state over control.sock (default: anyone who can "
+                 "open the socket, mode 0660); control.sock and the stats file get this group");
+  app.add_flag("--no-control", no_control, "Do not serve the gRPC control plane (control.sock, stats)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
   app.set_version_flag("--version", std::string("insideoutd ") + insideout::daemon::kVersion + " (layout " +
@@ -56,6 +66,7 @@ int main(int argc, char** argv) {
     config.cpus = *list;
   }
   config.pin = !no_pin;
+  config.control = !no_control;
   config.idle = *insideout::shm::parse_idle_strategy(idle);
   config.spin = std::chrono::microseconds(spin_us);
   config.drain_timeout = std::chrono::milliseconds(drain_ms);
@@ -73,6 +84,16 @@ int main(int argc, char** argv) {
   if (auto st = daemon.start(); !st.ok()) {
     spdlog::error("cannot start: {}", std::string(st.message()));
     return 1;
+  }
+  std::unique_ptr<insideout::daemon::ControlServer> control;
+  if (config.control) {
+    control = std::make_unique<insideout::daemon::ControlServer>(daemon);
+    if (auto st = control->start(); !st.ok()) {
+      spdlog::error("cannot start the control plane: {}", std::string(st.message()));
+      control->stop();
+      return 1;
+    }
+    daemon.set_shutdown_hook([&control] { control->stop(); });
   }
   return daemon.run();
 }

@@ -1,0 +1,711 @@
+// insideoutctl: the command line over insideoutd's control plane (insideout.v1.Scheduler
+// on $INSIDEOUT_RUNTIME_DIR/control.sock), and a reader of its counters area.
+//
+// Exit codes: 0 done; 1 the daemon answered with an error; 2 bad usage; 3 the daemon
+// cannot be reached. Errors go to stderr, one line each.
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
+
+#include "insideout/shm/paths.h"
+#include "insideout/shm/stats_area.h"
+#include "insideout/v1/scheduler.grpc.pb.h"
+
+namespace {
+
+namespace v1 = insideout::v1;
+
+constexpr int kOk = 0, kDaemonError = 1, kUsage = 2, kUnreachable = 3;
+
+struct Options {
+  std::string socket;
+  std::string runtime_dir;
+  bool json = false;
+  unsigned timeout_ms = 5000;
+};
+
+std::string one_line(std::string s) {
+  for (char& c : s) {
+    if (c == '\n' || c == '\r') c = ' ';
+  }
+  return s;
+}
+
+int fail(int code, const std::string& what) {
+  std::fprintf(stderr, "insideoutctl: %s\n", one_line(what).c_str());
+  return code;
+}
+
+const char* code_name(grpc::StatusCode c) {
+  switch (c) {
+    case grpc::StatusCode::OK: return "OK";
+    case grpc::StatusCode::CANCELLED: return "CANCELLED";
+    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
+    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
+    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL: return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
+    default: return "ERROR";
+  }
+}
+
+class Ctl {
+ public:
+  explicit Ctl(const Options& o) : o_(o) {
+    dir_ = o.runtime_dir.empty() ? insideout::shm::default_runtime_dir() : o.runtime_dir;
+    path_ = o.socket.empty() ? dir_ + "/control.sock" : o.socket;
+  }
+
+  const std::string& socket_path() const { return path_; }
+  std::string stats_path() const { return dir_ + "/" + insideout::shm::kStatsFileName; }
+
+  v1::Scheduler::Stub& stub() {
+    if (!stub_) stub_ = v1::Scheduler::NewStub(grpc::CreateChannel("unix:" + path_, grpc::InsecureChannelCredentials()));
+    return *stub_;
+  }
+  std::unique_ptr<grpc::ClientContext> context(unsigned timeout_ms = 0) const {
+    auto c = std::make_unique<grpc::ClientContext>();
+    c->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms ? timeout_ms : o_.timeout_ms));
+    return c;
+  }
+  // Maps a failed call to an exit code and one line on stderr.
+  int error(const grpc::Status& st) const {
+    if (st.error_code() == grpc::StatusCode::UNAVAILABLE ||
+        (st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && ::access(path_.c_str(), F_OK) != 0)) {
+      return fail(kUnreachable, "cannot reach insideoutd at " + path_ + ": " + st.error_message());
+    }
+    return fail(kDaemonError, std::string(code_name(st.error_code())) + ": " + st.error_message());
+  }
+
+ private:
+  Options o_;
+  std::string dir_, path_;
+  std::unique_ptr<v1::Scheduler::Stub> stub_;
+};
+
+void print_json(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions jo;
+  jo.add_whitespace = false;
+  jo.preserve_proto_field_names = true;
+  jo.always_print_primitive_fields = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, jo);
+  std::cout << out << "\n";
+}
+
+std::string policy_text(v1::Policy p) {
+  switch (p) {
+    case v1::POLICY_OTHER: return "other";
+    case v1::POLICY_BATCH: return "batch";
+    case v1::POLICY_IDLE: return "idle";
+    case v1::POLICY_FIFO: return "fifo";
+    case v1::POLICY_RR: return "rr";
+    default: return "?";
+  }
+}
+
+std::optional<v1::Policy> parse_policy(const std::string& s) {
+  static const std::map<std::string, v1::Policy> m = {
+      {"other", v1::POLICY_OTHER}, {"normal", v1::POLICY_OTHER}, {"batch", v1::POLICY_BATCH},
+      {"idle", v1::POLICY_IDLE},   {"fifo", v1::POLICY_FIFO},    {"rr", v1::POLICY_RR}};
+  std::string l;
+  for (char c : s) l += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (l.rfind("sched_", 0) == 0) l = l.substr(6);
+  auto it = m.find(l);
+  if (it == m.end()) return std::nullopt;
+  return it->second;
+}
+
+std::string state_text(v1::WorkerState s) {
+  switch (s) {
+    case v1::WORKER_STATE_RUNNING: return "running";
+    case v1::WORKER_STATE_PARKED: return "parked";
+    case v1::WORKER_STATE_STOPPED: return "stopped";
+    default: return "?";
+  }
+}
+
+std::string idle_text(v1::IdleStrategy s) {
+  switch (s) {
+    case v1::IDLE_STRATEGY_BLOCK: return "block";
+    case v1::IDLE_STRATEGY_SPIN_THEN_BLOCK: return "spin-then-block";
+    case v1::IDLE_STRATEGY_POLL: return "poll";
+    default: return "?";
+  }
+}
+
+// WORKER (a number) or POOL (a name).
+v1::Target parse_target(const std::string& s) {
+  v1::Target t;
+  if (!s.empty() && s.find_first_not_of("0123456789") == std::string::npos) {
+    t.set_worker(static_cast<std::uint32_t>(std::stoul(s)));
+  } else {
+    t.set_pool(s);
+  }
+  return t;
+}
+
+void print_workers(const google::protobuf::RepeatedPtrField<v1::Worker>& ws) {
+  std::printf("%-4s %-8s %-8s %-10s %-4s %-6s %-4s %-4s %-8s %6s %12s %10s %8s\n", "ID", "POOL", "TID", "CPUS", "LAST",
+              "POLICY", "PRIO", "NICE", "STATE", "QUEUE", "COMPLETED", "STEALS", "PARKS");
+  for (const auto& w : ws) {
+    std::printf("%-4u %-8s %-8d %-10s %-4d %-6s %-4d %-4d %-8s %6u %12llu %10llu %8llu\n", w.id(), w.pool().c_str(),
+                w.tid(), w.cpus().c_str(), w.last_cpu(), policy_text(w.policy()).c_str(), w.priority(), w.nice(),
+                state_text(w.state()).c_str(), w.queue_depth(),
+                static_cast<unsigned long long>(w.counters().completed()),
+                static_cast<unsigned long long>(w.counters().steals()),
+                static_cast<unsigned long long>(w.counters().parks()));
+  }
+}
+
+// ---- the counters area, read directly -----------------------------------------------
+
+class StatsMap {
+ public:
+  // nullopt and *err when the file is missing or not (yet) a counters area we know.
+  static std::optional<StatsMap> open(const std::string& path, std::string* err) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      *err = path + ": " + std::strerror(errno);
+      return std::nullopt;
+    }
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || static_cast<std::size_t>(st.st_size) < sizeof(insideout::shm::StatsArea)) {
+      ::close(fd);
+      *err = path + ": too small for a counters area";
+      return std::nullopt;
+    }
+    void* m = ::mmap(nullptr, sizeof(insideout::shm::StatsArea), PROT_READ, MAP_SHARED, fd, 0);
+    ::close(fd);
+    if (m == MAP_FAILED) {
+      *err = path + ": mmap: " + std::strerror(errno);
+      return std::nullopt;
+    }
+    auto* a = static_cast<const insideout::shm::StatsArea*>(m);
+    // V2: pairs with V1 in the daemon (ControlServer::start()).
+    const std::uint32_t v = a->header.version.load(std::memory_order_acquire);
+    if (a->header.magic != insideout::shm::kStatsMagic || v != insideout::shm::kStatsLayoutVersion) {
+      ::munmap(m, sizeof(insideout::shm::StatsArea));
+      *err = path + (v == 0 ? ": not ready" : ": counters layout version " + std::to_string(v) + ", this insideoutctl reads " +
+                                                 std::to_string(insideout::shm::kStatsLayoutVersion));
+      return std::nullopt;
+    }
+    return StatsMap(a);
+  }
+  StatsMap(StatsMap&& o) noexcept : a_(o.a_) { o.a_ = nullptr; }
+  StatsMap& operator=(StatsMap&& o) noexcept {
+    std::swap(a_, o.a_);
+    return *this;
+  }
+  ~StatsMap() {
+    if (a_ != nullptr) ::munmap(const_cast<insideout::shm::StatsArea*>(a_), sizeof(insideout::shm::StatsArea));
+  }
+  const insideout::shm::StatsArea& area() const { return *a_; }
+
+ private:
+  explicit StatsMap(const insideout::shm::StatsArea* a) : a_(a) {}
+  const insideout::shm::StatsArea* a_;
+};
+
+// The counters area as a Stats message (the same shape GetStats answers with).
+v1::Stats stats_from_area(const insideout::shm::StatsArea& a) {
+  constexpr auto r = std::memory_order_relaxed;  // independent statistics
+  v1::Stats s;
+  s.set_submitted(a.totals.submitted.load(r));
+  s.set_completed(a.totals.completed.load(r));
+  s.set_failed(a.totals.failed.load(r));
+  (*s.mutable_failed_by_reason())["rejected"] = a.totals.rejected.load(r);
+  s.set_steps(a.totals.steps.load(r));
+  s.set_steals(a.totals.steals.load(r));
+  s.set_parks(a.totals.parks.load(r));
+  s.set_timer_parks(a.totals.timer_parks.load(r));
+  s.set_backpressure(a.totals.backpressure.load(r));
+  s.set_spawned(a.totals.spawned.load(r));
+  s.set_clients(static_cast<std::uint32_t>(a.header.clients.load(r)));
+  const std::uint32_t n = std::min(a.header.workers.load(r), insideout::shm::kStatsMaxWorkers);
+  for (std::uint32_t i = 0; i < n; ++i) s.add_queue_depths(static_cast<std::uint32_t>(a.workers[i].queue_depth.load(r)));
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  const std::uint64_t now = static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+  s.set_uptime_seconds(static_cast<double>(now - a.header.start_realtime_ns) / 1e9);
+  return s;
+}
+
+void print_prometheus(const v1::Stats& s, const insideout::shm::StatsArea* a) {
+  auto counter = [](const char* name, const char* help, std::uint64_t v) {
+    std::printf("# HELP insideout_%s %s\n# TYPE insideout_%s counter\ninsideout_%s %llu\n", name, help, name, name,
+                static_cast<unsigned long long>(v));
+  };
+  counter("submitted_total", "Continuations accepted from clients.", s.submitted());
+  counter("completed_total", "Continuations completed.", s.completed());
+  counter("failed_total", "Continuations that ended in an error.", s.failed());
+  counter("steps_total", "Steps run.", s.steps());
+  counter("steals_total", "Successful steals between workers.", s.steals());
+  counter("parks_total", "Times a worker went to sleep.", s.parks());
+  counter("timer_parks_total", "Continuations parked on a timer.", s.timer_parks());
+  counter("backpressure_total", "Times a client's ring was left waiting (in-flight limit).", s.backpressure());
+  counter("spawned_total", "Child continuations spawned.", s.spawned());
+  std::printf("# HELP insideout_failed_by_reason_total Failures and rejections by reason.\n"
+              "# TYPE insideout_failed_by_reason_total counter\n");
+  for (const auto& [k, v] : s.failed_by_reason()) {
+    std::printf("insideout_failed_by_reason_total{reason=\"%s\"} %llu\n", k.c_str(), static_cast<unsigned long long>(v));
+  }
+  std::printf("# HELP insideout_clients Registered clients.\n# TYPE insideout_clients gauge\ninsideout_clients %u\n",
+              s.clients());
+  std::printf("# HELP insideout_uptime_seconds Seconds since the daemon started.\n# TYPE insideout_uptime_seconds "
+              "gauge\ninsideout_uptime_seconds %.3f\n",
+              s.uptime_seconds());
+  std::printf("# HELP insideout_queue_depth Continuations in a worker's run queue.\n"
+              "# TYPE insideout_queue_depth gauge\n");
+  for (int i = 0; i < s.queue_depths_size(); ++i) {
+    std::printf("insideout_queue_depth{worker=\"%d\"} %u\n", i, s.queue_depths(i));
+  }
+  if (a != nullptr) {
+    constexpr auto r = std::memory_order_relaxed;
+    const std::uint32_t n = std::min(a->header.workers.load(r), insideout::shm::kStatsMaxWorkers);
+    struct F {
+      const char* name;
+      std::atomic<std::uint64_t> insideout::shm::StatsWorker::*field;
+    };
+    for (const F& f : {F{"worker_completed_total", &insideout::shm::StatsWorker::completed},
+                       F{"worker_steps_total", &insideout::shm::StatsWorker::steps},
+                       F{"worker_steals_total", &insideout::shm::StatsWorker::steals},
+                       F{"worker_parks_total", &insideout::shm::StatsWorker::parks}}) {
+      std::printf("# TYPE insideout_%s counter\n", f.name);
+      for (std::uint32_t i = 0; i < n; ++i) {
+        std::printf("insideout_%s{worker=\"%u\"} %llu\n", f.name, i,
+                    static_cast<unsigned long long>((a->workers[i].*f.field).load(r)));
+      }
+    }
+  }
+}
+
+void print_stats_text(const v1::Stats& s) {
+  std::printf("uptime       %.1f s\nclients      %u\nsubmitted    %llu\ncompleted    %llu\nfailed       %llu\n"
+              "steps        %llu\nsteals       %llu\nparks        %llu\nbackpressure %llu\n",
+              s.uptime_seconds(), s.clients(), static_cast<unsigned long long>(s.submitted()),
+              static_cast<unsigned long long>(s.completed()), static_cast<unsigned long long>(s.failed()),
+              static_cast<unsigned long long>(s.steps()), static_cast<unsigned long long>(s.steals()),
+              static_cast<unsigned long long>(s.parks()), static_cast<unsigned long long>(s.backpressure()));
+  for (const auto& [k, v] : s.failed_by_reason()) std::printf("failed[%s] %llu\n", k.c_str(), static_cast<unsigned long long>(v));
+  std::printf("queue depths");
+  for (auto d : s.queue_depths()) std::printf(" %u", d);
+  std::printf("\n");
+  if (s.submit_latency().count() != 0) {
+    std::printf("control Submit latency: %llu calls, mean %.1f us\n",
+                static_cast<unsigned long long>(s.submit_latency().count()),
+                static_cast<double>(s.submit_latency().sum_ns()) / static_cast<double>(s.submit_latency().count()) / 1e3);
+  }
+}
+
+// ---- top ----------------------------------------------------------------------------
+
+class RawTerminal {
+ public:
+  RawTerminal() {
+    if (::isatty(0) && ::tcgetattr(0, &old_) == 0) {
+      termios t = old_;
+      t.c_lflag &= static_cast<tcflag_t>(~(ICANON | ECHO));
+      t.c_cc[VMIN] = 0;
+      t.c_cc[VTIME] = 0;
+      raw_ = ::tcsetattr(0, TCSANOW, &t) == 0;
+    }
+    std::fputs("\x1b[?1049h\x1b[?25l", stdout);  // alternate screen, hide the cursor
+  }
+  ~RawTerminal() {
+    std::fputs("\x1b[?25h\x1b[?1049l", stdout);
+    std::fflush(stdout);
+    if (raw_) ::tcsetattr(0, TCSANOW, &old_);
+  }
+
+ private:
+  termios old_{};
+  bool raw_ = false;
+};
+
+// Returns the failed call's status (printed once the terminal is restored), or OK.
+grpc::Status top_loop(Ctl& ctl, unsigned interval_ms, unsigned iterations) {
+  RawTerminal term;
+  std::map<std::uint32_t, std::uint64_t> last_completed;
+  auto last_t = std::chrono::steady_clock::now();
+  for (unsigned it = 0; iterations == 0 || it < iterations; ++it) {
+    v1::ListWorkersResponse ws;
+    v1::ListPoolsResponse ps;
+    v1::GetInfoResponse info;
+    auto st = ctl.stub().ListWorkers(ctl.context().get(), {}, &ws);
+    if (st.ok()) st = ctl.stub().ListPools(ctl.context().get(), {}, &ps);
+    if (st.ok()) st = ctl.stub().GetInfo(ctl.context().get(), {}, &info);
+    if (!st.ok()) return st;
+    const auto now = std::chrono::steady_clock::now();
+    const double dt = std::max(1e-3, std::chrono::duration<double>(now - last_t).count());
+    last_t = now;
+    std::string out = "\x1b[H\x1b[2J";
+    char line[512];
+    std::snprintf(line, sizeof(line),
+                  "insideoutd %s  pid %u  up %.0f s  CPUs %s of %u  workers %u  clients %u    (q quits)\r\n\r\n",
+                  info.version().c_str(), info.pid(), info.uptime_seconds(), info.cpus_allowed().c_str(),
+                  info.cpus_online(), info.workers(), info.clients());
+    out += line;
+    out += "\x1b[7mPOOL       SIZE  CPUS        IDLE             POLICY  CLIENTS\x1b[0m\r\n";
+    for (const auto& p : ps.pools()) {
+      std::snprintf(line, sizeof(line), "%-10s %4u  %-10s  %-15s  %-6s  %7u\r\n", p.name().c_str(), p.size(),
+                    p.cpus().c_str(), idle_text(p.idle()).c_str(), policy_text(p.attributes().policy()).c_str(),
+                    p.clients());
+      out += line;
+    }
+    out += "\r\n\x1b[7mWORKER POOL       TID      CPUS     LAST POLICY PRIO NICE STATE    QUEUE     RATE/s     STEALS\x1b[0m\r\n";
+    for (const auto& w : ws.workers()) {
+      const std::uint64_t done = w.counters().completed() + w.counters().failed();
+      const auto prev = last_completed.find(w.id());
+      const double rate = prev == last_completed.end() ? 0.0 : static_cast<double>(done - prev->second) / dt;
+      last_completed[w.id()] = done;
+      std::snprintf(line, sizeof(line), "io-w%-2u %-10s %-8d %-8s %4d %-6s %4d %4d %-8s %5u %10.0f %10llu\r\n", w.id(),
+                    w.pool().c_str(), w.tid(), w.cpus().c_str(), w.last_cpu(), policy_text(w.policy()).c_str(),
+                    w.priority(), w.nice(), state_text(w.state()).c_str(), w.queue_depth(), rate,
+                    static_cast<unsigned long long>(w.counters().steals()));
+      out += line;
+    }
+    std::fwrite(out.data(), 1, out.size(), stdout);
+    std::fflush(stdout);
+    // Wait for the next refresh, or a key.
+    const auto until = now + std::chrono::milliseconds(interval_ms);
+    for (;;) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+      if (left.count() <= 0) break;
+      pollfd p{0, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
+      char c = 0;
+      const ssize_t n = ::read(0, &c, 1);
+      if (n == 0) {  // stdin closed: no more keys will come; keep refreshing until the deadline
+        std::this_thread::sleep_for(left);
+        break;
+      }
+      if (n == 1 && (c == 'q' || c == 'Q')) return grpc::Status::OK;
+    }
+  }
+  return grpc::Status::OK;
+}
+
+int run_top(Ctl& ctl, unsigned interval_ms, unsigned iterations) {
+  const grpc::Status st = top_loop(ctl, interval_ms, iterations);
+  return st.ok() ? kOk : ctl.error(st);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{"insideoutctl: inspect and retune insideoutd over its control plane (control.sock).\n"
+               "Exit codes: 0 done, 1 the daemon refused, 2 bad usage, 3 daemon unreachable.",
+               "insideoutctl"};
+  app.require_subcommand(1);
+  app.add_option("--socket", o.socket, "Control socket (default: $INSIDEOUT_RUNTIME_DIR/control.sock)");
+  app.add_option("--runtime-dir", o.runtime_dir, "Runtime directory (default: $INSIDEOUT_RUNTIME_DIR, else /run/insideout "
+                                                 "as root, else $XDG_RUNTIME_DIR/insideout)");
+  app.add_option("--timeout-ms", o.timeout_ms, "Deadline of each call");
+  auto json_flag = [&](CLI::App* s) { s->add_flag("--json", o.json, "Print JSON (one object, proto field names)"); };
+
+  auto* status = app.add_subcommand("status", "Version, uptime, CPUs, workers and clients");
+  json_flag(status);
+  auto* pools = app.add_subcommand("pools", "List the worker pools");
+  json_flag(pools);
+  std::string pool_filter;
+  auto* workers = app.add_subcommand("workers", "List the workers: tid, CPUs, policy, priority, nice, state, counters");
+  json_flag(workers);
+  workers->add_option("--pool", pool_filter, "Only this pool");
+
+  std::string target, cpus;
+  auto* pin = app.add_subcommand("pin", "Pin a worker (a number) or every worker of a pool (a name) to CPUs");
+  pin->add_option("target", target, "WORKER or POOL")->required();
+  pin->add_option("cpus", cpus, "CPU list, e.g. 0-3,8")->required();
+
+  std::string policy;
+  std::optional<int> priority, nice;
+  auto* attr = app.add_subcommand("attr", "Set a worker's or a pool's scheduling policy, priority and nice");
+  attr->add_option("target", target, "WORKER or POOL")->required();
+  attr->add_option("--policy", policy, "other, batch, idle, fifo or rr");
+  attr->add_option("--priority", priority, "Realtime priority (fifo, rr: 1..99)");
+  attr->add_option("--nice", nice, "Nice value, -20..19");
+
+  auto* pool = app.add_subcommand("pool", "Create, resize or delete a named pool");
+  pool->require_subcommand(1);
+  std::string pool_name, pool_idle;
+  unsigned pool_size = 0;
+  auto* pcreate = pool->add_subcommand("create", "Create a pool");
+  pcreate->add_option("name", pool_name)->required();
+  pcreate->add_option("--cpus", cpus, "CPU list")->required();
+  pcreate->add_option("--size", pool_size, "Workers")->required();
+  pcreate->add_option("--policy", policy, "other, batch, idle, fifo or rr");
+  pcreate->add_option("--priority", priority, "Realtime priority");
+  pcreate->add_option("--nice", nice, "Nice value");
+  pcreate->add_option("--idle", pool_idle, "block, spin-then-block or poll");
+  auto* presize = pool->add_subcommand("resize", "Change a pool's number of workers");
+  presize->add_option("name", pool_name)->required();
+  presize->add_option("size", pool_size)->required();
+  auto* pdelete = pool->add_subcommand("delete", "Delete a pool");
+  pdelete->add_option("name", pool_name)->required();
+
+  auto* clients = app.add_subcommand("clients", "List registered clients: pid, uid, pool, in flight, counters");
+  json_flag(clients);
+  int evict_pid = 0;
+  auto* evict = app.add_subcommand("evict", "Disconnect every client of a process");
+  evict->add_option("pid", evict_pid)->required();
+
+  bool watch = false, prometheus = false, rpc = false;
+  unsigned interval_ms = 1000, count = 0;
+  auto* stats = app.add_subcommand("stats", "Counters, read from the counters area ($INSIDEOUT_RUNTIME_DIR/stats)");
+  json_flag(stats);
+  stats->add_flag("--watch", watch, "Print again every interval (WatchStats with --rpc)");
+  stats->add_flag("--prometheus", prometheus, "Prometheus text format");
+  stats->add_flag("--rpc", rpc, "Ask the daemon (GetStats) instead of reading the counters area");
+  stats->add_option("--interval-ms", interval_ms, "With --watch");
+  stats->add_option("--count", count, "With --watch: stop after this many (0: until interrupted)");
+
+  std::string function, env;
+  std::uint64_t arg = 0;
+  auto* submit = app.add_subcommand("submit", "Run a continuation through the control plane (the slow path)");
+  json_flag(submit);
+  submit->add_option("function", function)->required();
+  submit->add_option("env", env, "Environment bytes");
+  submit->add_option("--arg", arg, "Scalar argument");
+
+  unsigned drain_ms = 0;
+  auto* drain = app.add_subcommand("drain", "Stop taking work from clients and wait for what is in flight");
+  drain->add_option("--timeout-ms", drain_ms, "At most this long (default: the daemon's drain timeout)");
+  auto* shutdown = app.add_subcommand("shutdown", "Drain and stop the daemon");
+
+  unsigned top_iterations = 0;
+  auto* top = app.add_subcommand("top", "A live view of pools and workers, refreshed every second; q quits");
+  top->add_option("--interval-ms", interval_ms, "Refresh interval");
+  top->add_option("--iterations", top_iterations, "Stop after this many refreshes (0: until q)");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::string msg = e.what();
+    return fail(kUsage, msg + " (see --help)");
+  }
+
+  Ctl ctl(o);
+  auto& stub = ctl.stub();
+
+  if (*status) {
+    v1::GetInfoResponse r;
+    if (auto st = stub.GetInfo(ctl.context().get(), {}, &r); !st.ok()) return ctl.error(st);
+    if (o.json) return print_json(r), kOk;
+    std::printf("insideoutd %s (layout %u, protocol %u), pid %u, up %.1f s\nruntime dir %s\nCPUs online %u, allowed "
+                "%s\nworkers %u, clients %u\n",
+                r.version().c_str(), r.layout_version(), r.protocol_version(), r.pid(), r.uptime_seconds(),
+                r.runtime_dir().c_str(), r.cpus_online(), r.cpus_allowed().c_str(), r.workers(), r.clients());
+    return kOk;
+  }
+  if (*pools) {
+    v1::ListPoolsResponse r;
+    if (auto st = stub.ListPools(ctl.context().get(), {}, &r); !st.ok()) return ctl.error(st);
+    if (o.json) return print_json(r), kOk;
+    std::printf("%-12s %5s %-12s %-16s %-6s %4s %4s %7s\n", "POOL", "SIZE", "CPUS", "IDLE", "POLICY", "PRIO", "NICE",
+                "CLIENTS");
+    for (const auto& p : r.pools()) {
+      std::printf("%-12s %5u %-12s %-16s %-6s %4d %4d %7u\n", p.name().c_str(), p.size(), p.cpus().c_str(),
+                  idle_text(p.idle()).c_str(), policy_text(p.attributes().policy()).c_str(), p.attributes().priority(),
+                  p.attributes().nice(), p.clients());
+    }
+    return kOk;
+  }
+  if (*workers) {
+    v1::ListWorkersRequest q;
+    q.set_pool(pool_filter);
+    v1::ListWorkersResponse r;
+    if (auto st = stub.ListWorkers(ctl.context().get(), q, &r); !st.ok()) return ctl.error(st);
+    if (o.json) return print_json(r), kOk;
+    print_workers(r.workers());
+    return kOk;
+  }
+  if (*pin) {
+    v1::SetAffinityRequest q;
+    *q.mutable_target() = parse_target(target);
+    q.set_cpus(cpus);
+    v1::SetAffinityResponse r;
+    if (auto st = stub.SetAffinity(ctl.context().get(), q, &r); !st.ok()) return ctl.error(st);
+    print_workers(r.workers());
+    return kOk;
+  }
+  if (*attr) {
+    v1::SetThreadAttributesRequest q;
+    *q.mutable_target() = parse_target(target);
+    if (!policy.empty()) {
+      auto p = parse_policy(policy);
+      if (!p) return fail(kUsage, "--policy: '" + policy + "' is not one of other, batch, idle, fifo, rr");
+      q.mutable_attributes()->set_policy(*p);
+    }
+    if (priority) q.mutable_attributes()->set_priority(*priority);
+    if (nice) q.mutable_attributes()->set_nice(*nice);
+    if (policy.empty() && !priority && !nice) return fail(kUsage, "attr: give --policy, --priority or --nice");
+    v1::SetThreadAttributesResponse r;
+    if (auto st = stub.SetThreadAttributes(ctl.context().get(), q, &r); !st.ok()) return ctl.error(st);
+    print_workers(r.workers());
+    return kOk;
+  }
+  if (*pool) {
+    grpc::Status st;
+    if (*pcreate) {
+      v1::CreatePoolRequest q;
+      auto* p = q.mutable_pool();
+      p->set_name(pool_name);
+      p->set_cpus(cpus);
+      p->set_size(pool_size);
+      if (!policy.empty()) {
+        auto pp = parse_policy(policy);
+        if (!pp) return fail(kUsage, "--policy: '" + policy + "' is not one of other, batch, idle, fifo, rr");
+        p->mutable_attributes()->set_policy(*pp);
+      }
+      if (priority) p->mutable_attributes()->set_priority(*priority);
+      if (nice) p->mutable_attributes()->set_nice(*nice);
+      if (pool_idle == "block") p->set_idle(v1::IDLE_STRATEGY_BLOCK);
+      if (pool_idle == "spin-then-block") p->set_idle(v1::IDLE_STRATEGY_SPIN_THEN_BLOCK);
+      if (pool_idle == "poll") p->set_idle(v1::IDLE_STRATEGY_POLL);
+      v1::CreatePoolResponse r;
+      st = stub.CreatePool(ctl.context().get(), q, &r);
+    } else if (*presize) {
+      v1::ResizePoolRequest q;
+      q.set_name(pool_name);
+      q.set_size(pool_size);
+      v1::ResizePoolResponse r;
+      st = stub.ResizePool(ctl.context().get(), q, &r);
+    } else {
+      v1::DeletePoolRequest q;
+      q.set_name(pool_name);
+      v1::DeletePoolResponse r;
+      st = stub.DeletePool(ctl.context().get(), q, &r);
+    }
+    return st.ok() ? kOk : ctl.error(st);
+  }
+  if (*clients) {
+    v1::ListClientsResponse r;
+    if (auto st = stub.ListClients(ctl.context().get(), {}, &r); !st.ok()) return ctl.error(st);
+    if (o.json) return print_json(r), kOk;
+    std::printf("%-5s %-8s %-6s %-10s %-16s %9s %12s %12s %8s\n", "ID", "PID", "UID", "POOL", "NAME", "INFLIGHT",
+                "ACCEPTED", "COMPLETED", "FAILED");
+    for (const auto& c : r.clients()) {
+      std::printf("%-5u %-8d %-6u %-10s %-16s %9llu %12llu %12llu %8llu\n", c.id(), c.pid(), c.uid(), c.pool().c_str(),
+                  c.name().c_str(), static_cast<unsigned long long>(c.in_flight()),
+                  static_cast<unsigned long long>(c.counters().accepted()),
+                  static_cast<unsigned long long>(c.counters().completed()),
+                  static_cast<unsigned long long>(c.counters().failed()));
+    }
+    return kOk;
+  }
+  if (*evict) {
+    v1::EvictClientRequest q;
+    q.set_pid(evict_pid);
+    v1::EvictClientResponse r;
+    if (auto st = stub.EvictClient(ctl.context().get(), q, &r); !st.ok()) return ctl.error(st);
+    std::printf("evicted %u client(s) of pid %d\n", r.evicted(), evict_pid);
+    return kOk;
+  }
+  if (*stats) {
+    auto show = [&](const v1::Stats& s, const insideout::shm::StatsArea* a) {
+      if (prometheus) {
+        print_prometheus(s, a);
+      } else if (o.json) {
+        print_json(s);
+      } else {
+        print_stats_text(s);
+      }
+      std::fflush(stdout);
+    };
+    if (rpc && watch) {
+      v1::WatchStatsRequest q;
+      q.set_interval_ms(interval_ms);
+      grpc::ClientContext c;
+      auto reader = stub.WatchStats(&c, q);
+      v1::Stats s;
+      unsigned n = 0;
+      while (reader->Read(&s)) {
+        show(s, nullptr);
+        if (count != 0 && ++n >= count) {
+          c.TryCancel();
+          break;
+        }
+      }
+      auto st = reader->Finish();
+      return st.ok() || st.error_code() == grpc::StatusCode::CANCELLED ? kOk : ctl.error(st);
+    }
+    std::optional<StatsMap> area;
+    if (!rpc) {
+      std::string err;
+      area = StatsMap::open(ctl.stats_path(), &err);
+      if (!area && ::access(ctl.socket_path().c_str(), F_OK) != 0) {
+        return fail(kUnreachable, "cannot read the counters area: " + err);
+      }
+    }
+    for (unsigned n = 0;; ++n) {
+      if (area) {
+        show(stats_from_area(area->area()), &area->area());
+      } else {
+        v1::Stats s;
+        if (auto st = stub.GetStats(ctl.context().get(), {}, &s); !st.ok()) return ctl.error(st);
+        show(s, nullptr);
+      }
+      if (!watch || (count != 0 && n + 1 >= count)) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(interval_ms));
+    }
+    return kOk;
+  }
+  if (*submit) {
+    v1::SubmitRequest q;
+    q.set_function(function);
+    q.set_env(env);
+    q.set_arg(arg);
+    v1::SubmitResponse r;
+    if (auto st = stub.Submit(ctl.context(15000).get(), q, &r); !st.ok()) return ctl.error(st);
+    if (o.json) return print_json(r), kOk;
+    if (r.status() != 1) return fail(kDaemonError, r.status_name() + ": " + r.error());
+    std::printf("%s value %llu%s%s\n", r.status_name().c_str(), static_cast<unsigned long long>(r.value()),
+                r.data().empty() ? "" : " data ", r.data().c_str());
+    return kOk;
+  }
+  if (*drain) {
+    v1::DrainRequest q;
+    q.set_timeout_ms(drain_ms);
+    v1::DrainResponse r;
+    if (auto st = stub.Drain(ctl.context(70000).get(), q, &r); !st.ok()) return ctl.error(st);
+    if (!r.drained()) return fail(kDaemonError, "drain timed out with work in flight");
+    std::printf("drained\n");
+    return kOk;
+  }
+  if (*shutdown) {
+    v1::ShutdownResponse r;
+    if (auto st = stub.Shutdown(ctl.context().get(), {}, &r); !st.ok()) return ctl.error(st);
+    std::printf("shutting down\n");
+    return kOk;
+  }
+  if (*top) return run_top(ctl, interval_ms, top_iterations);
+  return fail(kUsage, "no command (see --help)");
+}

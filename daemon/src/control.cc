@@ -1,0 +1,927 @@
+#include "control.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <fstream>
+#include <future>
+#include <map>
+#include <sstream>
+#include <vector>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/server_posix.h>
+#include <spdlog/spdlog.h>
+
+#include "config.h"
+#include "daemon.h"
+#include "insideout/shm/layout.h"
+#include "insideout/shm/stats_area.h"
+#include "insideout/v1/scheduler.grpc.pb.h"
+#include "scheduler.h"
+
+namespace insideout::daemon {
+namespace {
+
+using grpc::ServerContext;
+using grpc::Status;
+using grpc::StatusCode;
+
+constexpr const char* kDefaultPool = "default";
+constexpr const char* kControlSocketName = "control.sock";
+
+std::uint64_t realtime_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+Status invalid(const std::string& m) { return Status(StatusCode::INVALID_ARGUMENT, m); }
+
+StatusCode code_for_errno(int e) {
+  switch (e) {
+    case EINVAL: return StatusCode::INVALID_ARGUMENT;
+    case EPERM:
+    case EACCES: return StatusCode::PERMISSION_DENIED;
+    case ESRCH: return StatusCode::NOT_FOUND;
+    default: return StatusCode::INTERNAL;
+  }
+}
+
+std::string errno_name(int e) {
+  switch (e) {
+    case EINVAL: return "EINVAL";
+    case EPERM: return "EPERM";
+    case ESRCH: return "ESRCH";
+    case EACCES: return "EACCES";
+    default: return "errno " + std::to_string(e);
+  }
+}
+
+std::optional<gid_t> lookup_group(const std::string& name) {
+  if (name.empty()) return std::nullopt;
+  group g{};
+  group* out = nullptr;
+  std::vector<char> buf(16384);
+  if (getgrnam_r(name.c_str(), &g, buf.data(), buf.size(), &out) == 0 && out != nullptr) return out->gr_gid;
+  char* end = nullptr;
+  const unsigned long v = std::strtoul(name.c_str(), &end, 10);
+  if (end != nullptr && *end == '\0' && end != name.c_str()) return static_cast<gid_t>(v);
+  return std::nullopt;
+}
+
+// The peer's primary group, or one of its supplementary groups (/proc/<pid>/status).
+bool in_group(const PeerCred& p, gid_t g) {
+  if (g == static_cast<gid_t>(-1)) return false;
+  if (p.gid == g) return true;
+  std::ifstream in("/proc/" + std::to_string(p.pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("Groups:", 0) != 0) continue;
+    std::istringstream ss(line.substr(7));
+    unsigned long v;
+    while (ss >> v) {
+      if (static_cast<gid_t>(v) == g) return true;
+    }
+  }
+  return false;
+}
+
+// ---- threads as the kernel sees them ------------------------------------------------
+
+std::vector<int> thread_affinity(pid_t tid) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> out;
+  if (sched_getaffinity(tid, sizeof(set), &set) != 0) return out;
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (CPU_ISSET(c, &set)) out.push_back(c);
+  }
+  return out;
+}
+
+// Field 39 (processor) of /proc/self/task/<tid>/stat.
+int last_cpu(pid_t tid) {
+  std::ifstream in("/proc/self/task/" + std::to_string(tid) + "/stat");
+  std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto paren = s.rfind(')');
+  if (paren == std::string::npos) return -1;
+  std::istringstream ss(s.substr(paren + 1));
+  std::string tok;
+  for (int field = 3; ss >> tok; ++field) {
+    if (field == 39) return std::atoi(tok.c_str());
+  }
+  return -1;
+}
+
+v1::Policy to_proto_policy(int p) {
+  switch (p & ~SCHED_RESET_ON_FORK) {
+    case SCHED_OTHER: return v1::POLICY_OTHER;
+    case SCHED_BATCH: return v1::POLICY_BATCH;
+    case SCHED_IDLE: return v1::POLICY_IDLE;
+    case SCHED_FIFO: return v1::POLICY_FIFO;
+    case SCHED_RR: return v1::POLICY_RR;
+    default: return v1::POLICY_UNSPECIFIED;
+  }
+}
+
+int from_proto_policy(v1::Policy p) {
+  switch (p) {
+    case v1::POLICY_OTHER: return SCHED_OTHER;
+    case v1::POLICY_BATCH: return SCHED_BATCH;
+    case v1::POLICY_IDLE: return SCHED_IDLE;
+    case v1::POLICY_FIFO: return SCHED_FIFO;
+    case v1::POLICY_RR: return SCHED_RR;
+    default: return -1;
+  }
+}
+
+bool realtime(int policy) { return policy == SCHED_FIFO || policy == SCHED_RR; }
+
+struct ThreadAttr {
+  int policy = SCHED_OTHER;
+  int priority = 0;
+  int nice = 0;
+};
+
+bool get_attr(pid_t tid, ThreadAttr* a, int* err) {
+  const int pol = sched_getscheduler(tid);
+  sched_param sp{};
+  if (pol < 0 || sched_getparam(tid, &sp) != 0) {
+    *err = errno;
+    return false;
+  }
+  errno = 0;
+  const int nice = getpriority(PRIO_PROCESS, static_cast<id_t>(tid));
+  if (nice == -1 && errno != 0) {
+    *err = errno;
+    return false;
+  }
+  a->policy = pol & ~SCHED_RESET_ON_FORK;
+  a->priority = sp.sched_priority;
+  a->nice = nice;
+  return true;
+}
+
+// Sets policy and priority, then nice; `what` names the call that failed.
+bool set_attr(pid_t tid, const ThreadAttr& a, int* err, const char** what) {
+  sched_param sp{};
+  sp.sched_priority = a.priority;
+  if (sched_setscheduler(tid, a.policy, &sp) != 0) {
+    *err = errno;
+    *what = "sched_setscheduler";
+    return false;
+  }
+  if (setpriority(PRIO_PROCESS, static_cast<id_t>(tid), a.nice) != 0) {
+    *err = errno;
+    *what = "setpriority";
+    return false;
+  }
+  return true;
+}
+
+const char* status_proto_name(int s) {
+  return v1::Status_Name(static_cast<v1::Status>(s)).c_str();
+}
+
+// Latency histogram of the Submit call (relaxed counters: statistics only).
+struct Histogram {
+  static constexpr std::uint64_t kBounds[] = {10'000, 100'000, 1'000'000, 10'000'000, 100'000'000, 1'000'000'000};
+  static constexpr std::size_t kBuckets = std::size(kBounds) + 1;
+  std::atomic<std::uint64_t> counts[kBuckets]{};
+  std::atomic<std::uint64_t> count{0}, sum{0};
+
+  void add(std::uint64_t ns) {
+    std::size_t i = 0;
+    while (i < std::size(kBounds) && ns >= kBounds[i]) ++i;
+    counts[i].fetch_add(1, std::memory_order_relaxed);
+    count.fetch_add(1, std::memory_order_relaxed);
+    sum.fetch_add(ns, std::memory_order_relaxed);
+  }
+  void to_proto(v1::Histogram* h) const {
+    for (auto b : kBounds) h->add_bounds_ns(b);
+    for (const auto& c : counts) h->add_counts(c.load(std::memory_order_relaxed));
+    h->set_count(count.load(std::memory_order_relaxed));
+    h->set_sum_ns(sum.load(std::memory_order_relaxed));
+  }
+};
+
+}  // namespace
+
+// ---- the service --------------------------------------------------------------------
+
+class SchedulerService final : public v1::Scheduler::Service {
+ public:
+  SchedulerService(ControlServer& server, Daemon& daemon) : server_(server), daemon_(daemon) {}
+
+  void open_local_client() {
+    local_ = daemon_.open_local_client("control-plane", [this](ClientSlot& slot, std::uint32_t job) {
+      Outcome o;
+      std::uint64_t tag;
+      {
+        std::lock_guard lock(slot.jobs_mu);
+        SerialJob& j = *slot.jobs[job];
+        tag = j.tag;
+        o.status = static_cast<int>(j.status);
+        o.detail = j.detail;
+        o.value = j.value;
+        o.data = std::move(j.data);
+        j = SerialJob{};
+        slot.free_jobs.push_back(job);
+      }
+      std::lock_guard lock(waiters_mu_);
+      auto it = waiters_.find(tag);
+      if (it == waiters_.end()) return;  // the caller gave up waiting
+      it->second.set_value(std::move(o));
+      waiters_.erase(it);
+    });
+  }
+  void stopping() { stopping_.store(true, std::memory_order_relaxed); }
+
+  Status GetInfo(ServerContext* ctx, const v1::GetInfoRequest*, v1::GetInfoResponse* out) override {
+    if (auto st = check(ctx, false); !st.ok()) return st;
+    out->set_version(kVersion);
+    out->set_layout_version(shm::kLayoutVersion);
+    out->set_protocol_version(shm::kProtocolVersion);
+    out->set_uptime_seconds(uptime());
+    out->set_cpus_online(static_cast<std::uint32_t>(sysconf(_SC_NPROCESSORS_ONLN)));
+    out->set_cpus_allowed(format_cpu_list(daemon_.allowed_cpus()));
+    out->set_pid(static_cast<std::uint32_t>(getpid()));
+    out->set_runtime_dir(daemon_.runtime_dir());
+    out->set_workers(daemon_.scheduler().worker_count());
+    out->set_clients(static_cast<std::uint32_t>(daemon_.client_infos().size()));
+    return Status::OK;
+  }
+
+  Status ListPools(ServerContext* ctx, const v1::ListPoolsRequest*, v1::ListPoolsResponse* out) override {
+    if (auto st = check(ctx, false); !st.ok()) return st;
+    default_pool(out->add_pools());
+    return Status::OK;
+  }
+
+  Status ListWorkers(ServerContext* ctx, const v1::ListWorkersRequest* req, v1::ListWorkersResponse* out) override {
+    if (auto st = check(ctx, false); !st.ok()) return st;
+    if (!req->pool().empty() && req->pool() != kDefaultPool) return invalid("unknown pool '" + req->pool() + "'");
+    for (std::uint32_t i = 0; i < daemon_.scheduler().worker_count(); ++i) describe(i, out->add_workers());
+    return Status::OK;
+  }
+
+  Status SetAffinity(ServerContext* ctx, const v1::SetAffinityRequest* req, v1::SetAffinityResponse* out) override {
+    if (auto st = check(ctx, true); !st.ok()) return st;
+    std::vector<std::uint32_t> ids;
+    if (auto st = targets(req->target(), &ids); !st.ok()) return st;
+    std::string err;
+    auto cpus = parse_cpu_list(req->cpus(), &err);
+    if (!cpus) return invalid("cpus '" + req->cpus() + "': " + err);
+    const auto& allowed = daemon_.allowed_cpus();
+    for (int c : *cpus) {
+      if (!std::binary_search(allowed.begin(), allowed.end(), c)) {
+        return invalid("CPU " + std::to_string(c) + " is not allowed (the daemon may use " + format_cpu_list(allowed) +
+                       ")");
+      }
+    }
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (int c : *cpus) CPU_SET(c, &set);
+    std::lock_guard lock(change_mu_);
+    struct Done {
+      pid_t tid;
+      cpu_set_t old;
+    };
+    std::vector<Done> done;
+    for (std::uint32_t id : ids) {
+      const pid_t tid = daemon_.scheduler().worker(id).tid.load(std::memory_order_relaxed);
+      Done d{tid, {}};
+      CPU_ZERO(&d.old);
+      int e = 0;
+      if (tid == 0) {
+        e = ESRCH;
+      } else if (sched_getaffinity(tid, sizeof(d.old), &d.old) != 0 || sched_setaffinity(tid, sizeof(set), &set) != 0) {
+        e = errno;
+      }
+      if (e != 0) {
+        for (auto& r : done) sched_setaffinity(r.tid, sizeof(r.old), &r.old);  // roll back
+        return Status(code_for_errno(e), "worker " + std::to_string(id) + " (tid " + std::to_string(tid) +
+                                             "): sched_setaffinity: " + errno_name(e) + " (" + std::strerror(e) +
+                                             "); nothing was changed");
+      }
+      done.push_back(d);
+    }
+    spdlog::info("control: workers {} pinned to CPUs {}", ids_text(ids), format_cpu_list(*cpus));
+    for (std::uint32_t id : ids) describe(id, out->add_workers());
+    return Status::OK;
+  }
+
+  Status SetThreadAttributes(ServerContext* ctx, const v1::SetThreadAttributesRequest* req,
+                             v1::SetThreadAttributesResponse* out) override {
+    if (auto st = check(ctx, true); !st.ok()) return st;
+    std::vector<std::uint32_t> ids;
+    if (auto st = targets(req->target(), &ids); !st.ok()) return st;
+    const auto& a = req->attributes();
+    int policy = -1;
+    if (a.policy() != v1::POLICY_UNSPECIFIED) {
+      policy = from_proto_policy(a.policy());
+      if (policy < 0) return invalid("unknown policy " + std::to_string(a.policy()));
+    }
+    if (a.has_nice() && (a.nice() < -20 || a.nice() > 19)) {
+      return invalid("nice " + std::to_string(a.nice()) + " is out of range: -20..19");
+    }
+    if (policy < 0 && !a.has_priority() && !a.has_nice()) return invalid("nothing to change: give a policy, priority or nice");
+    std::lock_guard lock(change_mu_);
+    // Work out every thread's new attributes first: nothing changes unless all are valid.
+    struct Plan {
+      std::uint32_t id;
+      pid_t tid;
+      ThreadAttr old, next;
+    };
+    std::vector<Plan> plans;
+    for (std::uint32_t id : ids) {
+      const pid_t tid = daemon_.scheduler().worker(id).tid.load(std::memory_order_relaxed);
+      Plan p{id, tid, {}, {}};
+      int e = tid == 0 ? ESRCH : 0;
+      if (e == 0 && !get_attr(tid, &p.old, &e)) {
+      }
+      if (e != 0) {
+        return Status(code_for_errno(e), "worker " + std::to_string(id) + " (tid " + std::to_string(tid) +
+                                             "): reading its attributes: " + errno_name(e) + "; nothing was changed");
+      }
+      p.next = p.old;
+      if (policy >= 0) p.next.policy = policy;
+      if (a.has_priority()) {
+        p.next.priority = a.priority();
+      } else if (policy >= 0 && realtime(policy) != realtime(p.old.policy)) {
+        p.next.priority = realtime(policy) ? 1 : 0;
+      }
+      if (a.has_nice()) p.next.nice = a.nice();
+      const int lo = sched_get_priority_min(p.next.policy), hi = sched_get_priority_max(p.next.policy);
+      if (p.next.priority < lo || p.next.priority > hi) {
+        return invalid("priority " + std::to_string(p.next.priority) + " is out of range for " +
+                       v1::Policy_Name(to_proto_policy(p.next.policy)) + ": " + std::to_string(lo) + ".." +
+                       std::to_string(hi));
+      }
+      plans.push_back(p);
+    }
+    for (std::size_t i = 0; i < plans.size(); ++i) {
+      int e = 0;
+      const char* what = "";
+      if (!set_attr(plans[i].tid, plans[i].next, &e, &what)) {
+        // Roll back this thread (it may be half-changed) and every one before it.
+        for (std::size_t j = 0; j <= i; ++j) {
+          int e2;
+          const char* w2;
+          if (!set_attr(plans[j].tid, plans[j].old, &e2, &w2)) {
+            spdlog::error("control: rolling back worker {}: {}: {}", plans[j].id, w2, std::strerror(e2));
+          }
+        }
+        return Status(code_for_errno(e), "worker " + std::to_string(plans[i].id) + " (tid " +
+                                             std::to_string(plans[i].tid) + "): " + what + ": " + errno_name(e) +
+                                             " (" + std::strerror(e) + ")" +
+                                             (e == EPERM && realtime(plans[i].next.policy)
+                                                  ? ", a realtime policy needs CAP_SYS_NICE"
+                                                  : "") +
+                                             "; nothing was changed");
+      }
+    }
+    spdlog::info("control: workers {} set to {} priority {} nice {}", ids_text(ids),
+                 v1::Policy_Name(to_proto_policy(plans.front().next.policy)), plans.front().next.priority,
+                 plans.front().next.nice);
+    for (std::uint32_t id : ids) describe(id, out->add_workers());
+    return Status::OK;
+  }
+
+  Status CreatePool(ServerContext* ctx, const v1::CreatePoolRequest*, v1::CreatePoolResponse*) override {
+    if (auto st = check(ctx, true); !st.ok()) return st;
+    return Status(StatusCode::UNIMPLEMENTED, "named pools are not implemented yet: the daemon has one pool, 'default'");
+  }
+  Status ResizePool(ServerContext* ctx, const v1::ResizePoolRequest*, v1::ResizePoolResponse*) override {
+    if (auto st = check(ctx, true); !st.ok()) return st;
+    return Status(StatusCode::UNIMPLEMENTED, "resizing pools is not implemented yet");
+  }
+  Status DeletePool(ServerContext* ctx, const v1::DeletePoolRequest*, v1::DeletePoolResponse*) override {
+    if (auto st = check(ctx, true); !st.ok()) return st;
+    return Status(StatusCode::UNIMPLEMENTED, "named pools are not implemented yet: the daemon has one pool, 'default'");
+  }
+
+  Status ListClients(ServerContext* ctx, const v1::ListClientsRequest*, v1::ListClientsResponse* out) override {
+    if (auto st = check(ctx, false); !st.ok()) return st;
+    auto infos = daemon_.client_infos();
+    std::sort(infos.begin(), infos.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
+    for (const auto& i : infos) {
+      auto* c = out->add_clients();
+      c->set_id(i.id);
+      c->set_pid(i.pid);
+      c->set_uid(i.uid);
+      c->set_gid(i.gid);
+      c->set_name(i.name);
+      c->set_pool(i.pool);
+      c->set_has_segment(i.has_segment);
+      // The slot is never freed while the daemon runs; its counters are atomics. If the
+      // client left since the snapshot, these are its last (or a successor's) numbers.
+      ClientSlot& s = daemon_.clients().slot(i.slot);
+      const std::uint32_t refs = s.refs.load(std::memory_order_relaxed);
+      c->set_in_flight(refs > 0 ? refs - 1 : 0);
+      auto* k = c->mutable_counters();
+      k->set_accepted(s.accepted.load(std::memory_order_relaxed));
+      k->set_completed(s.completed.load(std::memory_order_relaxed));
+      k->set_failed(s.failed.load(std::memory_order_relaxed));
+      k->set_rejected(s.rejected.load(std::memory_order_relaxed));
+      k->set_rejected_function(s.rejected_function.load(std::memory_order_relaxed));
+      k->set_backpressure(s.backpressure.load(std::memory_order_relaxed));
+    }
+    return Status::OK;
+  }
+
+  Status EvictClient(ServerContext* ctx, const v1::EvictClientRequest* req, v1::EvictClientResponse* out) override {
+    if (auto st = check(ctx, true); !st.ok()) return st;
+    if (req->pid() <= 0) return invalid("pid must be positive");
+    const std::uint32_t n = daemon_.evict(req->pid());
+    if (n == 0) return Status(StatusCode::NOT_FOUND, "no client with pid " + std::to_string(req->pid()));
+    spdlog::info("control: evicting pid {} ({} connections)", req->pid(), n);
+    out->set_evicted(n);
+    return Status::OK;
+  }
+
+  Status GetStats(ServerContext* ctx, const v1::GetStatsRequest*, v1::Stats* out) override {
+    if (auto st = check(ctx, false); !st.ok()) return st;
+    stats(out);
+    return Status::OK;
+  }
+
+  Status WatchStats(ServerContext* ctx, const v1::WatchStatsRequest* req, grpc::ServerWriter<v1::Stats>* w) override {
+    if (auto st = check(ctx, false); !st.ok()) return st;
+    const auto interval = std::chrono::milliseconds(req->interval_ms() == 0 ? 1000 : std::max(10u, req->interval_ms()));
+    for (;;) {
+      v1::Stats s;
+      stats(&s);
+      if (!w->Write(s)) return Status::OK;  // the caller went away
+      const auto until = std::chrono::steady_clock::now() + interval;
+      while (std::chrono::steady_clock::now() < until) {
+        if (ctx->IsCancelled() || stopping_.load(std::memory_order_relaxed)) return Status::OK;
+        std::this_thread::sleep_for(std::min<std::chrono::milliseconds>(interval, std::chrono::milliseconds(20)));
+      }
+    }
+  }
+
+  Status Submit(ServerContext* ctx, const v1::SubmitRequest* req, v1::SubmitResponse* out) override {
+    if (auto st = check(ctx, false); !st.ok()) return st;
+    if (local_ == nullptr) return Status(StatusCode::UNAVAILABLE, "no client slot for the control plane");
+    if (!req->pool().empty() && req->pool() != kDefaultPool) return invalid("unknown pool '" + req->pool() + "'");
+    const auto& reg = daemon_.scheduler().registry();
+    const auto id = reg.id_of(req->function());
+    if (!id) return invalid("unknown function '" + req->function() + "'");
+    if (reg.find(*id)->needs_buffer && req->env().empty()) {
+      return invalid("function '" + req->function() + "' needs an environment");
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::uint64_t tag = next_tag_.fetch_add(1, std::memory_order_relaxed);
+    std::future<Outcome> fut;
+    {
+      std::lock_guard lock(waiters_mu_);
+      fut = waiters_[tag].get_future();
+    }
+    ClientSlot& s = *local_;
+    std::uint32_t job;
+    {
+      std::lock_guard lock(s.jobs_mu);
+      if (!s.free_jobs.empty()) {
+        job = s.free_jobs.back();
+        s.free_jobs.pop_back();
+      } else {
+        job = static_cast<std::uint32_t>(s.jobs.size());
+        s.jobs.push_back(std::make_unique<SerialJob>());
+      }
+      SerialJob& j = *s.jobs[job];
+      j = SerialJob{};
+      j.tag = tag;
+      j.env = req->env();
+    }
+    shm::Status st;
+    shm::ErrorDetail d;
+    if (!daemon_.scheduler().submit_serial(s, job, *id, req->arg(), &st, &d)) {
+      {
+        std::lock_guard lock(s.jobs_mu);
+        s.free_jobs.push_back(job);
+      }
+      {
+        std::lock_guard lock(waiters_mu_);
+        waiters_.erase(tag);
+      }
+      return invalid(std::string("rejected: ") + shm::status_name(st) + ": " + shm::detail_name(d));
+    }
+    const auto timeout = std::chrono::milliseconds(req->timeout_ms() == 0 ? 10000 : req->timeout_ms());
+    if (fut.wait_for(timeout) != std::future_status::ready) {
+      std::lock_guard lock(waiters_mu_);
+      if (waiters_.erase(tag) != 0) {
+        return Status(StatusCode::DEADLINE_EXCEEDED, "no result within " + std::to_string(timeout.count()) + " ms");
+      }
+    }
+    Outcome o = fut.get();
+    latency_.add(static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count()));
+    out->set_status(o.status);
+    out->set_status_name(status_proto_name(o.status));
+    if (o.status != static_cast<int>(shm::Status::kOk)) {
+      out->set_error(std::string(shm::status_name(static_cast<shm::Status>(o.status))) +
+                     (o.detail != shm::ErrorDetail::kNone ? std::string(": ") + shm::detail_name(o.detail) : ""));
+    }
+    out->set_value(o.value);
+    out->set_data(std::move(o.data));
+    return Status::OK;
+  }
+
+  Status Drain(ServerContext* ctx, const v1::DrainRequest* req, v1::DrainResponse* out) override {
+    if (auto st = check(ctx, true); !st.ok()) return st;
+    auto timeout = req->timeout_ms() == 0 ? daemon_.config().drain_timeout : std::chrono::milliseconds(req->timeout_ms());
+    timeout = std::min<std::chrono::milliseconds>(timeout, std::chrono::seconds(60));
+    spdlog::info("control: draining (at most {} ms); no more work is taken from clients", timeout.count());
+    out->set_drained(daemon_.scheduler().drain(timeout));
+    return Status::OK;
+  }
+
+  Status Shutdown(ServerContext* ctx, const v1::ShutdownRequest*, v1::ShutdownResponse*) override {
+    if (auto st = check(ctx, true); !st.ok()) return st;
+    const PeerCred p = server_.peer(ctx->peer());
+    spdlog::info("control: shutdown requested by pid {} uid {}", p.pid, p.uid);
+    daemon_.request_stop();
+    return Status::OK;
+  }
+
+ private:
+  struct Outcome {
+    int status = 0;
+    shm::ErrorDetail detail = shm::ErrorDetail::kNone;
+    std::uint64_t value = 0;
+    std::string data;
+  };
+
+  Status check(ServerContext* ctx, bool admin) const {
+    const PeerCred p = server_.peer(ctx->peer());
+    if (admin ? server_.may_admin(p) : server_.may_read(p)) return Status::OK;
+    return Status(StatusCode::PERMISSION_DENIED,
+                  p.known ? "uid " + std::to_string(p.uid) + " (pid " + std::to_string(p.pid) + ") may not " +
+                                (admin ? "change the daemon: root, its owner and the admin group may"
+                                       : "read the daemon's state: the client group may")
+                          : std::string("unknown peer"));
+  }
+
+  double uptime() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - daemon_.started()).count();
+  }
+
+  Status targets(const v1::Target& t, std::vector<std::uint32_t>* ids) const {
+    const std::uint32_t n = daemon_.scheduler().worker_count();
+    switch (t.target_case()) {
+      case v1::Target::kWorker:
+        if (t.worker() >= n) {
+          return invalid("unknown worker " + std::to_string(t.worker()) + " (workers are 0.." + std::to_string(n - 1) +
+                         ")");
+        }
+        ids->push_back(t.worker());
+        return Status::OK;
+      case v1::Target::kPool:
+        if (t.pool() != kDefaultPool) return invalid("unknown pool '" + t.pool() + "'");
+        for (std::uint32_t i = 0; i < n; ++i) ids->push_back(i);
+        return Status::OK;
+      default: return invalid("name a worker or a pool");
+    }
+  }
+
+  static std::string ids_text(const std::vector<std::uint32_t>& ids) {
+    std::vector<int> v(ids.begin(), ids.end());
+    return format_cpu_list(v);
+  }
+
+  void default_pool(v1::Pool* p) const {
+    const auto& cfg = daemon_.config();
+    p->set_name(kDefaultPool);
+    p->set_cpus(format_cpu_list(cfg.cpus.empty() ? daemon_.allowed_cpus() : cfg.cpus));
+    p->set_size(daemon_.scheduler().worker_count());
+    switch (cfg.idle) {
+      case shm::IdleStrategy::kBlock: p->set_idle(v1::IDLE_STRATEGY_BLOCK); break;
+      case shm::IdleStrategy::kSpinThenBlock: p->set_idle(v1::IDLE_STRATEGY_SPIN_THEN_BLOCK); break;
+      case shm::IdleStrategy::kPoll: p->set_idle(v1::IDLE_STRATEGY_POLL); break;
+    }
+    if (daemon_.scheduler().worker_count() > 0) {
+      ThreadAttr a;
+      int e;
+      const pid_t tid = daemon_.scheduler().worker(0).tid.load(std::memory_order_relaxed);
+      if (tid != 0 && get_attr(tid, &a, &e)) {
+        p->mutable_attributes()->set_policy(to_proto_policy(a.policy));
+        p->mutable_attributes()->set_priority(a.priority);
+        p->mutable_attributes()->set_nice(a.nice);
+      }
+    }
+    p->set_clients(static_cast<std::uint32_t>(daemon_.client_infos().size()));
+  }
+
+  void describe(std::uint32_t i, v1::Worker* out) const {
+    const Worker& w = daemon_.scheduler().worker(i);
+    const pid_t tid = w.tid.load(std::memory_order_relaxed);
+    out->set_id(i);
+    out->set_pool(kDefaultPool);
+    out->set_tid(tid);
+    out->set_name("io-w" + std::to_string(i));
+    out->set_queue_depth(static_cast<std::uint32_t>(w.queue.size()));
+    if (tid != 0) {
+      out->set_cpus(format_cpu_list(thread_affinity(tid)));
+      out->set_last_cpu(last_cpu(tid));
+      ThreadAttr a;
+      int e;
+      if (get_attr(tid, &a, &e)) {
+        out->set_policy(to_proto_policy(a.policy));
+        out->set_priority(a.priority);
+        out->set_nice(a.nice);
+      }
+      out->set_state(w.parked.load(std::memory_order_relaxed) ? v1::WORKER_STATE_PARKED : v1::WORKER_STATE_RUNNING);
+    } else {
+      out->set_state(v1::WORKER_STATE_STOPPED);
+    }
+    const WorkerStats& s = w.stats;
+    auto* k = out->mutable_counters();
+    k->set_steps(s.steps.load(std::memory_order_relaxed));
+    k->set_accepted(s.accepted.load(std::memory_order_relaxed));
+    k->set_completed(s.completed.load(std::memory_order_relaxed));
+    k->set_failed(s.failed.load(std::memory_order_relaxed));
+    k->set_rejected(s.rejected.load(std::memory_order_relaxed));
+    k->set_steals(s.steals.load(std::memory_order_relaxed));
+    k->set_parks(s.parks.load(std::memory_order_relaxed));
+    k->set_timer_parks(s.timer_parks.load(std::memory_order_relaxed));
+    k->set_backpressure(s.backpressure.load(std::memory_order_relaxed));
+    k->set_spawned(s.spawned.load(std::memory_order_relaxed));
+  }
+
+  void stats(v1::Stats* out) const {
+    const auto t = daemon_.scheduler().totals();
+    out->set_submitted(t.accepted);
+    out->set_completed(t.completed);
+    out->set_failed(t.failed);
+    out->set_steals(t.steals);
+    out->set_parks(t.parks);
+    out->set_timer_parks(t.timer_parks);
+    out->set_backpressure(t.backpressure);
+    out->set_steps(t.steps);
+    out->set_spawned(t.spawned);
+    // Reasons: the workers' totals, and the registered clients' own counters.
+    std::uint64_t unknown_fn = 0, invalid_frames = 0;
+    const auto infos = daemon_.client_infos();
+    for (const auto& i : infos) {
+      ClientSlot& s = daemon_.clients().slot(i.slot);
+      unknown_fn += s.rejected_function.load(std::memory_order_relaxed);
+      invalid_frames += s.rejected.load(std::memory_order_relaxed);
+    }
+    auto& reasons = *out->mutable_failed_by_reason();
+    reasons["step_failed_or_cancelled"] = t.failed - std::min(t.failed, t.rejected);
+    reasons["rejected"] = t.rejected;
+    reasons["rejected_unknown_function_current_clients"] = unknown_fn;
+    reasons["rejected_invalid_current_clients"] = invalid_frames;
+    for (std::uint32_t i = 0; i < daemon_.scheduler().worker_count(); ++i) {
+      out->add_queue_depths(static_cast<std::uint32_t>(daemon_.scheduler().worker(i).queue.size()));
+    }
+    out->set_clients(static_cast<std::uint32_t>(infos.size()));
+    latency_.to_proto(out->mutable_submit_latency());
+    out->set_uptime_seconds(uptime());
+  }
+
+  ControlServer& server_;
+  Daemon& daemon_;
+  ClientSlot* local_ = nullptr;
+  std::mutex change_mu_;  // one change to threads at a time
+  std::atomic<bool> stopping_{false};
+  std::atomic<std::uint64_t> next_tag_{1};
+  std::mutex waiters_mu_;
+  std::map<std::uint64_t, std::promise<Outcome>> waiters_;
+  Histogram latency_;
+};
+
+// ---- the server ---------------------------------------------------------------------
+
+ControlServer::ControlServer(Daemon& daemon) : daemon_(daemon) {}
+
+ControlServer::~ControlServer() { stop(); }
+
+std::string ControlServer::socket_path() const { return daemon_.runtime_dir() + "/" + kControlSocketName; }
+std::string ControlServer::stats_path() const { return daemon_.runtime_dir() + "/" + shm::kStatsFileName; }
+
+absl::Status ControlServer::start() {
+  const auto& cfg = daemon_.config();
+  if (!cfg.admin_group.empty()) {
+    auto g = lookup_group(cfg.admin_group);
+    if (!g) return absl::InvalidArgumentError("unknown admin group '" + cfg.admin_group + "'");
+    admin_gid_ = *g;
+  }
+  if (!cfg.client_group.empty()) {
+    auto g = lookup_group(cfg.client_group);
+    if (!g) return absl::InvalidArgumentError("unknown client group '" + cfg.client_group + "'");
+    client_gid_ = *g;
+  }
+
+  // The counters area.
+  const std::string sp = stats_path();
+  ::unlink(sp.c_str());
+  stats_fd_ = ::open(sp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+  if (stats_fd_ < 0) return absl::InternalError("creating " + sp + ": " + std::strerror(errno));
+  ::fchmod(stats_fd_, 0640);
+  if (client_gid_ != static_cast<gid_t>(-1)) (void)!::fchown(stats_fd_, static_cast<uid_t>(-1), client_gid_);
+  if (::ftruncate(stats_fd_, sizeof(shm::StatsArea)) != 0) {
+    return absl::InternalError("sizing " + sp + ": " + std::strerror(errno));
+  }
+  void* m = ::mmap(nullptr, sizeof(shm::StatsArea), PROT_READ | PROT_WRITE, MAP_SHARED, stats_fd_, 0);
+  if (m == MAP_FAILED) return absl::InternalError("mapping " + sp + ": " + std::strerror(errno));
+  stats_ = static_cast<shm::StatsArea*>(m);  // zero-filled by ftruncate
+  stats_->header.magic = shm::kStatsMagic;
+  stats_->header.max_workers = shm::kStatsMaxWorkers;
+  stats_->header.pid = static_cast<std::uint32_t>(::getpid());
+  stats_->header.start_realtime_ns =
+      realtime_ns() - static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                     std::chrono::steady_clock::now() - daemon_.started())
+                                                     .count());
+  publish_once();
+  // V1: pairs with V2 in readers (insideoutctl): the area is initialised.
+  stats_->header.version.store(shm::kStatsLayoutVersion, std::memory_order_release);
+
+  // The socket: ours, so that SO_PEERCRED can be read for each connection.
+  const std::string path = socket_path();
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) return absl::InvalidArgumentError("socket path too long: " + path);
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  ::unlink(path.c_str());
+  listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (listen_fd_ < 0) return absl::InternalError(std::string("socket: ") + std::strerror(errno));
+  const mode_t old = ::umask(0777 & ~cfg.socket_mode);
+  const int rc = ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  ::umask(old);
+  if (rc != 0) return absl::InternalError("binding " + path + ": " + std::strerror(errno));
+  ::chmod(path.c_str(), cfg.socket_mode);
+  if (client_gid_ != static_cast<gid_t>(-1)) (void)!::chown(path.c_str(), static_cast<uid_t>(-1), client_gid_);
+  if (::listen(listen_fd_, 64) != 0) return absl::InternalError("listen on " + path + ": " + std::strerror(errno));
+  stop_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (stop_fd_ < 0) return absl::InternalError(std::string("eventfd: ") + std::strerror(errno));
+
+  service_ = std::make_unique<SchedulerService>(*this, daemon_);
+  service_->open_local_client();
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.RegisterService(service_.get());
+  server_ = builder.BuildAndStart();
+  if (!server_) return absl::InternalError("could not start the gRPC server");
+  if (auto* h = server_->GetHealthCheckService()) {
+    h->SetServingStatus(true);
+    h->SetServingStatus("insideout.v1.Scheduler", true);
+  }
+  accept_thread_ = std::thread([this] { accept_loop(); });
+  publish_thread_ = std::thread([this] { publish_loop(); });
+  spdlog::info("control plane on {} (mode {:o}{}{}), counters in {}", path, cfg.socket_mode,
+               cfg.admin_group.empty() ? "" : ", admin group " + cfg.admin_group,
+               cfg.client_group.empty() ? "" : ", client group " + cfg.client_group, sp);
+  return absl::OkStatus();
+}
+
+void ControlServer::stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  stopping_.store(true, std::memory_order_relaxed);
+  if (service_) service_->stopping();
+  if (stop_fd_ >= 0) {
+    const std::uint64_t one = 1;
+    (void)!::write(stop_fd_, &one, sizeof(one));
+  }
+  if (accept_thread_.joinable()) accept_thread_.join();
+  if (publish_thread_.joinable()) publish_thread_.join();
+  if (listen_fd_ >= 0) {
+    ::close(listen_fd_);
+    listen_fd_ = -1;
+    ::unlink(socket_path().c_str());
+  }
+  if (server_) {
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    server_->Wait();
+  }
+  if (stats_ != nullptr) {
+    ::munmap(stats_, sizeof(shm::StatsArea));
+    stats_ = nullptr;
+    ::unlink(stats_path().c_str());
+  }
+  if (stats_fd_ >= 0) ::close(stats_fd_);
+  if (stop_fd_ >= 0) ::close(stop_fd_);
+  stats_fd_ = stop_fd_ = -1;
+}
+
+void ControlServer::accept_loop() {
+  pthread_setname_np(pthread_self(), "io-ctl-accept");
+  for (;;) {
+    pollfd p[2] = {{listen_fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+    if (::poll(p, 2, -1) < 0 && errno != EINTR) return;
+    if (p[1].revents != 0 || stopping_.load(std::memory_order_relaxed)) return;
+    if (p[0].revents == 0) continue;
+    for (;;) {
+      const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+      if (fd < 0) break;
+      ucred cred{};
+      socklen_t len = sizeof(cred);
+      if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+        spdlog::warn("control: SO_PEERCRED: {}; refusing the connection", std::strerror(errno));
+        ::close(fd);
+        continue;
+      }
+      PeerCred pc{cred.pid, cred.uid, cred.gid, true};
+      if (!may_read(pc)) {
+        spdlog::warn("control: refused pid {} uid {}: not in the client group", cred.pid, cred.uid);
+        ::close(fd);
+        continue;
+      }
+      {
+        // Recorded before gRPC sees the descriptor, so every call on it finds its peer.
+        std::lock_guard lock(peers_mu_);
+        peers_[fd] = pc;
+      }
+      spdlog::debug("control: connection fd {} from pid {} uid {} gid {}", fd, cred.pid, cred.uid, cred.gid);
+      grpc::AddInsecureChannelFromFd(server_.get(), fd);  // gRPC owns it now
+    }
+  }
+}
+
+PeerCred ControlServer::peer(const std::string& grpc_peer) const {
+  // "fd:N" for channels added from a descriptor.
+  const auto pos = grpc_peer.rfind("fd:");
+  if (pos == std::string::npos) return {};
+  const int fd = std::atoi(grpc_peer.c_str() + pos + 3);
+  std::lock_guard lock(peers_mu_);
+  auto it = peers_.find(fd);
+  return it == peers_.end() ? PeerCred{} : it->second;
+}
+
+bool ControlServer::may_admin(const PeerCred& p) const {
+  if (!p.known) return false;
+  return p.uid == 0 || p.uid == ::geteuid() || in_group(p, admin_gid_);
+}
+
+bool ControlServer::may_read(const PeerCred& p) const {
+  if (!p.known) return false;
+  if (client_gid_ == static_cast<gid_t>(-1)) return true;  // the socket's mode decides
+  return may_admin(p) || in_group(p, client_gid_);
+}
+
+void ControlServer::publish_loop() {
+  pthread_setname_np(pthread_self(), "io-ctl-stats");
+  const int ms = static_cast<int>(daemon_.config().stats_interval.count());
+  for (;;) {
+    pollfd p{stop_fd_, POLLIN, 0};
+    ::poll(&p, 1, std::max(ms, 1));
+    if (stopping_.load(std::memory_order_relaxed)) return;
+    publish_once();
+  }
+}
+
+void ControlServer::publish_once() {
+  // Relaxed stores throughout: independent statistics (see stats_area.h).
+  constexpr auto r = std::memory_order_relaxed;
+  Scheduler& s = daemon_.scheduler();
+  const auto t = s.totals();
+  auto& k = stats_->totals;
+  k.submitted.store(t.accepted, r);
+  k.completed.store(t.completed, r);
+  k.failed.store(t.failed, r);
+  k.rejected.store(t.rejected, r);
+  k.steps.store(t.steps, r);
+  k.steals.store(t.steals, r);
+  k.parks.store(t.parks, r);
+  k.timer_parks.store(t.timer_parks, r);
+  k.backpressure.store(t.backpressure, r);
+  k.spawned.store(t.spawned, r);
+  const std::uint32_t n = std::min(s.worker_count(), shm::kStatsMaxWorkers);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const Worker& w = s.worker(i);
+    auto& o = stats_->workers[i];
+    o.tid.store(static_cast<std::uint64_t>(w.tid.load(r)), r);
+    o.steps.store(w.stats.steps.load(r), r);
+    o.completed.store(w.stats.completed.load(r), r);
+    o.failed.store(w.stats.failed.load(r), r);
+    o.steals.store(w.stats.steals.load(r), r);
+    o.parks.store(w.stats.parks.load(r), r);
+    o.accepted.store(w.stats.accepted.load(r), r);
+    o.queue_depth.store(w.queue.size(), r);
+  }
+  stats_->header.workers.store(n, r);
+  stats_->header.clients.store(daemon_.client_infos().size(), r);
+  stats_->header.updated_realtime_ns.store(realtime_ns(), r);
+}
+
+}  // namespace insideout::daemon
