@@ -91,7 +91,9 @@ Step fanout_node(Task& t, StepContext& ctx) {
   } else if (left != 0) {
     const std::uint64_t n = std::min(left, kFanoutBurst);
     count.fetch_add(n, std::memory_order_relaxed);  // relaxed, as above
-    for (std::uint64_t i = 0; i < n; ++i) ctx.spawn(fanout_leaf, parent, 0);
+    for (std::uint64_t i = 0; i < n; ++i) {
+      ctx.spawn(fanout_leaf, parent, 0, kNoFrame, StepContext::Share::kWhenHungry);
+    }
     set_to_make(t, left - n);
     if (left - n != 0) return Step::kYield;
   }

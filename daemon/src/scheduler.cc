@@ -49,7 +49,7 @@ std::span<const std::byte> StepContext::env(const Task& t) const noexcept {
   return {reinterpret_cast<const std::byte*>(c.base + off), len};
 }
 
-void StepContext::spawn(StepFn fn, std::uint64_t w0, std::uint64_t w1, std::uint32_t aux) noexcept {
+void StepContext::spawn(StepFn fn, std::uint64_t w0, std::uint64_t w1, std::uint32_t aux, Share share) noexcept {
   Task* t = sched_.pool_.allocate(worker_.cache);
   t->fn = fn;
   t->w0 = w0;
@@ -59,7 +59,8 @@ void StepContext::spawn(StepFn fn, std::uint64_t w0, std::uint64_t w1, std::uint
   t->flags = kTaskChild;
   worker_.stats.spawned.store(worker_.stats.spawned.load(std::memory_order_relaxed) + 1,
                               std::memory_order_relaxed);
-  sched_.push_local(worker_, t, Scheduler::Origin::kSpawned);
+  sched_.push_local(worker_, t,
+                    share == Share::kAlways ? Scheduler::Origin::kSpawned : Scheduler::Origin::kAccepted);
 }
 
 bool StepContext::cancelled(const Task& t) const noexcept {

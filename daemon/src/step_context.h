@@ -33,9 +33,13 @@ class StepContext {
     return Step::kFail;
   }
 
-  // A child continuation of the current one (same client), pushed to this worker's
-  // shared queue; `aux` lands in the child's `frame` field, which children may use.
-  void spawn(StepFn fn, std::uint64_t w0, std::uint64_t w1, std::uint32_t aux = kNoFrame) noexcept;
+  // A child continuation of the current one (same client); `aux` lands in the child's
+  // `frame` field, which children may use. A child worth stealing (a spawner, a large
+  // piece of work) goes to the shared queue at once; small ones (leaves) stay private
+  // unless some worker is hungry.
+  enum class Share : std::uint8_t { kAlways, kWhenHungry };
+  void spawn(StepFn fn, std::uint64_t w0, std::uint64_t w1, std::uint32_t aux = kNoFrame,
+             Share share = Share::kAlways) noexcept;
   // True when the continuation's client hung up: a long computation should stop and
   // fail with kCancelled.
   bool cancelled(const Task& t) const noexcept;
