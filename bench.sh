@@ -44,26 +44,8 @@ jobs="${BENCH_JOBS:-$(nproc)}"
 # ---- packages ----
 if [[ -n $prebuilt ]]; then
   insideout_install_deps() { :; }
-elif [[ -f deploy/install-deps.sh ]]; then
-  source deploy/install-deps.sh
 else
-  # The same as deploy/install-deps.sh, for a tree that does not have it yet.
-  insideout_install_deps() {
-    local pkg missing=() sudo=""
-    while read -r pkg; do
-      pkg="${pkg%%#*}"; pkg="${pkg// /}"
-      [[ -z $pkg ]] && continue
-      dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-    done <deploy/debian-packages.txt
-    ((${#missing[@]} == 0)) && return 0
-    if [[ $(id -u) -ne 0 ]]; then
-      command -v sudo >/dev/null || { echo "bench.sh: need root (or sudo) to install: ${missing[*]}" >&2; return 1; }
-      sudo="sudo"
-    fi
-    echo "bench.sh: installing ${missing[*]}" >&2
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  }
+  source deploy/install-deps.sh
 fi
 insideout_install_deps
 
