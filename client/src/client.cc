@@ -151,15 +151,20 @@ struct Client::Impl {
            static_cast<std::uint32_t>(tail);
   }
 
-  void free_frame(std::uint32_t idx) {
+  // Resets a frame's client-side state before it goes back to the arena.
+  void release_state(std::uint32_t idx) {
     FrameState& s = states[idx];
     if (!s.owned_buffer.empty()) {
       free_buffer(s.owned_buffer);
       s.owned_buffer = {};
     }
-    s.callback = nullptr;
+    if (s.callback) s.callback = nullptr;
     s.coro = nullptr;
     s.state.store(kFree, std::memory_order_relaxed);
+  }
+
+  void free_frame(std::uint32_t idx) {
+    release_state(idx);
     arena.free(arena.frame(idx));
   }
 
@@ -192,6 +197,7 @@ struct Client::Impl {
   std::size_t drain(std::unique_lock<std::mutex>& lock) {
     std::uint32_t offs[256];
     std::vector<std::uint32_t> notify;
+    std::vector<Frame*> detached;  // freed together, in one CAS
     std::size_t total = 0;
     for (;;) {
       const std::size_t n = completion.pop_batch(std::span<std::uint32_t>(offs, 256));
@@ -206,13 +212,17 @@ struct Client::Impl {
         const std::uint8_t prev = states[idx].state.exchange(kDone, std::memory_order_acq_rel);
         switch (prev) {
           case kInFlight: break;
-          case kDetached: free_frame(idx); break;
+          case kDetached:
+            release_state(idx);
+            detached.push_back(arena.frame(idx));
+            break;
           case kCallback:
           case kAwaited: notify.push_back(idx); break;
           default: states[idx].state.store(prev, std::memory_order_relaxed); break;  // not ours: ignore
         }
       }
     }
+    arena.free(std::span<Frame* const>(detached));
     peek_head.store(completion.head(), std::memory_order_relaxed);
     completed.fetch_add(total, std::memory_order_relaxed);
     lock.unlock();

@@ -60,6 +60,26 @@ std::size_t FrameArena::allocate(std::span<Frame*> out) noexcept {
   }
 }
 
+void FrameArena::free(std::span<Frame* const> frames) noexcept {
+  if (frames.empty()) return;
+  // Chain them privately, then splice the chain in front of the list.
+  for (std::size_t i = 0; i + 1 < frames.size(); ++i) {
+    link_of(frames[i]).store(index_of(frames[i + 1]) + 1, std::memory_order_relaxed);
+  }
+  Frame* last = frames.back();
+  const std::uint32_t first1 = index_of(frames.front()) + 1;
+  std::uint64_t head = header_->free_head.load(std::memory_order_relaxed);
+  for (;;) {
+    link_of(last).store(static_cast<std::uint32_t>(head), std::memory_order_relaxed);
+    const std::uint64_t tag = (head >> 32) + 1;
+    // F1, as in free(Frame*): publishes every link of the chain.
+    if (header_->free_head.compare_exchange_weak(head, (tag << 32) | first1, std::memory_order_release,
+                                                 std::memory_order_relaxed)) {
+      return;
+    }
+  }
+}
+
 void FrameArena::free(Frame* f) noexcept {
   const std::uint32_t idx1 = index_of(f) + 1;
   std::uint64_t head = header_->free_head.load(std::memory_order_relaxed);

@@ -34,6 +34,8 @@ class FrameArena {
   void free(Frame* f) noexcept;
   // Takes up to out.size() frames in one CAS; returns how many.
   [[nodiscard]] std::size_t allocate(std::span<Frame*> out) noexcept;
+  // Gives frames back in one CAS.
+  void free(std::span<Frame* const> frames) noexcept;
 
   Frame* frame_at(std::uint32_t offset) const noexcept {
     return reinterpret_cast<Frame*>(base_ + offset);
