@@ -161,3 +161,21 @@ TEST(Arena, ShouldHandOutBatchesWithoutOverlap) {
 
 }  // namespace
 }  // namespace insideout::shm
+
+namespace insideout::shm {
+namespace {
+
+TEST(Arena, ShouldTakeBackABatchInOneGo) {
+  SharedArena a(64);
+  Frame* got[64];
+  ASSERT_EQ(a.arena.allocate(std::span<Frame*>(got, 64)), 64u);
+  EXPECT_EQ(a.arena.allocate(), nullptr);
+  a.arena.free(std::span<Frame* const>(got, 40));
+  a.arena.free(std::span<Frame* const>(got + 40, 24));
+  std::set<Frame*> seen;
+  while (Frame* f = a.arena.allocate()) EXPECT_TRUE(seen.insert(f).second);
+  EXPECT_EQ(seen.size(), 64u);
+}
+
+}  // namespace
+}  // namespace insideout::shm
