@@ -115,6 +115,17 @@ void Scheduler::start() {
   std::lock_guard lock(resize_mu_);
   const std::uint32_t n = count_.load(std::memory_order_relaxed);  // only resize() writes it, under resize_mu_
   for (std::uint32_t i = 0; i < n; ++i) start_worker(i);
+  wait_for_tids(0, n);
+}
+
+void Scheduler::wait_for_tids(std::uint32_t from, std::uint32_t to) {
+  // Bounded: the caller may then set the threads' attributes and report them.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  for (std::uint32_t i = from; i < to; ++i) {
+    while (workers_[i]->tid.load(std::memory_order_relaxed) == 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+  }
 }
 
 void Scheduler::start_worker(std::uint32_t i) {
@@ -147,14 +158,7 @@ std::uint32_t Scheduler::resize(std::uint32_t n) {
       }
       start_worker(i);
     }
-    // Wait (bounded) until the new threads have recorded their tids, so that the caller
-    // can set their attributes and report them.
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-    for (std::uint32_t i = cur; i < n; ++i) {
-      while (workers_[i]->tid.load(std::memory_order_relaxed) == 0 && std::chrono::steady_clock::now() < deadline) {
-        std::this_thread::sleep_for(std::chrono::microseconds(100));
-      }
-    }
+    wait_for_tids(cur, n);
     count_.store(n, std::memory_order_release);  // R1: pairs with R2
     wake_all();  // parked workers' any_work() may now see the new workers' queues
   } else if (n < cur) {

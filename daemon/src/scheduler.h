@@ -128,6 +128,7 @@ class Scheduler {
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
 
+  // Starts the workers; returns once each has recorded its tid (bounded: 2 s).
   void start();
   // Stops taking work from client rings, cancels parked continuations, and waits until
   // every accepted continuation has completed or `timeout` passed. True when drained.
@@ -196,6 +197,7 @@ class Scheduler {
   bool any_work(const Worker& w);
   void retire(Worker& w);
   void start_worker(std::uint32_t i);
+  void wait_for_tids(std::uint32_t from, std::uint32_t to);
   void release_client(ClientSlot& c, std::uint32_t n);
 
   // Timers (a simple heap on its own thread until the event queue replaces it).
