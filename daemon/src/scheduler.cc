@@ -611,6 +611,11 @@ bool Scheduler::submit_serial(ClientSlot& c, std::uint32_t job, std::uint32_t fn
     *detail = ErrorDetail::kArgumentOutOfRange;
     return false;
   }
+  if (draining_.load(std::memory_order_relaxed)) {  // a pool being deleted or a daemon stopping
+    *status = Status::kCancelled;
+    *detail = ErrorDetail::kShutdown;
+    return false;
+  }
   c.refs.fetch_add(1, std::memory_order_relaxed);
   c.accepted.fetch_add(1, std::memory_order_relaxed);
   Task* t;
