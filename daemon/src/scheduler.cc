@@ -359,7 +359,7 @@ std::vector<std::uint64_t> Scheduler::epochs() const {
 
 bool Scheduler::quiescent_since(const std::vector<std::uint64_t>& snapshot) const {
   if (stop_.load(std::memory_order_relaxed)) return true;
-  const std::uint32_t alloc = allocated_.load(std::memory_order_acquire);
+  const std::uint32_t alloc = allocated_.load(std::memory_order_acquire);  // pairs with the release in resize()
   for (std::uint32_t i = 0; i < alloc; ++i) {
     const Worker& w = *workers_[i];
     // R6: pairs with R5; a worker with no thread holds no pointer into any slot.
