@@ -752,6 +752,12 @@ void Scheduler::flush_completions(Worker& w) {
   if (w.out_n == 0) return;
   ClientSlot& c = *w.out_client;
   const std::span<const std::uint32_t> offs(w.out_offs, w.out_n);
+  // Relaxed: statistics. Counted before the ring's release stores publish the frames, so
+  // whoever has seen a completion also sees it counted (tests compare the counts then).
+  if (w.out_ok) c.completed.fetch_add(w.out_ok, std::memory_order_relaxed);
+  if (w.out_failed) c.failed.fetch_add(w.out_failed, std::memory_order_relaxed);
+  w.stats.completed.store(w.stats.completed.load(std::memory_order_relaxed) + w.out_ok, std::memory_order_relaxed);
+  w.stats.failed.store(w.stats.failed.load(std::memory_order_relaxed) + w.out_failed, std::memory_order_relaxed);
   std::size_t pushed = 0;
   while (pushed < offs.size()) {
     // The ring's release stores publish the frames' results (P1 in ring.h).
@@ -766,11 +772,6 @@ void Scheduler::flush_completions(Worker& w) {
     c.has_backlog.store(true, std::memory_order_relaxed);
   }
   if (pushed != 0) shm::event_notify(c.doorbells->completion, INT32_MAX);
-  // Relaxed: statistics.
-  if (w.out_ok) c.completed.fetch_add(w.out_ok, std::memory_order_relaxed);
-  if (w.out_failed) c.failed.fetch_add(w.out_failed, std::memory_order_relaxed);
-  w.stats.completed.store(w.stats.completed.load(std::memory_order_relaxed) + w.out_ok, std::memory_order_relaxed);
-  w.stats.failed.store(w.stats.failed.load(std::memory_order_relaxed) + w.out_failed, std::memory_order_relaxed);
   const std::uint32_t n = w.out_n;
   w.out_n = w.out_ok = w.out_failed = 0;
   w.out_client = nullptr;
