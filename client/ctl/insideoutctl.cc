@@ -455,7 +455,7 @@ int main(int argc, char** argv) {
   unsigned pool_size = 0;
   auto* pcreate = pool->add_subcommand("create", "Create a pool");
   pcreate->add_option("name", pool_name)->required();
-  pcreate->add_option("--cpus", cpus, "CPU list")->required();
+  pcreate->add_option("--cpus", cpus, "CPU list (default: every CPU the daemon may use)");
   pcreate->add_option("--size", pool_size, "Workers")->required();
   pcreate->add_option("--policy", policy, "other, batch, idle, fifo or rr");
   pcreate->add_option("--priority", priority, "Realtime priority");
@@ -587,6 +587,9 @@ int main(int argc, char** argv) {
       }
       if (priority) p->mutable_attributes()->set_priority(*priority);
       if (nice) p->mutable_attributes()->set_nice(*nice);
+      if (!pool_idle.empty() && pool_idle != "block" && pool_idle != "spin-then-block" && pool_idle != "poll") {
+        return fail(kUsage, "--idle: '" + pool_idle + "' is not one of block, spin-then-block, poll");
+      }
       if (pool_idle == "block") p->set_idle(v1::IDLE_STRATEGY_BLOCK);
       if (pool_idle == "spin-then-block") p->set_idle(v1::IDLE_STRATEGY_SPIN_THEN_BLOCK);
       if (pool_idle == "poll") p->set_idle(v1::IDLE_STRATEGY_POLL);

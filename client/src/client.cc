@@ -493,6 +493,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
   hello->set_layout_version(shm::kLayoutVersion);
   hello->set_want_segment(options.want_segment);
   hello->set_client_name(options.name);
+  hello->set_pool(options.pool);
   hello->mutable_segment()->set_ring_capacity(options.segment.ring_capacity);
   hello->mutable_segment()->set_frame_count(options.segment.frame_count);
   hello->mutable_segment()->set_buffer_block_size(options.segment.buffer_block_size);

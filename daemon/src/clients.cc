@@ -29,6 +29,7 @@ ClientSlot* ClientTable::reserve() {
     s->base = nullptr;
     s->doorbells = nullptr;
     s->name.clear();
+    s->pool = 0;
     const std::uint32_t hw = high_water_.load(std::memory_order_relaxed);
     if (s->index + 1 > hw) high_water_.store(s->index + 1, std::memory_order_release);
     return s.get();

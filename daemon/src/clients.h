@@ -71,6 +71,7 @@ struct alignas(shm::kCacheLine) ClientSlot {
   char* base = nullptr;
   shm::Doorbells* doorbells = nullptr;
   std::uint32_t max_inflight = 0;
+  std::uint32_t pool = 0;  // the pool (SchedulerConfig::pool) whose workers serve it
 
   // Daemon-side statistics (relaxed: counters only).
   std::atomic<std::uint64_t> accepted{0};

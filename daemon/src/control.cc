@@ -19,7 +19,9 @@
 #include <cstring>
 #include <fstream>
 #include <future>
+#include <cctype>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <vector>
 
@@ -271,20 +273,28 @@ class SchedulerService final : public v1::Scheduler::Service {
 
   Status ListPools(ServerContext* ctx, const v1::ListPoolsRequest*, v1::ListPoolsResponse* out) override {
     if (auto st = check(ctx, false); !st.ok()) return st;
-    default_pool(out->add_pools());
+    for (const auto& p : daemon_.pools()) describe_pool(p, out->add_pools());
     return Status::OK;
   }
 
   Status ListWorkers(ServerContext* ctx, const v1::ListWorkersRequest* req, v1::ListWorkersResponse* out) override {
     if (auto st = check(ctx, false); !st.ok()) return st;
-    if (!req->pool().empty() && req->pool() != kDefaultPool) return invalid("unknown pool '" + req->pool() + "'");
-    for (std::uint32_t i = 0; i < daemon_.scheduler().worker_count(); ++i) describe(i, out->add_workers());
+    const auto pools = daemon_.pools();
+    if (!req->pool().empty() &&
+        std::none_of(pools.begin(), pools.end(), [&](const auto& p) { return p.name == req->pool(); })) {
+      return invalid("unknown pool '" + req->pool() + "' (the pools are " + pool_names(pools) + ")");
+    }
+    for (const auto& p : pools) {
+      if (!req->pool().empty() && p.name != req->pool()) continue;
+      const std::uint32_t n = p.scheduler->worker_count();
+      for (std::uint32_t i = 0; i < n; ++i) describe({p.scheduler, p.name, i}, out->add_workers());
+    }
     return Status::OK;
   }
 
   Status SetAffinity(ServerContext* ctx, const v1::SetAffinityRequest* req, v1::SetAffinityResponse* out) override {
     if (auto st = check(ctx, true); !st.ok()) return st;
-    std::vector<std::uint32_t> ids;
+    std::vector<WorkerRef> ids;
     if (auto st = targets(req->target(), &ids); !st.ok()) return st;
     std::string err;
     auto cpus = parse_cpu_list(req->cpus(), &err);
@@ -305,8 +315,8 @@ class SchedulerService final : public v1::Scheduler::Service {
       cpu_set_t old;
     };
     std::vector<Done> done;
-    for (std::uint32_t id : ids) {
-      const pid_t tid = daemon_.scheduler().worker(id).tid.load(std::memory_order_relaxed);
+    for (const WorkerRef& id : ids) {
+      const pid_t tid = id.scheduler->worker(id.index).tid.load(std::memory_order_relaxed);
       Done d{tid, {}};
       CPU_ZERO(&d.old);
       int e = 0;
@@ -317,21 +327,21 @@ class SchedulerService final : public v1::Scheduler::Service {
       }
       if (e != 0) {
         for (auto& r : done) sched_setaffinity(r.tid, sizeof(r.old), &r.old);  // roll back
-        return Status(code_for_errno(e), "worker " + std::to_string(id) + " (tid " + std::to_string(tid) +
+        return Status(code_for_errno(e), "worker " + id.text() + " (tid " + std::to_string(tid) +
                                              "): sched_setaffinity: " + errno_name(e) + " (" + std::strerror(e) +
                                              "); nothing was changed");
       }
       done.push_back(d);
     }
     spdlog::info("control: workers {} pinned to CPUs {}", ids_text(ids), format_cpu_list(*cpus));
-    for (std::uint32_t id : ids) describe(id, out->add_workers());
+    for (const WorkerRef& id : ids) describe(id, out->add_workers());
     return Status::OK;
   }
 
   Status SetThreadAttributes(ServerContext* ctx, const v1::SetThreadAttributesRequest* req,
                              v1::SetThreadAttributesResponse* out) override {
     if (auto st = check(ctx, true); !st.ok()) return st;
-    std::vector<std::uint32_t> ids;
+    std::vector<WorkerRef> ids;
     if (auto st = targets(req->target(), &ids); !st.ok()) return st;
     const auto& a = req->attributes();
     int policy = -1;
@@ -346,19 +356,19 @@ class SchedulerService final : public v1::Scheduler::Service {
     std::lock_guard lock(change_mu_);
     // Work out every thread's new attributes first: nothing changes unless all are valid.
     struct Plan {
-      std::uint32_t id;
+      WorkerRef id;
       pid_t tid;
       ThreadAttr old, next;
     };
     std::vector<Plan> plans;
-    for (std::uint32_t id : ids) {
-      const pid_t tid = daemon_.scheduler().worker(id).tid.load(std::memory_order_relaxed);
+    for (const WorkerRef& id : ids) {
+      const pid_t tid = id.scheduler->worker(id.index).tid.load(std::memory_order_relaxed);
       Plan p{id, tid, {}, {}};
       int e = tid == 0 ? ESRCH : 0;
       if (e == 0 && !get_attr(tid, &p.old, &e)) {
       }
       if (e != 0) {
-        return Status(code_for_errno(e), "worker " + std::to_string(id) + " (tid " + std::to_string(tid) +
+        return Status(code_for_errno(e), "worker " + id.text() + " (tid " + std::to_string(tid) +
                                              "): reading its attributes: " + errno_name(e) + "; nothing was changed");
       }
       p.next = p.old;
@@ -386,10 +396,10 @@ class SchedulerService final : public v1::Scheduler::Service {
           int e2;
           const char* w2;
           if (!set_attr(plans[j].tid, plans[j].old, &e2, &w2)) {
-            spdlog::error("control: rolling back worker {}: {}: {}", plans[j].id, w2, std::strerror(e2));
+            spdlog::error("control: rolling back worker {}: {}: {}", plans[j].id.text(), w2, std::strerror(e2));
           }
         }
-        return Status(code_for_errno(e), "worker " + std::to_string(plans[i].id) + " (tid " +
+        return Status(code_for_errno(e), "worker " + plans[i].id.text() + " (tid " +
                                              std::to_string(plans[i].tid) + "): " + what + ": " + errno_name(e) +
                                              " (" + std::strerror(e) + ")" +
                                              (e == EPERM && realtime(plans[i].next.policy)
@@ -401,21 +411,102 @@ class SchedulerService final : public v1::Scheduler::Service {
     spdlog::info("control: workers {} set to {} priority {} nice {}", ids_text(ids),
                  v1::Policy_Name(to_proto_policy(plans.front().next.policy)), plans.front().next.priority,
                  plans.front().next.nice);
-    for (std::uint32_t id : ids) describe(id, out->add_workers());
+    for (const WorkerRef& id : ids) describe(id, out->add_workers());
     return Status::OK;
   }
 
-  Status CreatePool(ServerContext* ctx, const v1::CreatePoolRequest*, v1::CreatePoolResponse*) override {
+  Status CreatePool(ServerContext* ctx, const v1::CreatePoolRequest* req, v1::CreatePoolResponse* out) override {
     if (auto st = check(ctx, true); !st.ok()) return st;
-    return Status(StatusCode::UNIMPLEMENTED, "named pools are not implemented yet: the daemon has one pool, 'default'");
+    const v1::Pool& p = req->pool();
+    // Everything is checked before anything starts.
+    if (auto st = valid_pool_name(p.name()); !st.ok()) return st;
+    if (p.size() == 0 || p.size() > kMaxPoolWorkers) {
+      return invalid("size " + std::to_string(p.size()) + " is out of range: 1.." + std::to_string(kMaxPoolWorkers));
+    }
+    SchedulerConfig sc;
+    sc.workers = p.size();
+    const auto& allowed = daemon_.allowed_cpus();
+    if (p.cpus().empty()) {
+      sc.cpus = allowed;
+    } else {
+      std::string err;
+      auto cpus = parse_cpu_list(p.cpus(), &err);
+      if (!cpus) return invalid("cpus '" + p.cpus() + "': " + err);
+      for (int c : *cpus) {
+        if (!std::binary_search(allowed.begin(), allowed.end(), c)) {
+          return invalid("CPU " + std::to_string(c) + " is not allowed (the daemon may use " +
+                         format_cpu_list(allowed) + ")");
+        }
+      }
+      sc.cpus = *cpus;
+    }
+    if (!daemon_.config().pin) sc.cpus.clear();
+    switch (p.idle()) {
+      case v1::IDLE_STRATEGY_UNSPECIFIED: sc.idle = daemon_.config().idle; break;
+      case v1::IDLE_STRATEGY_BLOCK: sc.idle = shm::IdleStrategy::kBlock; break;
+      case v1::IDLE_STRATEGY_SPIN_THEN_BLOCK: sc.idle = shm::IdleStrategy::kSpinThenBlock; break;
+      case v1::IDLE_STRATEGY_POLL: sc.idle = shm::IdleStrategy::kPoll; break;
+      default: return invalid("unknown idle strategy " + std::to_string(p.idle()));
+    }
+    sc.spin = daemon_.config().spin;
+    sc.accept_batch = daemon_.config().accept_batch;
+    PoolAttr attr;
+    if (p.has_attributes()) {
+      if (auto st = plan_pool_attr(p.attributes(), &attr); !st.ok()) return st;
+    }
+    std::lock_guard lock(change_mu_);
+    auto made = daemon_.create_pool(p.name(), sc);
+    if (!made.ok()) return Status(static_cast<StatusCode>(made.status().code()), std::string(made.status().message()));
+    // Attributes last: if the kernel refuses them, the pool goes away again.
+    const std::uint32_t n = (*made)->worker_count();
+    for (std::uint32_t i = 0; i < n; ++i) {
+      if (auto st = apply_pool_attr(attr, {*made, p.name(), i}); !st.ok()) {
+        (void)daemon_.delete_pool(p.name());
+        return Status(st.error_code(), st.error_message() + "; the pool was not created");
+      }
+    }
+    pool_attrs_[p.name()] = attr;
+    for (const auto& info : daemon_.pools()) {
+      if (info.name == p.name()) describe_pool(info, out->mutable_pool());
+    }
+    return Status::OK;
   }
-  Status ResizePool(ServerContext* ctx, const v1::ResizePoolRequest*, v1::ResizePoolResponse*) override {
+
+  Status ResizePool(ServerContext* ctx, const v1::ResizePoolRequest* req, v1::ResizePoolResponse* out) override {
     if (auto st = check(ctx, true); !st.ok()) return st;
-    return Status(StatusCode::UNIMPLEMENTED, "resizing pools is not implemented yet");
+    const std::string name = req->name().empty() ? kDefaultPool : req->name();
+    std::lock_guard lock(change_mu_);
+    const auto pools = daemon_.pools();
+    auto it = std::find_if(pools.begin(), pools.end(), [&](const auto& p) { return p.name == name; });
+    if (it == pools.end()) {
+      return Status(StatusCode::NOT_FOUND, "no pool named '" + name + "' (the pools are " + pool_names(pools) + ")");
+    }
+    if (req->size() == 0 || req->size() > kMaxPoolWorkers) {
+      return invalid("size " + std::to_string(req->size()) + " is out of range: 1.." + std::to_string(kMaxPoolWorkers));
+    }
+    Scheduler& s = *it->scheduler;
+    const std::uint32_t before = s.worker_count();
+    const std::uint32_t after = s.resize(req->size());
+    if (after != req->size()) return Status(StatusCode::UNAVAILABLE, "pool '" + name + "' is shutting down");
+    // New workers take the pool's attributes (set at creation or since, for the pool).
+    auto at = pool_attrs_.find(name);
+    for (std::uint32_t i = before; i < after && at != pool_attrs_.end(); ++i) {
+      if (auto st = apply_pool_attr(at->second, {it->scheduler, name, i}); !st.ok()) {
+        spdlog::warn("control: pool '{}': {}", name, st.error_message());
+      }
+    }
+    spdlog::info("control: pool '{}' resized from {} to {} workers", name, before, after);
+    describe_pool(*it, out->mutable_pool());
+    return Status::OK;
   }
-  Status DeletePool(ServerContext* ctx, const v1::DeletePoolRequest*, v1::DeletePoolResponse*) override {
+
+  Status DeletePool(ServerContext* ctx, const v1::DeletePoolRequest* req, v1::DeletePoolResponse*) override {
     if (auto st = check(ctx, true); !st.ok()) return st;
-    return Status(StatusCode::UNIMPLEMENTED, "named pools are not implemented yet: the daemon has one pool, 'default'");
+    std::lock_guard lock(change_mu_);
+    const absl::Status st = daemon_.delete_pool(req->name());
+    if (!st.ok()) return Status(static_cast<StatusCode>(st.code()), std::string(st.message()));
+    pool_attrs_.erase(req->name());
+    return Status::OK;
   }
 
   Status ListClients(ServerContext* ctx, const v1::ListClientsRequest*, v1::ListClientsResponse* out) override {
@@ -481,7 +572,8 @@ class SchedulerService final : public v1::Scheduler::Service {
   Status Submit(ServerContext* ctx, const v1::SubmitRequest* req, v1::SubmitResponse* out) override {
     if (auto st = check(ctx, false); !st.ok()) return st;
     if (local_ == nullptr) return Status(StatusCode::UNAVAILABLE, "no client slot for the control plane");
-    if (!req->pool().empty() && req->pool() != kDefaultPool) return invalid("unknown pool '" + req->pool() + "'");
+    auto sched = daemon_.pool(req->pool().empty() ? kDefaultPool : req->pool());
+    if (sched == nullptr) return invalid("unknown pool '" + req->pool() + "' (the pools are " + pool_names(daemon_.pools()) + ")");
     const auto& reg = daemon_.scheduler().registry();
     const auto id = reg.id_of(req->function());
     if (!id) return invalid("unknown function '" + req->function() + "'");
@@ -513,7 +605,7 @@ class SchedulerService final : public v1::Scheduler::Service {
     }
     shm::Status st;
     shm::ErrorDetail d;
-    if (!daemon_.scheduler().submit_serial(s, job, *id, req->arg(), &st, &d)) {
+    if (!sched->submit_serial(s, job, *id, req->arg(), &st, &d)) {
       {
         std::lock_guard lock(s.jobs_mu);
         s.free_jobs.push_back(job);
@@ -584,59 +676,131 @@ class SchedulerService final : public v1::Scheduler::Service {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - daemon_.started()).count();
   }
 
-  Status targets(const v1::Target& t, std::vector<std::uint32_t>* ids) const {
-    const std::uint32_t n = daemon_.scheduler().worker_count();
+  // A worker of a pool: a number in a Target names a worker of the default pool.
+  struct WorkerRef {
+    std::shared_ptr<Scheduler> scheduler;
+    std::string pool;
+    std::uint32_t index = 0;
+    std::string text() const { return pool == kDefaultPool ? std::to_string(index) : pool + "/" + std::to_string(index); }
+  };
+  // Attributes a pool's workers get (at creation, and new workers when it grows).
+  struct PoolAttr {
+    int policy = -1;  // -1: keep
+    std::optional<int> priority, nice;
+  };
+
+  static std::string pool_names(const std::vector<Daemon::PoolInfo>& pools) {
+    std::string t;
+    for (const auto& p : pools) t += (t.empty() ? "'" : ", '") + p.name + "'";
+    return t;
+  }
+
+  static Status valid_pool_name(const std::string& n) {
+    if (n.empty() || n.size() > 32) return invalid("a pool name has 1 to 32 characters");
+    for (char c : n) {
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') {
+        return invalid("pool name '" + n + "': only letters, digits, '-' and '_'");
+      }
+    }
+    return Status::OK;
+  }
+
+  Status plan_pool_attr(const v1::ThreadAttributes& a, PoolAttr* out) const {
+    if (a.policy() != v1::POLICY_UNSPECIFIED) {
+      out->policy = from_proto_policy(a.policy());
+      if (out->policy < 0) return invalid("unknown policy " + std::to_string(a.policy()));
+    }
+    if (a.has_nice()) {
+      if (a.nice() < -20 || a.nice() > 19) return invalid("nice " + std::to_string(a.nice()) + " is out of range: -20..19");
+      out->nice = a.nice();
+    }
+    if (a.has_priority()) out->priority = a.priority();
+    const int pol = out->policy >= 0 ? out->policy : SCHED_OTHER;
+    const int prio = out->priority ? *out->priority : (realtime(pol) ? 1 : 0);
+    const int lo = sched_get_priority_min(pol), hi = sched_get_priority_max(pol);
+    if (prio < lo || prio > hi) {
+      return invalid("priority " + std::to_string(prio) + " is out of range for " +
+                     v1::Policy_Name(to_proto_policy(pol)) + ": " + std::to_string(lo) + ".." + std::to_string(hi));
+    }
+    return Status::OK;
+  }
+
+  Status apply_pool_attr(const PoolAttr& pa, const WorkerRef& id) const {
+    if (pa.policy < 0 && !pa.priority && !pa.nice) return Status::OK;
+    const pid_t tid = id.scheduler->worker(id.index).tid.load(std::memory_order_relaxed);
+    ThreadAttr a;
+    int e = tid == 0 ? ESRCH : 0;
+    const char* what = "reading its attributes";
+    if (e == 0 && get_attr(tid, &a, &e)) {
+      if (pa.policy >= 0) a.policy = pa.policy;
+      a.priority = pa.priority ? *pa.priority : (realtime(a.policy) ? std::max(a.priority, 1) : 0);
+      if (pa.nice) a.nice = *pa.nice;
+      if (set_attr(tid, a, &e, &what)) return Status::OK;
+    }
+    return Status(code_for_errno(e), "worker " + id.text() + " (tid " + std::to_string(tid) + "): " + what + ": " +
+                                         errno_name(e) + " (" + std::strerror(e) + ")");
+  }
+
+  Status targets(const v1::Target& t, std::vector<WorkerRef>* ids) const {
     switch (t.target_case()) {
-      case v1::Target::kWorker:
+      case v1::Target::kWorker: {
+        const std::uint32_t n = daemon_.scheduler().worker_count();
         if (t.worker() >= n) {
           return invalid("unknown worker " + std::to_string(t.worker()) + " (workers are 0.." + std::to_string(n - 1) +
                          ")");
         }
-        ids->push_back(t.worker());
+        ids->push_back({daemon_.pool(kDefaultPool), kDefaultPool, t.worker()});
         return Status::OK;
-      case v1::Target::kPool:
-        if (t.pool() != kDefaultPool) return invalid("unknown pool '" + t.pool() + "'");
-        for (std::uint32_t i = 0; i < n; ++i) ids->push_back(i);
+      }
+      case v1::Target::kPool: {
+        auto s = daemon_.pool(t.pool());
+        if (s == nullptr) return invalid("unknown pool '" + t.pool() + "' (the pools are " + pool_names(daemon_.pools()) + ")");
+        const std::uint32_t n = s->worker_count();
+        for (std::uint32_t i = 0; i < n; ++i) ids->push_back({s, t.pool(), i});
         return Status::OK;
+      }
       default: return invalid("name a worker or a pool");
     }
   }
 
-  static std::string ids_text(const std::vector<std::uint32_t>& ids) {
-    std::vector<int> v(ids.begin(), ids.end());
-    return format_cpu_list(v);
+  static std::string ids_text(const std::vector<WorkerRef>& ids) {
+    std::string t;
+    for (const auto& id : ids) t += (t.empty() ? "" : ",") + id.text();
+    return t;
   }
 
-  void default_pool(v1::Pool* p) const {
-    const auto& cfg = daemon_.config();
-    p->set_name(kDefaultPool);
-    p->set_cpus(format_cpu_list(cfg.cpus.empty() ? daemon_.allowed_cpus() : cfg.cpus));
-    p->set_size(daemon_.scheduler().worker_count());
+  void describe_pool(const Daemon::PoolInfo& info, v1::Pool* p) const {
+    const SchedulerConfig& cfg = info.scheduler->config();
+    p->set_name(info.name);
+    p->set_cpus(format_cpu_list(cfg.cpus));
+    p->set_size(info.scheduler->worker_count());
     switch (cfg.idle) {
       case shm::IdleStrategy::kBlock: p->set_idle(v1::IDLE_STRATEGY_BLOCK); break;
       case shm::IdleStrategy::kSpinThenBlock: p->set_idle(v1::IDLE_STRATEGY_SPIN_THEN_BLOCK); break;
       case shm::IdleStrategy::kPoll: p->set_idle(v1::IDLE_STRATEGY_POLL); break;
     }
-    if (daemon_.scheduler().worker_count() > 0) {
+    if (info.scheduler->worker_count() > 0) {
       ThreadAttr a;
       int e;
-      const pid_t tid = daemon_.scheduler().worker(0).tid.load(std::memory_order_relaxed);
+      const pid_t tid = info.scheduler->worker(0).tid.load(std::memory_order_relaxed);
       if (tid != 0 && get_attr(tid, &a, &e)) {
         p->mutable_attributes()->set_policy(to_proto_policy(a.policy));
         p->mutable_attributes()->set_priority(a.priority);
         p->mutable_attributes()->set_nice(a.nice);
       }
     }
-    p->set_clients(static_cast<std::uint32_t>(daemon_.client_infos().size()));
+    std::uint32_t clients = 0;
+    for (const auto& c : daemon_.client_infos()) clients += c.pool == info.name;
+    p->set_clients(clients);
   }
 
-  void describe(std::uint32_t i, v1::Worker* out) const {
-    const Worker& w = daemon_.scheduler().worker(i);
+  void describe(const WorkerRef& id, v1::Worker* out) const {
+    const Worker& w = id.scheduler->worker(id.index);
     const pid_t tid = w.tid.load(std::memory_order_relaxed);
-    out->set_id(i);
-    out->set_pool(kDefaultPool);
+    out->set_id(id.index);
+    out->set_pool(id.pool);
     out->set_tid(tid);
-    out->set_name("io-w" + std::to_string(i));
+    out->set_name(id.scheduler->config().thread_prefix + std::to_string(id.index));
     out->set_queue_depth(static_cast<std::uint32_t>(w.queue.size()));
     if (tid != 0) {
       out->set_cpus(format_cpu_list(thread_affinity(tid)));
@@ -667,7 +831,21 @@ class SchedulerService final : public v1::Scheduler::Service {
   }
 
   void stats(v1::Stats* out) const {
-    const auto t = daemon_.scheduler().totals();
+    const auto pools = daemon_.pools();
+    SchedulerTotals t;
+    for (const auto& p : pools) {
+      const auto pt = p.scheduler->totals();
+      t.steps += pt.steps;
+      t.accepted += pt.accepted;
+      t.completed += pt.completed;
+      t.failed += pt.failed;
+      t.rejected += pt.rejected;
+      t.steals += pt.steals;
+      t.parks += pt.parks;
+      t.timer_parks += pt.timer_parks;
+      t.backpressure += pt.backpressure;
+      t.spawned += pt.spawned;
+    }
     out->set_submitted(t.accepted);
     out->set_completed(t.completed);
     out->set_failed(t.failed);
@@ -690,8 +868,9 @@ class SchedulerService final : public v1::Scheduler::Service {
     reasons["rejected"] = t.rejected;
     reasons["rejected_unknown_function_current_clients"] = unknown_fn;
     reasons["rejected_invalid_current_clients"] = invalid_frames;
-    for (std::uint32_t i = 0; i < daemon_.scheduler().worker_count(); ++i) {
-      out->add_queue_depths(static_cast<std::uint32_t>(daemon_.scheduler().worker(i).queue.size()));
+    for (const auto& p : pools) {
+      const std::uint32_t n = p.scheduler->worker_count();
+      for (std::uint32_t i = 0; i < n; ++i) out->add_queue_depths(static_cast<std::uint32_t>(p.scheduler->worker(i).queue.size()));
     }
     out->set_clients(static_cast<std::uint32_t>(infos.size()));
     latency_.to_proto(out->mutable_submit_latency());
@@ -702,6 +881,7 @@ class SchedulerService final : public v1::Scheduler::Service {
   Daemon& daemon_;
   ClientSlot* local_ = nullptr;
   std::mutex change_mu_;  // one change to threads at a time
+  std::map<std::string, PoolAttr> pool_attrs_;  // under change_mu_
   std::atomic<bool> stopping_{false};
   std::atomic<std::uint64_t> next_tag_{1};
   std::mutex waiters_mu_;

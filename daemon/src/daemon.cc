@@ -10,6 +10,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
@@ -145,10 +146,35 @@ absl::Status Daemon::start() {
   sc.idle = config_.idle;
   sc.spin = config_.spin;
   sc.accept_batch = config_.accept_batch;
-  scheduler_ = std::make_unique<Scheduler>(sc, registry_, clients_);
+  sc.pool = 0;
+  scheduler_ = make_scheduler(sc);
+  {
+    std::lock_guard lock(pools_mu_);
+    pools_.push_back({"default", 0, scheduler_});
+  }
+  clients_.set_on_zombie([this] {
+    const std::uint64_t one = 1;
+    (void)!::write(event_fd_, &one, sizeof(one));
+  });
+  start_ns_ = now_ns(CLOCK_REALTIME);
+  scheduler_->start();
+  spdlog::info("insideoutd {} (pid {}) on {}: {} workers{}, idle strategy {}, layout version {}", kVersion,
+               ::getpid(), path, scheduler_->worker_count(),
+               sc.cpus.empty() ? std::string(" (unpinned)") : " on CPUs " + format_cpu_list(sc.cpus),
+               shm::idle_strategy_name(sc.idle), shm::kLayoutVersion);
+  return absl::OkStatus();
+}
+
+std::shared_ptr<Scheduler> Daemon::make_scheduler(SchedulerConfig sc) {
+  auto s = std::make_shared<Scheduler>(std::move(sc), registry_, clients_);
   // Runs on a worker, before the job's reference on the slot is dropped: the result is
   // copied out here, so the loop never looks at a slot that may be gone.
-  scheduler_->set_serial_sink([this](ClientSlot& slot, std::uint32_t job) {
+  s->set_serial_sink([this](ClientSlot& slot, std::uint32_t job) { serial_done(slot, job); });
+  return s;
+}
+
+void Daemon::serial_done(ClientSlot& slot, std::uint32_t job) {
+  {
     // The local client's sink is set before its first job (happens-before through the
     // scheduler's inject lock).
     if (&slot == local_slot_) return local_sink_(slot, job);
@@ -173,17 +199,66 @@ absl::Status Daemon::start() {
     }
     const std::uint64_t one = 1;
     (void)!::write(event_fd_, &one, sizeof(one));
-  });
-  clients_.set_on_zombie([this] {
-    const std::uint64_t one = 1;
-    (void)!::write(event_fd_, &one, sizeof(one));
-  });
-  start_ns_ = now_ns(CLOCK_REALTIME);
-  scheduler_->start();
-  spdlog::info("insideoutd {} (pid {}) on {}: {} workers{}, idle strategy {}, layout version {}", kVersion,
-               ::getpid(), path, scheduler_->worker_count(),
-               sc.cpus.empty() ? std::string(" (unpinned)") : " on CPUs " + format_cpu_list(sc.cpus),
-               shm::idle_strategy_name(sc.idle), shm::kLayoutVersion);
+  }
+}
+
+std::vector<Daemon::PoolInfo> Daemon::pools() const {
+  std::lock_guard lock(pools_mu_);
+  return pools_;
+}
+
+std::shared_ptr<Scheduler> Daemon::pool(const std::string& name) const {
+  std::lock_guard lock(pools_mu_);
+  for (const auto& p : pools_) {
+    if (p.name == name) return p.scheduler;
+  }
+  return nullptr;
+}
+
+absl::StatusOr<std::shared_ptr<Scheduler>> Daemon::create_pool(const std::string& name, SchedulerConfig sc) {
+  std::lock_guard lock(pools_mu_);
+  for (const auto& p : pools_) {
+    if (p.name == name) return absl::AlreadyExistsError("pool '" + name + "' already exists");
+  }
+  sc.pool = next_pool_id_++;
+  sc.thread_prefix = "io-" + name.substr(0, 7) + "-";
+  auto s = make_scheduler(std::move(sc));
+  s->start();
+  PoolInfo info{name, s->config().pool, s};
+  pools_.push_back(info);
+  std::sort(pools_.begin() + 1, pools_.end(), [](const PoolInfo& a, const PoolInfo& b) { return a.name < b.name; });
+  spdlog::info("pool '{}' created: {} workers{}", name, s->worker_count(),
+               s->config().cpus.empty() ? std::string(" (unpinned)")
+                                        : " on CPUs " + format_cpu_list(s->config().cpus));
+  return s;
+}
+
+absl::Status Daemon::delete_pool(const std::string& name) {
+  if (name == "default") return absl::FailedPreconditionError("the default pool cannot be deleted");
+  std::shared_ptr<Scheduler> victim;
+  {
+    std::lock_guard lock(pools_mu_);
+    auto it = std::find_if(pools_.begin(), pools_.end(), [&](const PoolInfo& p) { return p.name == name; });
+    if (it == pools_.end()) return absl::NotFoundError("no pool named '" + name + "'");
+    std::string users;
+    {
+      std::lock_guard ilock(info_mu_);
+      for (const auto& [id, info] : infos_) {
+        if (info.pool != name) continue;
+        users += (users.empty() ? "" : ", ") + std::to_string(id) + " (pid " + std::to_string(info.pid) +
+                 (info.name.empty() ? "" : ", " + info.name) + ")";
+      }
+    }
+    if (!users.empty()) {
+      return absl::FailedPreconditionError("pool '" + name + "' still has registered clients: " + users);
+    }
+    victim = it->scheduler;
+    pools_.erase(it);
+  }
+  // No client can name it any more; what its departed clients left in flight finishes.
+  const bool drained = victim->drain(config_.drain_timeout);
+  victim->stop();
+  spdlog::info("pool '{}' deleted{}", name, drained ? "" : " (its drain timed out)");
   return absl::OkStatus();
 }
 
@@ -320,17 +395,26 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
                   " layout " + std::to_string(hello.layout_version()) + ", daemon protocol " +
                   std::to_string(shm::kProtocolVersion) + " layout " + std::to_string(shm::kLayoutVersion));
   }
-  // Named pools are not implemented yet: only the default one exists.
-  if (!hello.pool().empty() && hello.pool() != "default") {
-    return refuse("unknown pool '" + hello.pool() + "' (this daemon has one pool, 'default')");
+  const std::string pool_name = hello.pool().empty() ? "default" : hello.pool();
+  // Under pools_mu_ until the client is in infos_: DeletePool cannot miss it.
+  std::unique_lock pools_lock(pools_mu_);
+  auto pit = std::find_if(pools_.begin(), pools_.end(), [&](const PoolInfo& p) { return p.name == pool_name; });
+  if (pit == pools_.end()) {
+    std::string known;
+    for (const auto& p : pools_) known += (known.empty() ? "'" : ", '") + p.name + "'";
+    pools_lock.unlock();
+    return refuse("unknown pool '" + pool_name + "' (the pools are " + known + ")");
   }
+  const PoolInfo pool = *pit;
   ClientSlot* slot = clients_.reserve();
+  if (slot == nullptr) pools_lock.unlock();
   if (slot == nullptr) return refuse("too many clients (max " + std::to_string(config_.max_clients) + ")");
   slot->id = next_client_id_++;
   slot->pid = c.cred.pid;
   slot->uid = c.cred.uid;
   slot->gid = c.cred.gid;
   slot->name = hello.client_name();
+  slot->pool = pool.id;
   int seg_fd = -1;
   if (hello.want_segment()) {
     const auto& req = hello.segment();
@@ -344,6 +428,7 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
     shm::SegmentGeometry g;
     if (!shm::SegmentGeometry::compute(r, &g)) {
       clients_.reclaim(*slot);
+      pools_lock.unlock();
       return refuse("bad segment request: ring capacity must be a power of two, frames at most the ring "
                     "capacity, buffer blocks a multiple of 64 bytes");
     }
@@ -351,6 +436,7 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
     slot->segment = shm::Segment::create(g, static_cast<std::uint32_t>(::getpid()), slot->id, start_ns_, &err);
     if (!slot->segment.valid()) {
       clients_.reclaim(*slot);
+      pools_lock.unlock();
       return refuse("could not create the segment: " + err);
     }
     slot->geom = g;
@@ -359,12 +445,14 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
   }
   clients_.activate(*slot);
   c.slot = slot;
+  c.sched = pool.scheduler;
   slot_conn_[slot->index] = c.fd;
   {
     std::lock_guard lock(info_mu_);
     infos_[slot->id] = ClientInfo{slot->id, slot->index, slot->pid, slot->uid, slot->gid, slot->name,
-                                  hello.pool().empty() ? "default" : hello.pool(), slot->has_segment};
+                                  pool_name, slot->has_segment};
   }
+  pools_lock.unlock();
 
   v1::DaemonMessage m;
   auto* w = m.mutable_welcome();
@@ -374,7 +462,7 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
   w->set_segment_size(slot->has_segment ? slot->geom.size : 0);
   w->set_daemon_pid(static_cast<std::uint32_t>(::getpid()));
   w->set_daemon_version(kVersion);
-  w->set_workers(scheduler_->worker_count());
+  w->set_workers(pool.scheduler->worker_count());
   const auto defs = registry_.all();
   for (std::size_t i = 0; i < defs.size(); ++i) {
     auto* f = w->add_functions();
@@ -390,11 +478,11 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
   }
   // The client holds its own descriptor now; the daemon keeps only the mapping.
   slot->segment.close_fd();
-  spdlog::info("client {} registered: pid {} uid {} gid {}{}{}", slot->id, c.cred.pid, c.cred.uid, c.cred.gid,
-               slot->name.empty() ? "" : " name " + slot->name,
+  spdlog::info("client {} registered to pool '{}': pid {} uid {} gid {}{}{}", slot->id, pool_name, c.cred.pid,
+               c.cred.uid, c.cred.gid, slot->name.empty() ? "" : " name " + slot->name,
                slot->has_segment ? ", segment " + std::to_string(slot->geom.size) + " bytes" : ", serialized only");
   // Parked workers re-park watching the new client's doorbell.
-  scheduler_->wake_all();
+  pool.scheduler->wake_all();
 }
 
 void Daemon::on_submit(Conn& c, const v1::Continuation& cont) {
@@ -438,7 +526,7 @@ void Daemon::on_submit(Conn& c, const v1::Continuation& cont) {
   }
   Status st;
   ErrorDetail d;
-  if (!scheduler_->submit_serial(s, job, *id, cont.arg(), &st, &d)) {
+  if (!c.sched->submit_serial(s, job, *id, cont.arg(), &st, &d)) {
     {
       std::lock_guard lock(s.jobs_mu);
       s.free_jobs.push_back(job);
@@ -484,7 +572,7 @@ void Daemon::close_conn(int fd, const char* why) {
     // Stop reading its rings, cancel what it has parked, drop the connection's reference;
     // the slot is reclaimed once its last continuation has completed.
     s.state.store(SlotState::kClosing, std::memory_order_seq_cst);
-    scheduler_->client_closing(s);
+    (c.sched ? *c.sched : *scheduler_).client_closing(s);
     clients_.release(s);
   }
 }
@@ -516,13 +604,19 @@ void Daemon::reclaim_zombies() {
     bool known = false;
     for (const auto& z : zombies_) known |= z.slot == &s;
     if (!known) {
-      zombies_.push_back({&s, scheduler_->epochs()});
+      Zombie z{&s, {}};
+      for (const auto& p : pools()) z.epochs.emplace_back(p.scheduler, p.scheduler->epochs());
+      zombies_.push_back(std::move(z));
       fresh = true;
     }
   }
-  if (fresh) scheduler_->wake_all();  // parked workers pass a quiescent point on waking
+  if (fresh) {
+    for (const auto& p : pools()) p.scheduler->wake_all();  // parked workers pass a quiescent point on waking
+  }
   for (auto it = zombies_.begin(); it != zombies_.end();) {
-    if (scheduler_->quiescent_since(it->epochs)) {
+    bool quiet = true;
+    for (const auto& [sched, epochs] : it->epochs) quiet = quiet && sched->quiescent_since(epochs);
+    if (quiet) {
       spdlog::debug("client {}: segment unmapped", it->slot->id);
       clients_.reclaim(*it->slot);
       it = zombies_.erase(it);
@@ -547,7 +641,11 @@ void Daemon::shutdown() {
                                       std::memory_order_release);
     }
   }
-  const bool drained = scheduler_->drain(config_.drain_timeout);
+  // Every pool drains at once (their deadlines overlap), the default one last.
+  const auto all = pools();
+  for (const auto& p : all) p.scheduler->begin_drain();
+  bool drained = true;
+  for (auto it = all.rbegin(); it != all.rend(); ++it) drained = it->scheduler->drain(config_.drain_timeout) && drained;
   if (!drained) spdlog::warn("drain timed out after {} ms; stopping with work in flight", config_.drain_timeout.count());
   flush_outbox();
   // Goodbye to everyone, then let their slots go.
@@ -564,14 +662,23 @@ void Daemon::shutdown() {
     }
     close_conn(fd, "disconnected at shutdown");
   }
-  scheduler_->stop();
+  for (const auto& p : all) p.scheduler->stop();
   // Workers are gone: every zombie may be unmapped now.
   for (std::uint32_t i = 0; i < clients_.high_water(); ++i) {
     ClientSlot& s = clients_.slot(i);
     if (s.state.load(std::memory_order_acquire) != SlotState::kFree) clients_.reclaim(s);
   }
   zombies_.clear();
-  const auto t = scheduler_->totals();
+  SchedulerTotals t;
+  for (const auto& p : all) {
+    const auto pt = p.scheduler->totals();
+    t.accepted += pt.accepted;
+    t.completed += pt.completed;
+    t.failed += pt.failed;
+    t.rejected += pt.rejected;
+    t.steps += pt.steps;
+    t.steals += pt.steals;
+  }
   spdlog::info("stopped: {} accepted, {} completed, {} failed, {} rejected, {} steps, {} steals", t.accepted,
                t.completed, t.failed, t.rejected, t.steps, t.steals);
   ::unlink((runtime_dir_ + "/" + shm::kLockFileName).c_str());
@@ -612,6 +719,7 @@ ClientSlot* Daemon::open_local_client(std::string name, std::function<void(Clien
   slot->uid = ::getuid();
   slot->gid = ::getgid();
   slot->name = std::move(name);
+  slot->pool = 0;
   local_sink_ = std::move(sink);
   clients_.activate(*slot);  // no segment: workers never look at its rings
   local_slot_ = slot;

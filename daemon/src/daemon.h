@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "insideout/v1/continuation.pb.h"
 #include "clients.h"
 #include "config.h"
@@ -44,7 +45,26 @@ class Daemon {
 
   const std::string& runtime_dir() const { return runtime_dir_; }
   std::string socket_path() const { return runtime_dir_ + "/daemon.sock"; }
+  // The default pool's scheduler (it always exists).
   Scheduler& scheduler() { return *scheduler_; }
+
+  // ---- Pools (named groups of workers, one Scheduler each); any thread. ------------
+  struct PoolInfo {
+    std::string name;
+    std::uint32_t id = 0;
+    std::shared_ptr<Scheduler> scheduler;
+  };
+  // Every pool, "default" first, then by name.
+  std::vector<PoolInfo> pools() const;
+  // nullptr when there is no such pool.
+  std::shared_ptr<Scheduler> pool(const std::string& name) const;
+  // Starts a pool's workers (config.pool and thread_prefix are filled in here).
+  // ALREADY_EXISTS if the name is taken; the caller validated everything else.
+  absl::StatusOr<std::shared_ptr<Scheduler>> create_pool(const std::string& name, SchedulerConfig config);
+  // FAILED_PRECONDITION for "default" or while clients are registered to it (naming
+  // them), NOT_FOUND for an unknown pool; otherwise no new client can name it from now
+  // on, and its work is drained (bounded by the drain timeout) and its workers stopped.
+  absl::Status delete_pool(const std::string& name);
 
   // ---- For the control plane (control.cc); any thread unless noted. ----------------
   struct ClientInfo {
@@ -79,6 +99,7 @@ class Daemon {
     int fd = -1;
     ucred cred{};
     ClientSlot* slot = nullptr;
+    std::shared_ptr<Scheduler> sched;  // the pool it registered to
     std::uint32_t serial_inflight = 0;
   };
 
@@ -91,12 +112,19 @@ class Daemon {
   void heartbeat();
   void reclaim_zombies();
   void shutdown();
+  void serial_done(ClientSlot& slot, std::uint32_t job);
+  std::shared_ptr<Scheduler> make_scheduler(SchedulerConfig sc);
 
   DaemonConfig config_;
   std::string runtime_dir_;
   FunctionRegistry registry_;
   ClientTable clients_;
-  std::unique_ptr<Scheduler> scheduler_;
+  std::shared_ptr<Scheduler> scheduler_;  // the default pool's
+  // Pools by name, under pools_mu_ (taken before info_mu_). A deleted pool's scheduler
+  // lives on while a zombie's snapshot still holds it.
+  mutable std::mutex pools_mu_;
+  std::vector<PoolInfo> pools_;
+  std::uint32_t next_pool_id_ = 1;
 
   int lock_fd_ = -1;
   int listen_fd_ = -1;
@@ -120,7 +148,8 @@ class Daemon {
 
   struct Zombie {
     ClientSlot* slot;
-    std::vector<std::uint64_t> epochs;
+    // Every pool's workers' epochs when the slot became a zombie.
+    std::vector<std::pair<std::shared_ptr<Scheduler>, std::vector<std::uint64_t>>> epochs;
   };
   std::vector<Zombie> zombies_;
 

@@ -90,14 +90,18 @@ Scheduler::Scheduler(SchedulerConfig config, const FunctionRegistry& registry, C
     : config_(std::move(config)), registry_(registry), clients_(clients) {
   std::uint32_t n = config_.workers;
   if (n == 0) n = config_.cpus.empty() ? 1 : static_cast<std::uint32_t>(config_.cpus.size());
+  n = std::clamp<std::uint32_t>(n, 1, kMaxPoolWorkers);
   for (std::uint32_t i = 0; i < n; ++i) {
     auto w = std::make_unique<Worker>(config_.queue_capacity);
     w->index = i;
     w->cpu = config_.cpus.empty() ? -1 : config_.cpus[i % config_.cpus.size()];
     w->rng = 0x9E3779B9u * (i + 1);
-    workers_.push_back(std::move(w));
+    workers_[i] = std::move(w);
   }
-  idle_.reserve(n);
+  // Relaxed: no worker runs yet; start() publishes them by creating the threads.
+  allocated_.store(n, std::memory_order_relaxed);
+  count_.store(n, std::memory_order_relaxed);
+  idle_.reserve(kMaxPoolWorkers);
 }
 
 Scheduler::~Scheduler() {
@@ -109,13 +113,73 @@ Scheduler::~Scheduler() {
 
 void Scheduler::start() {
   timer_thread_ = std::thread([this] { timer_loop(); });
-  for (auto& w : workers_) {
-    Worker* wp = w.get();
-    w->thread = std::thread([this, wp] { run(*wp); });
+  std::lock_guard lock(resize_mu_);
+  const std::uint32_t n = count_.load(std::memory_order_relaxed);  // only resize() writes it, under resize_mu_
+  for (std::uint32_t i = 0; i < n; ++i) start_worker(i);
+  wait_for_tids(0, n);
+}
+
+void Scheduler::wait_for_tids(std::uint32_t from, std::uint32_t to) {
+  // Bounded: the caller may then set the threads' attributes and report them.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  for (std::uint32_t i = from; i < to; ++i) {
+    while (workers_[i]->tid.load(std::memory_order_relaxed) == 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
   }
 }
 
-bool Scheduler::drain(std::chrono::milliseconds timeout) {
+void Scheduler::start_worker(std::uint32_t i) {
+  Worker* w = workers_[i].get();
+  // Relaxed: the thread's creation publishes these to it; readers of tid (the control
+  // plane) only display it or wait for it to become non-zero.
+  w->retiring.store(false, std::memory_order_relaxed);
+  w->tid.store(0, std::memory_order_relaxed);
+  w->alive.store(true, std::memory_order_release);  // R5': pairs with R6 (a started worker is not quiescent)
+  w->thread = std::thread([this, w] { run(*w); });
+}
+
+std::uint32_t Scheduler::resize(std::uint32_t n) {
+  std::lock_guard lock(resize_mu_);
+  const std::uint32_t cur = count_.load(std::memory_order_relaxed);  // only written here, under resize_mu_
+  if (stop_.load(std::memory_order_relaxed) || draining_.load(std::memory_order_relaxed)) return cur;
+  n = std::clamp<std::uint32_t>(n, 1, kMaxPoolWorkers);
+  if (n > cur) {
+    std::uint32_t alloc = allocated_.load(std::memory_order_relaxed);  // only written here
+    for (std::uint32_t i = cur; i < n; ++i) {
+      if (i >= alloc) {
+        auto w = std::make_unique<Worker>(config_.queue_capacity);
+        w->index = i;
+        w->rng = 0x9E3779B9u * (i + 1);
+        w->cpu = config_.cpus.empty() ? -1 : config_.cpus[i % config_.cpus.size()];
+        workers_[i] = std::move(w);
+        alloc = i + 1;
+        // Release: pairs with the acquire in totals()/epochs(); the Worker exists.
+        allocated_.store(alloc, std::memory_order_release);
+      }
+      start_worker(i);
+    }
+    wait_for_tids(cur, n);
+    count_.store(n, std::memory_order_release);  // R1: pairs with R2
+    wake_all();  // parked workers' any_work() may now see the new workers' queues
+  } else if (n < cur) {
+    for (std::uint32_t i = n; i < cur; ++i) {
+      Worker& w = *workers_[i];
+      w.retiring.store(true, std::memory_order_seq_cst);    // R3: pairs with R4
+      w.wake_word.fetch_add(1, std::memory_order_release);  // K3
+      shm::futex_wake(&w.wake_word, 1);
+    }
+    count_.store(n, std::memory_order_release);  // R1: thieves stop looking at them
+    for (std::uint32_t i = n; i < cur; ++i) {
+      if (workers_[i]->thread.joinable()) workers_[i]->thread.join();
+    }
+    // What they handed over is in the injection queue; make sure someone looks.
+    wake_all();
+  }
+  return n;
+}
+
+void Scheduler::begin_drain() {
   draining_.store(true, std::memory_order_seq_cst);
   wake_all();  // parked workers stop watching client doorbells
   // Parked continuations resume now, cancelled.
@@ -128,12 +192,16 @@ bool Scheduler::drain(std::chrono::milliseconds timeout) {
       inject(t);
     }
   }
+}
+
+bool Scheduler::drain(std::chrono::milliseconds timeout) {
+  begin_drain();
   auto busy = [this] {
     const std::uint32_t hw = clients_.high_water();
     for (std::uint32_t i = 0; i < hw; ++i) {
       ClientSlot& c = clients_.slot(i);
       const SlotState st = c.state.load(std::memory_order_acquire);
-      if (st == SlotState::kFree || st == SlotState::kZombie) continue;
+      if (st == SlotState::kFree || st == SlotState::kZombie || c.pool != config_.pool) continue;
       // Active slots hold one reference for the connection; closing ones may hold none.
       const std::uint32_t base = st == SlotState::kActive ? 1 : 0;
       if (c.refs.load(std::memory_order_acquire) > base) return true;
@@ -145,10 +213,12 @@ bool Scheduler::drain(std::chrono::milliseconds timeout) {
 }
 
 void Scheduler::stop() {
+  std::lock_guard resize_lock(resize_mu_);
   stop_.store(true, std::memory_order_seq_cst);
   wake_all();
-  for (auto& w : workers_) {
-    if (w->thread.joinable()) w->thread.join();
+  const std::uint32_t alloc = allocated_.load(std::memory_order_relaxed);  // written under resize_mu_
+  for (std::uint32_t i = 0; i < alloc; ++i) {
+    if (workers_[i]->thread.joinable()) workers_[i]->thread.join();
   }
   {
     std::lock_guard lock(timer_mu_);
@@ -159,7 +229,9 @@ void Scheduler::stop() {
 }
 
 void Scheduler::wake_all() {
-  for (auto& w : workers_) {
+  const std::uint32_t n = worker_count();
+  for (std::uint32_t i = 0; i < n; ++i) {
+    Worker* w = workers_[i].get();
     w->wake_word.fetch_add(1, std::memory_order_release);  // K3
     shm::futex_wake(&w->wake_word, 1);
   }
@@ -167,8 +239,10 @@ void Scheduler::wake_all() {
 
 SchedulerTotals Scheduler::totals() const {
   SchedulerTotals t;
-  for (const auto& w : workers_) {
-    const WorkerStats& s = w->stats;
+  // Retired workers' counts stay in the totals. Acquire: pairs with the release in resize().
+  const std::uint32_t alloc = allocated_.load(std::memory_order_acquire);
+  for (std::uint32_t i = 0; i < alloc; ++i) {
+    const WorkerStats& s = workers_[i]->stats;
     t.steps += s.steps.load(std::memory_order_relaxed);
     t.accepted += s.accepted.load(std::memory_order_relaxed);
     t.completed += s.completed.load(std::memory_order_relaxed);
@@ -205,7 +279,8 @@ void Scheduler::run(Worker& w) {
       run_task(w, ctx, t);
       continue;
     }
-    if (stop_.load(std::memory_order_acquire)) break;
+    // R4: relaxed is enough here; park() re-reads it seq_cst before sleeping.
+    if (stop_.load(std::memory_order_acquire) || w.retiring.load(std::memory_order_relaxed)) break;
     set_hungry(w, true);  // busy workers start sharing their private work
     // Nothing to do: spin (bounded) or poll, then park.
     if (config_.idle != shm::IdleStrategy::kBlock) {
@@ -214,7 +289,7 @@ void Scheduler::run(Worker& w) {
       for (std::uint32_t i = 0;; ++i) {
         shm::cpu_relax();
         if ((t = find_work(w)) != nullptr) break;
-        if (stop_.load(std::memory_order_relaxed)) break;
+        if (stop_.load(std::memory_order_relaxed) || w.retiring.load(std::memory_order_relaxed)) break;
         if (config_.idle == shm::IdleStrategy::kSpinThenBlock && (i & 63) == 63 &&
             std::chrono::steady_clock::now() >= until) {
           break;
@@ -225,14 +300,33 @@ void Scheduler::run(Worker& w) {
         run_task(w, ctx, t);
         continue;
       }
-      if (stop_.load(std::memory_order_acquire)) break;
+      if (stop_.load(std::memory_order_acquire) || w.retiring.load(std::memory_order_relaxed)) break;
     }
     park(w);
   }
   set_hungry(w, false);
-  flush_children(w);
+  flush_children(w);  // may resume a parent into w.local
+  if (!stop_.load(std::memory_order_relaxed)) retire(w);
   flush_completions(w);
   pool_.drain(w.cache);
+  w.alive.store(false, std::memory_order_release);  // R5: pairs with R6; no slot pointer is held now
+}
+
+void Scheduler::retire(Worker& w) {
+  // Everything this worker still holds goes to the injection queue, where any worker of
+  // the pool takes it (the timer heap and the client rings belong to the pool, not to
+  // a worker, so nothing else is left behind).
+  std::vector<Task*> moved;
+  while (Task* t = w.queue.pop()) moved.push_back(t);
+  moved.insert(moved.end(), w.local.begin(), w.local.end());
+  w.local.clear();
+  if (moved.empty()) return;
+  {
+    std::lock_guard lock(inject_mu_);
+    injected_.insert(injected_.end(), moved.begin(), moved.end());
+    injected_size_.store(injected_.size(), std::memory_order_relaxed);
+  }
+  maybe_wake();
 }
 
 void Scheduler::set_hungry(Worker& w, bool hungry) {
@@ -256,17 +350,25 @@ void Scheduler::share(Worker& w) {
 
 std::vector<std::uint64_t> Scheduler::epochs() const {
   std::vector<std::uint64_t> e;
-  for (const auto& w : workers_) e.push_back(w->epoch.load(std::memory_order_seq_cst));
+  // Acquire: pairs with the release in resize(); every Worker below it exists. Retired
+  // ones are in the snapshot too: one started again afterwards must pass a quiescent
+  // point before the snapshot is satisfied (its epoch keeps counting across restarts).
+  const std::uint32_t alloc = allocated_.load(std::memory_order_acquire);
+  for (std::uint32_t i = 0; i < alloc; ++i) e.push_back(workers_[i]->epoch.load(std::memory_order_seq_cst));
   return e;
 }
 
 bool Scheduler::quiescent_since(const std::vector<std::uint64_t>& snapshot) const {
-  for (std::size_t i = 0; i < workers_.size() && i < snapshot.size(); ++i) {
-    // seq_cst: pairs with the worker's quiescent store (Q in find_work()).
-    if (workers_[i]->epoch.load(std::memory_order_seq_cst) == snapshot[i] &&
-        workers_[i]->thread.joinable() && !stop_.load(std::memory_order_relaxed)) {
-      return false;
-    }
+  if (stop_.load(std::memory_order_relaxed)) return true;
+  const std::uint32_t alloc = allocated_.load(std::memory_order_acquire);  // pairs with the release in resize()
+  for (std::uint32_t i = 0; i < alloc; ++i) {
+    const Worker& w = *workers_[i];
+    // R6: pairs with R5; a worker with no thread holds no pointer into any slot.
+    if (!w.alive.load(std::memory_order_acquire)) continue;
+    // seq_cst: pairs with the worker's quiescent store (Q in find_work()). A worker
+    // created after the snapshot counts from epoch 0.
+    const std::uint64_t then = i < snapshot.size() ? snapshot[i] : 0;
+    if (w.epoch.load(std::memory_order_seq_cst) == then) return false;
   }
   return true;
 }
@@ -282,6 +384,9 @@ Task* Scheduler::find_work(Worker& w) {
     flush_completions(w);  // and a completion behind busy local work
     w.share_hint = hungry_.load(std::memory_order_relaxed) != 0;  // read once per 64 looks
     if (w.share_hint && w.local.size() > 1) share(w);
+    // R4: relaxed, once per 64 looks: a retiring worker stops here and hands its work
+    // over in retire(); resize() also wakes it, and park() re-reads the flag seq_cst.
+    if (w.retiring.load(std::memory_order_relaxed)) return nullptr;
   }
   // Every 32nd look starts at the client rings and at work from outside (timers, the
   // serialized path), so local work cannot starve them.
@@ -332,7 +437,7 @@ void Scheduler::inject(Task* t) {
 }
 
 Task* Scheduler::steal(Worker& w) {
-  const auto n = static_cast<std::uint32_t>(workers_.size());
+  const std::uint32_t n = worker_count();  // R2
   if (n < 2) return nullptr;
   Task* got[kStealMax];
   const std::uint32_t start = next_random(w.rng) % n;
@@ -388,7 +493,9 @@ Task* Scheduler::poll_clients(Worker& w) {
   for (std::uint32_t i = 0; i < hw; ++i) {
     ClientSlot& c = clients_.slot((start + i) % hw);
     // S2: pairs with S1 in ClientTable::activate().
-    if (c.state.load(std::memory_order_acquire) != SlotState::kActive || !c.has_segment) continue;
+    if (c.state.load(std::memory_order_acquire) != SlotState::kActive || !c.has_segment || c.pool != config_.pool) {
+      continue;
+    }
     if (c.has_backlog.load(std::memory_order_relaxed)) flush_backlog(c);
     // A peek without the lock: is the slot at the consumer's position published?
     const std::uint64_t head = c.peek_head.load(std::memory_order_relaxed);
@@ -503,6 +610,11 @@ bool Scheduler::submit_serial(ClientSlot& c, std::uint32_t job, std::uint32_t fn
   if (arg > def->max_arg) {
     *status = Status::kInvalidArgument;
     *detail = ErrorDetail::kArgumentOutOfRange;
+    return false;
+  }
+  if (draining_.load(std::memory_order_relaxed)) {  // a pool being deleted or a daemon stopping
+    *status = Status::kCancelled;
+    *detail = ErrorDetail::kShutdown;
     return false;
   }
   c.refs.fetch_add(1, std::memory_order_relaxed);
@@ -641,6 +753,12 @@ void Scheduler::flush_completions(Worker& w) {
   if (w.out_n == 0) return;
   ClientSlot& c = *w.out_client;
   const std::span<const std::uint32_t> offs(w.out_offs, w.out_n);
+  // Relaxed: statistics. Counted before the ring's release stores publish the frames, so
+  // whoever has seen a completion also sees it counted (tests compare the counts then).
+  if (w.out_ok) c.completed.fetch_add(w.out_ok, std::memory_order_relaxed);
+  if (w.out_failed) c.failed.fetch_add(w.out_failed, std::memory_order_relaxed);
+  w.stats.completed.store(w.stats.completed.load(std::memory_order_relaxed) + w.out_ok, std::memory_order_relaxed);
+  w.stats.failed.store(w.stats.failed.load(std::memory_order_relaxed) + w.out_failed, std::memory_order_relaxed);
   std::size_t pushed = 0;
   while (pushed < offs.size()) {
     // The ring's release stores publish the frames' results (P1 in ring.h).
@@ -655,11 +773,6 @@ void Scheduler::flush_completions(Worker& w) {
     c.has_backlog.store(true, std::memory_order_relaxed);
   }
   if (pushed != 0) shm::event_notify(c.doorbells->completion, INT32_MAX);
-  // Relaxed: statistics.
-  if (w.out_ok) c.completed.fetch_add(w.out_ok, std::memory_order_relaxed);
-  if (w.out_failed) c.failed.fetch_add(w.out_failed, std::memory_order_relaxed);
-  w.stats.completed.store(w.stats.completed.load(std::memory_order_relaxed) + w.out_ok, std::memory_order_relaxed);
-  w.stats.failed.store(w.stats.failed.load(std::memory_order_relaxed) + w.out_failed, std::memory_order_relaxed);
   const std::uint32_t n = w.out_n;
   w.out_n = w.out_ok = w.out_failed = 0;
   w.out_client = nullptr;
@@ -679,16 +792,19 @@ void Scheduler::flush_backlog(ClientSlot& c) {
 // ---- parking -----------------------------------------------------------------------
 
 bool Scheduler::any_work(const Worker& self) {
-  for (const auto& w : workers_) {
-    if (w->queue.size() != 0) return true;
-    if (w.get() == &self && !w->local.empty()) return true;
+  if (!self.local.empty() || self.queue.size() != 0) return true;
+  const std::uint32_t n = worker_count();  // R2
+  for (std::uint32_t i = 0; i < n; ++i) {
+    if (workers_[i]->queue.size() != 0) return true;
   }
   if (injected_size_.load(std::memory_order_relaxed) != 0) return true;
   if (draining_.load(std::memory_order_relaxed)) return false;
   const std::uint32_t hw = clients_.high_water();
   for (std::uint32_t i = 0; i < hw; ++i) {
     ClientSlot& c = clients_.slot(i);
-    if (c.state.load(std::memory_order_acquire) != SlotState::kActive || !c.has_segment) continue;
+    if (c.state.load(std::memory_order_acquire) != SlotState::kActive || !c.has_segment || c.pool != config_.pool) {
+      continue;
+    }
     const std::uint64_t head = c.peek_head.load(std::memory_order_relaxed);
     shm::RingView view(c.base + c.geom.submit_ring_off, c.geom.ring_capacity);
     const std::uint64_t word = view.slot(head).load(std::memory_order_seq_cst);
@@ -713,7 +829,9 @@ void Scheduler::park(Worker& w) {
     const std::uint32_t hw = clients_.high_water();
     for (std::uint32_t i = 0; i < hw; ++i) {
       ClientSlot& c = clients_.slot(i);
-      if (c.state.load(std::memory_order_acquire) != SlotState::kActive || !c.has_segment) continue;
+      if (c.state.load(std::memory_order_acquire) != SlotState::kActive || !c.has_segment || c.pool != config_.pool) {
+        continue;
+      }
       if (c.has_backlog.load(std::memory_order_relaxed)) timed = true;
       if (w.announced.size() == kMaxWatchedClients) {
         timed = true;  // more clients than one futex_waitv takes: re-scan every millisecond
@@ -727,7 +845,8 @@ void Scheduler::park(Worker& w) {
       w.announced.push_back(&c);
     }
   }
-  if (!any_work(w) && !stop_.load(std::memory_order_seq_cst)) {
+  // R4: seq_cst, after reading the wake word: pairs with R3 in resize().
+  if (!any_work(w) && !stop_.load(std::memory_order_seq_cst) && !w.retiring.load(std::memory_order_seq_cst)) {
     w.parked.store(true, std::memory_order_relaxed);
     w.stats.parks.store(w.stats.parks.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     std::optional<std::chrono::nanoseconds> timeout;

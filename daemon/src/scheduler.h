@@ -8,6 +8,19 @@
 //      (maybe_wake: fence seq_cst after pushing work, then load idle_count_): either the
 //      parking worker sees the work or the pusher sees the parked worker and wakes it.
 //   K3 (wake: wake_word.fetch_add, release) pairs with the parked worker's futex value.
+//
+// Memory ordering of resizing (Scheduler::resize(), one control thread at a time):
+//   R1 (grow: count_.store, release, after the Worker object at that index exists and its
+//      thread runs) pairs with R2 (count_.load, acquire, in steal()/any_work()/...): a
+//      reader that sees the count sees every Worker below it. Worker objects are never
+//      freed while the scheduler lives (a retired one is reused by the next grow), so a
+//      stealer that read a larger count a moment ago still reads valid memory.
+//   R3 (shrink: retiring.store, seq_cst, then K3 on its wake word) pairs with R4 (the
+//      worker's retiring loads: relaxed every 64 looks, seq_cst in park() after it read
+//      its wake word): the worker either sees the flag before it sleeps or the futex
+//      word changed under it.
+//   R5 (alive.store(false), release, by the worker after its last look at any client
+//      slot) pairs with R6 (alive.load, acquire, in quiescent_since()).
 #pragma once
 
 #include <sys/types.h>
@@ -33,7 +46,11 @@
 
 namespace insideout::daemon {
 
+// The most workers one pool (one Scheduler) may have.
+inline constexpr std::uint32_t kMaxPoolWorkers = 256;
+
 struct SchedulerConfig {
+  std::uint32_t pool = 0;         // client slots with this ClientSlot::pool are this scheduler's
   std::uint32_t workers = 0;      // 0: one per CPU in `cpus`
   std::vector<int> cpus;          // CPUs to pin to (worker i gets cpus[i % size]); empty: no pinning
   shm::IdleStrategy idle = shm::IdleStrategy::kSpinThenBlock;
@@ -75,6 +92,10 @@ struct alignas(shm::kCacheLine) Worker {
   bool pushed = false;  // this step pushed work others could take
   alignas(shm::kCacheLine) std::atomic<std::uint32_t> wake_word{0};
   std::atomic<bool> parked{false};
+  // Resizing: set by the control thread (R3); the worker hands its work over and exits.
+  std::atomic<bool> retiring{false};
+  // True while a thread runs this worker's loop (R5/R6).
+  std::atomic<bool> alive{false};
   // Quiescent-state counter: bumped (seq_cst) at the top of the loop, where the worker
   // holds no pointer into any client segment that is not pinned by a reference.
   alignas(shm::kCacheLine) std::atomic<std::uint64_t> epoch{0};
@@ -107,10 +128,13 @@ class Scheduler {
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
 
+  // Starts the workers; returns once each has recorded its tid (bounded: 2 s).
   void start();
   // Stops taking work from client rings, cancels parked continuations, and waits until
   // every accepted continuation has completed or `timeout` passed. True when drained.
   bool drain(std::chrono::milliseconds timeout);
+  // The first half of drain(): stop taking work, cancel parked continuations; no wait.
+  void begin_drain();
   // Joins the workers (after drain()).
   void stop();
 
@@ -122,13 +146,22 @@ class Scheduler {
   // Called on a worker when a serialized job has completed.
   void set_serial_sink(std::function<void(ClientSlot&, std::uint32_t job)> sink) { serial_sink_ = std::move(sink); }
 
+  // Live resizing (one caller at a time; not concurrently with start()/stop()): starts
+  // workers in the next free slots (pinned per config.cpus, index modulo its size) and
+  // waits until each has recorded its tid, or retires the highest ones: each hands its
+  // queued work to the injection queue, flushes its batched completions and children,
+  // and exits; they are joined before this returns. Returns the new size.
+  std::uint32_t resize(std::uint32_t workers);
+  const SchedulerConfig& config() const noexcept { return config_; }
+
   // The client hung up: its parked continuations resume at once and are cancelled.
   void client_closing(ClientSlot& slot);
   // Wakes every worker (a new client registered: they must watch its doorbell).
   void wake_all();
 
   const FunctionRegistry& registry() const noexcept { return registry_; }
-  std::uint32_t worker_count() const noexcept { return static_cast<std::uint32_t>(workers_.size()); }
+  // R2: pairs with R1 in resize().
+  std::uint32_t worker_count() const noexcept { return count_.load(std::memory_order_acquire); }
   const Worker& worker(std::uint32_t i) const noexcept { return *workers_[i]; }
   SchedulerTotals totals() const;
   // Grace periods for ClientTable: a snapshot of the workers' epochs, and whether every
@@ -162,6 +195,9 @@ class Scheduler {
   void maybe_wake();
   void park(Worker& w);
   bool any_work(const Worker& w);
+  void retire(Worker& w);
+  void start_worker(std::uint32_t i);
+  void wait_for_tids(std::uint32_t from, std::uint32_t to);
   void release_client(ClientSlot& c, std::uint32_t n);
 
   // Timers (a simple heap on its own thread until the event queue replaces it).
@@ -172,7 +208,12 @@ class Scheduler {
   const FunctionRegistry& registry_;
   ClientTable& clients_;
   TaskPool pool_;
-  std::vector<std::unique_ptr<Worker>> workers_;
+  // Fixed capacity: never reallocated while workers run (stealers index it). Slots
+  // [0, count_) run; slots past it up to allocated_ hold retired workers, kept for reuse.
+  std::unique_ptr<Worker> workers_[kMaxPoolWorkers];
+  std::atomic<std::uint32_t> count_{0};
+  std::atomic<std::uint32_t> allocated_{0};  // written by resize() (under resize_mu_), released
+  std::mutex resize_mu_;
   std::function<void(ClientSlot&, std::uint32_t)> serial_sink_;
 
   std::atomic<bool> stop_{false};

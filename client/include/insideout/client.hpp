@@ -47,6 +47,7 @@ struct ClientOptions {
   std::string runtime_dir;  // empty: $INSIDEOUT_RUNTIME_DIR, /run/insideout or $XDG_RUNTIME_DIR/insideout
   std::string socket_path;  // overrides runtime_dir
   std::string name;         // shown by the daemon's logs and insideoutctl
+  std::string pool;         // the pool whose workers run this client's work; empty: "default"
   bool want_segment = true;  // false: the serialized path only
   shm::SegmentRequest segment{};
   shm::IdleStrategy idle = shm::IdleStrategy::kSpinThenBlock;
