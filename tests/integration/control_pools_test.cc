@@ -66,7 +66,9 @@ grpc::Status resize(v1::Scheduler::Stub& stub, const std::string& name, std::uin
   q.set_size(size);
   v1::ResizePoolResponse r;
   auto st = stub.ResizePool(ctx().get(), q, &r);
-  if (st.ok()) EXPECT_EQ(r.pool().size(), size);
+  if (st.ok()) {
+    EXPECT_EQ(r.pool().size(), size);
+  }
   return st;
 }
 
@@ -154,7 +156,9 @@ void resize_under_load(const std::string& pool, const std::vector<std::uint32_t>
   DaemonProcess daemon({"--workers", "1"});
   ASSERT_TRUE(daemon.ready()) << daemon.log();
   auto stub = control_stub(daemon.runtime_dir());
-  if (pool != "default") ASSERT_TRUE(create(*stub, pool, "", 1, v1::IDLE_STRATEGY_SPIN_THEN_BLOCK).ok());
+  if (pool != "default") {
+    ASSERT_TRUE(create(*stub, pool, "", 1, v1::IDLE_STRATEGY_SPIN_THEN_BLOCK).ok());
+  }
   auto c = connect(daemon, pool);
   ASSERT_NE(c, nullptr);
   std::atomic<bool> stop{false};
