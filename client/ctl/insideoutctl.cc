@@ -313,6 +313,21 @@ void print_stats_text(const v1::Stats& s) {
   std::printf("queue depths");
   for (auto d : s.queue_depths()) std::printf(" %u", d);
   std::printf("\n");
+  if (const auto& h = s.continuation_latency(); h.count() != 0) {
+    // Percentiles from the histogram: the upper bound of the bucket where each falls.
+    auto pct = [&](double p) {
+      const auto target = static_cast<std::uint64_t>(p * static_cast<double>(h.count()));
+      std::uint64_t seen = 0;
+      for (int i = 0; i < h.counts_size(); ++i) {
+        seen += h.counts(i);
+        if (seen > target) return i < h.bounds_ns_size() ? static_cast<double>(h.bounds_ns(i)) / 1e3 : -1.0;
+      }
+      return -1.0;
+    };
+    std::printf("continuation latency (1 in 64 sampled): %llu samples, mean %.1f us, p50 < %.1f us, p99 < %.1f us\n",
+                static_cast<unsigned long long>(h.count()),
+                static_cast<double>(h.sum_ns()) / static_cast<double>(h.count()) / 1e3, pct(0.5), pct(0.99));
+  }
   if (s.submit_latency().count() != 0) {
     std::printf("control Submit latency: %llu calls, mean %.1f us\n",
                 static_cast<unsigned long long>(s.submit_latency().count()),

@@ -845,6 +845,7 @@ class SchedulerService final : public v1::Scheduler::Service {
       t.timer_parks += pt.timer_parks;
       t.backpressure += pt.backpressure;
       t.spawned += pt.spawned;
+      for (std::size_t k = 0; k < kStatusSlots; ++k) t.failed_by[k] += pt.failed_by[k];
     }
     out->set_submitted(t.accepted);
     out->set_completed(t.completed);
@@ -868,6 +869,24 @@ class SchedulerService final : public v1::Scheduler::Service {
     reasons["rejected"] = t.rejected;
     reasons["rejected_unknown_function_current_clients"] = unknown_fn;
     reasons["rejected_invalid_current_clients"] = invalid_frames;
+    // Every completion that was not OK, by its status (STATUS_CANCELLED, ...).
+    for (std::size_t k = 0; k < kStatusSlots; ++k) {
+      if (t.failed_by[k] != 0) reasons[status_proto_name(static_cast<int>(k))] = t.failed_by[k];
+    }
+    auto* h = out->mutable_continuation_latency();
+    std::vector<std::uint64_t> counts(LatencyHistogram::kBuckets, 0);
+    std::uint64_t count = 0, sum = 0;
+    for (const auto& p : pools) {
+      const LatencyHistogram& l = p.scheduler->latency();
+      for (std::size_t k = 0; k < LatencyHistogram::kBuckets; ++k) counts[k] += l.counts[k].load(std::memory_order_relaxed);
+      count += l.count.load(std::memory_order_relaxed);
+      sum += l.sum_ns.load(std::memory_order_relaxed);
+    }
+    // Bucket k holds [2^k, 2^(k+1)) ns: bounds 2^(k+1) for all but the last.
+    for (std::size_t k = 0; k + 1 < LatencyHistogram::kBuckets; ++k) h->add_bounds_ns(std::uint64_t{2} << k);
+    for (auto c : counts) h->add_counts(c);
+    h->set_count(count);
+    h->set_sum_ns(sum);
     for (const auto& p : pools) {
       const std::uint32_t n = p.scheduler->worker_count();
       for (std::uint32_t i = 0; i < n; ++i) out->add_queue_depths(static_cast<std::uint32_t>(p.scheduler->worker(i).queue.size()));

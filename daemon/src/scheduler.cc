@@ -17,6 +17,7 @@ using shm::ErrorDetail;
 using shm::Status;
 
 constexpr std::uint16_t kTaskCancelled = 1u << 8;  // resumed by a cancelled timer
+constexpr std::uint16_t kTaskSampled = 1u << 9;    // its latency is measured
 constexpr std::uint32_t kStealMax = 32;
 constexpr std::uint32_t kMaxWatchedClients = shm::kMaxWaitTargets - 1;
 
@@ -253,6 +254,7 @@ SchedulerTotals Scheduler::totals() const {
     t.timer_parks += s.timer_parks.load(std::memory_order_relaxed);
     t.backpressure += s.backpressure.load(std::memory_order_relaxed);
     t.spawned += s.spawned.load(std::memory_order_relaxed);
+    for (std::size_t k = 0; k < kStatusSlots; ++k) t.failed_by[k] += s.failed_by[k].load(std::memory_order_relaxed);
   }
   return t;
 }
@@ -595,7 +597,11 @@ void Scheduler::accept_one(Worker& w, ClientSlot& c, std::uint32_t off) {
   t->frame = off;
   t->client = static_cast<std::uint16_t>(c.index);
   t->flags = flags;
-  ++w.accepted_batch;
+  if ((++w.accepted_batch + w.stats.accepted.load(std::memory_order_relaxed)) % 64 == 0) {
+    t->flags |= kTaskSampled;
+    std::lock_guard lock(sampled_mu_);
+    sampled_[t] = std::chrono::steady_clock::now();
+  }
   push_local(w, t, Origin::kAccepted);
 }
 
@@ -687,7 +693,10 @@ void Scheduler::finish(Worker& w, StepContext& ctx, Task* t, Step s) {
   ClientSlot& c = clients_.slot(t->client);
   const Status st = s == Step::kComplete ? Status::kOk : ctx.status();
   const ErrorDetail d = s == Step::kComplete ? ErrorDetail::kNone : ctx.detail();
+  if (t->flags & kTaskSampled) sample_done(t);
   if (t->flags & kTaskSerial) {
+    auto& by = w.stats.failed_by[static_cast<std::size_t>(st) % kStatusSlots];
+    if (st != Status::kOk) by.store(by.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     (st == Status::kOk ? c.completed : c.failed).fetch_add(1, std::memory_order_relaxed);
     auto& counter = st == Status::kOk ? w.stats.completed : w.stats.failed;
     counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
@@ -733,7 +742,34 @@ void Scheduler::complete_frame(Worker& w, ClientSlot& c, std::uint32_t off, Stat
   if (w.out_client != &c || w.out_n == Worker::kOutMax) flush_completions(w);
   w.out_client = &c;
   w.out_offs[w.out_n++] = off;
-  (st == Status::kOk ? w.out_ok : w.out_failed)++;
+  if (st == Status::kOk) {
+    ++w.out_ok;
+  } else {
+    ++w.out_failed;
+    auto& by = w.stats.failed_by[static_cast<std::size_t>(st) % kStatusSlots];
+    by.store(by.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
+}
+
+void Scheduler::sample_done(const Task* t) {
+  std::chrono::steady_clock::time_point start;
+  {
+    std::lock_guard lock(sampled_mu_);
+    auto it = sampled_.find(t);
+    if (it == sampled_.end()) return;
+    start = it->second;
+    sampled_.erase(it);
+  }
+  latency_.add(static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count()));
+}
+
+void LatencyHistogram::add(std::uint64_t ns) noexcept {
+  std::size_t i = ns == 0 ? 0 : static_cast<std::size_t>(63 - __builtin_clzll(ns));
+  if (i >= kBuckets) i = kBuckets - 1;
+  counts[i].fetch_add(1, std::memory_order_relaxed);
+  count.fetch_add(1, std::memory_order_relaxed);
+  sum_ns.fetch_add(ns, std::memory_order_relaxed);
 }
 
 void Scheduler::flush_children(Worker& w) {

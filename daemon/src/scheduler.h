@@ -35,6 +35,7 @@
 #include <queue>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "clients.h"
@@ -60,6 +61,18 @@ struct SchedulerConfig {
   std::string thread_prefix = "io-w";
 };
 
+inline constexpr std::size_t kStatusSlots = 16;  // > every shm::Status value
+
+// Continuation latency, accept to completion, of one continuation in 64 (sampled so the
+// hot path pays nothing for the others): log2 buckets of nanoseconds. Relaxed counters:
+// statistics only.
+struct LatencyHistogram {
+  static constexpr std::size_t kBuckets = 40;  // bucket i: [2^i, 2^(i+1)) ns
+  std::atomic<std::uint64_t> counts[kBuckets] = {};
+  std::atomic<std::uint64_t> count{0}, sum_ns{0};
+  void add(std::uint64_t ns) noexcept;
+};
+
 // Statistics of one worker; each written by its worker only (relaxed).
 struct alignas(shm::kCacheLine) WorkerStats {
   std::atomic<std::uint64_t> steps{0};
@@ -72,6 +85,7 @@ struct alignas(shm::kCacheLine) WorkerStats {
   std::atomic<std::uint64_t> timer_parks{0};
   std::atomic<std::uint64_t> backpressure{0};
   std::atomic<std::uint64_t> spawned{0};
+  std::atomic<std::uint64_t> failed_by[kStatusSlots] = {};  // completions by shm::Status
 };
 
 struct alignas(shm::kCacheLine) Worker {
@@ -119,6 +133,7 @@ struct alignas(shm::kCacheLine) Worker {
 struct SchedulerTotals {
   std::uint64_t steps = 0, accepted = 0, completed = 0, failed = 0, rejected = 0, steals = 0, parks = 0,
                 timer_parks = 0, backpressure = 0, spawned = 0;
+  std::uint64_t failed_by[kStatusSlots] = {};  // completions by shm::Status (failures and rejections)
 };
 
 class Scheduler {
@@ -164,6 +179,7 @@ class Scheduler {
   std::uint32_t worker_count() const noexcept { return count_.load(std::memory_order_acquire); }
   const Worker& worker(std::uint32_t i) const noexcept { return *workers_[i]; }
   SchedulerTotals totals() const;
+  const LatencyHistogram& latency() const noexcept { return latency_; }
   // Grace periods for ClientTable: a snapshot of the workers' epochs, and whether every
   // worker has passed a quiescent point since it was taken.
   std::vector<std::uint64_t> epochs() const;
@@ -215,6 +231,12 @@ class Scheduler {
   std::atomic<std::uint32_t> allocated_{0};  // written by resize() (under resize_mu_), released
   std::mutex resize_mu_;
   std::function<void(ClientSlot&, std::uint32_t)> serial_sink_;
+
+  // Sampled continuations: when each was accepted (see LatencyHistogram).
+  void sample_done(const Task* t);
+  std::mutex sampled_mu_;
+  std::unordered_map<const Task*, std::chrono::steady_clock::time_point> sampled_;
+  LatencyHistogram latency_;
 
   std::atomic<bool> stop_{false};
   std::atomic<bool> draining_{false};
