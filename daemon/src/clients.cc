@@ -2,6 +2,23 @@
 
 namespace insideout::daemon {
 
+std::uint32_t ClientSlot::new_job(std::uint64_t tag, std::string env) {
+  std::lock_guard lock(jobs_mu);
+  std::uint32_t job;
+  if (!free_jobs.empty()) {
+    job = free_jobs.back();
+    free_jobs.pop_back();
+  } else {
+    job = static_cast<std::uint32_t>(jobs.size());
+    jobs.push_back(std::make_unique<SerialJob>());
+  }
+  SerialJob& j = *jobs[job];
+  j = SerialJob{};
+  j.tag = tag;
+  j.env = std::move(env);
+  return job;
+}
+
 ClientTable::ClientTable(std::uint32_t capacity) {
   slots_.reserve(capacity);
   for (std::uint32_t i = 0; i < capacity; ++i) {

@@ -81,6 +81,9 @@ struct alignas(shm::kCacheLine) ClientSlot {
   std::atomic<std::uint64_t> rejected_function{0};  // unknown function id
   std::atomic<std::uint64_t> backpressure{0};
 
+  // A serialized job slot (reused when one is free), its environment copied in.
+  std::uint32_t new_job(std::uint64_t tag, std::string env);
+
   shm::Frame* frame(std::uint32_t off) const noexcept { return reinterpret_cast<shm::Frame*>(base + off); }
 };
 

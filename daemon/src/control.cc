@@ -588,21 +588,7 @@ class SchedulerService final : public v1::Scheduler::Service {
       fut = waiters_[tag].get_future();
     }
     ClientSlot& s = *local_;
-    std::uint32_t job;
-    {
-      std::lock_guard lock(s.jobs_mu);
-      if (!s.free_jobs.empty()) {
-        job = s.free_jobs.back();
-        s.free_jobs.pop_back();
-      } else {
-        job = static_cast<std::uint32_t>(s.jobs.size());
-        s.jobs.push_back(std::make_unique<SerialJob>());
-      }
-      SerialJob& j = *s.jobs[job];
-      j = SerialJob{};
-      j.tag = tag;
-      j.env = req->env();
-    }
+    const std::uint32_t job = s.new_job(tag, req->env());
     shm::Status st;
     shm::ErrorDetail d;
     if (!sched->submit_serial(s, job, *id, req->arg(), &st, &d)) {

@@ -509,21 +509,7 @@ void Daemon::on_submit(Conn& c, const v1::Continuation& cont) {
                   "backpressure: " + std::to_string(c.serial_inflight) + " serialized continuations in flight");
   }
   ClientSlot& s = *c.slot;
-  std::uint32_t job;
-  {
-    std::lock_guard lock(s.jobs_mu);
-    if (!s.free_jobs.empty()) {
-      job = s.free_jobs.back();
-      s.free_jobs.pop_back();
-    } else {
-      job = static_cast<std::uint32_t>(s.jobs.size());
-      s.jobs.push_back(std::make_unique<SerialJob>());
-    }
-    SerialJob& j = *s.jobs[job];
-    j = SerialJob{};
-    j.tag = cont.tag();
-    j.env = cont.env();
-  }
+  const std::uint32_t job = s.new_job(cont.tag(), cont.env());
   Status st;
   ErrorDetail d;
   if (!c.sched->submit_serial(s, job, *id, cont.arg(), &st, &d)) {
