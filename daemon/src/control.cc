@@ -751,7 +751,10 @@ class SchedulerService final : public v1::Scheduler::Service {
 
   static std::string ids_text(const std::vector<WorkerRef>& ids) {
     std::string t;
-    for (const auto& id : ids) t += (t.empty() ? "" : ",") + id.text();
+    for (const auto& id : ids) {
+      if (!t.empty()) t += ',';
+      t += id.text();
+    }
     return t;
   }
 
