@@ -73,6 +73,15 @@ class Daemon {
     std::filesystem::remove_all(dir_, ec);
   }
   bool ok() const { return ok_; }
+  // The daemon's peak resident set (VmHWM), in bytes.
+  std::uint64_t peak_rss() const {
+    std::ifstream in("/proc/" + std::to_string(pid_) + "/status");
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+    }
+    return 0;
+  }
   std::unique_ptr<Client> connect(IdleStrategy idle = IdleStrategy::kSpinThenBlock) const {
     ClientOptions o;
     o.runtime_dir = dir_;
@@ -228,6 +237,7 @@ int in_daemon(const Options& o, unsigned workers, bool billion) {
     emit("billion_workers" + w, kSystem, "seconds", double(t1 - t0) / 1e9, "s");
     emit_rate("billion_workers" + w, kSystem, n, t1 - t0, true);
     emit("billion_workers" + w, kSystem, "per_thread_rate", double(n) * 1e9 / double(t1 - t0) / workers, "task/s");
+    emit("billion_workers" + w, kSystem, "daemon_peak_rss", double(d.peak_rss()) / (1024.0 * 1024.0), "MiB");
     return 0;
   }
   const std::uint64_t steps = o.pick(100'000'000, 10'000'000, 100'000);

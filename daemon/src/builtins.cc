@@ -31,7 +31,7 @@ Step checksum(Task& t, StepContext& ctx) {
 }
 
 // fanout(N): N leaf children, made by a tree of spawner nodes so that the spawning
-// itself is spread over the workers: a node with more than kFanoutLeaf children to make
+// itself is spread over the workers: a node with more than kFanoutLeaf (65,536) children to make
 // spawns kFanoutSplit sub-nodes that share them (thieves take the older, larger ones);
 // a smaller node spawns its leaves in bursts of kFanoutBurst, yielding between bursts so
 // that leaves run (here or on a thief) before more are made. Completes with N when the
@@ -40,7 +40,7 @@ Step checksum(Task& t, StepContext& ctx) {
 //   root (the client's continuation): w1 = (N << 32) | children still to make
 //   sub-node (a child): w1 = its parent; frame = children still to make
 constexpr std::uint64_t kFanoutBurst = 64;
-constexpr std::uint64_t kFanoutLeaf = 4096;
+constexpr std::uint64_t kFanoutLeaf = 65536;
 constexpr std::uint64_t kFanoutSplit = 4;
 
 bool is_root(const Task& t) { return !(t.flags & kTaskChild); }
