@@ -822,20 +822,7 @@ class SchedulerService final : public v1::Scheduler::Service {
   void stats(v1::Stats* out) const {
     const auto pools = daemon_.pools();
     SchedulerTotals t;
-    for (const auto& p : pools) {
-      const auto pt = p.scheduler->totals();
-      t.steps += pt.steps;
-      t.accepted += pt.accepted;
-      t.completed += pt.completed;
-      t.failed += pt.failed;
-      t.rejected += pt.rejected;
-      t.steals += pt.steals;
-      t.parks += pt.parks;
-      t.timer_parks += pt.timer_parks;
-      t.backpressure += pt.backpressure;
-      t.spawned += pt.spawned;
-      for (std::size_t k = 0; k < kStatusSlots; ++k) t.failed_by[k] += pt.failed_by[k];
-    }
+    for (const auto& p : pools) t += p.scheduler->totals();
     out->set_submitted(t.accepted);
     out->set_completed(t.completed);
     out->set_failed(t.failed);

@@ -656,15 +656,7 @@ void Daemon::shutdown() {
   }
   zombies_.clear();
   SchedulerTotals t;
-  for (const auto& p : all) {
-    const auto pt = p.scheduler->totals();
-    t.accepted += pt.accepted;
-    t.completed += pt.completed;
-    t.failed += pt.failed;
-    t.rejected += pt.rejected;
-    t.steps += pt.steps;
-    t.steals += pt.steals;
-  }
+  for (const auto& p : all) t += p.scheduler->totals();
   spdlog::info("stopped: {} accepted, {} completed, {} failed, {} rejected, {} steps, {} steals", t.accepted,
                t.completed, t.failed, t.rejected, t.steps, t.steals);
   ::unlink((runtime_dir_ + "/" + shm::kLockFileName).c_str());

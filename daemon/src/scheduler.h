@@ -134,6 +134,21 @@ struct SchedulerTotals {
   std::uint64_t steps = 0, accepted = 0, completed = 0, failed = 0, rejected = 0, steals = 0, parks = 0,
                 timer_parks = 0, backpressure = 0, spawned = 0;
   std::uint64_t failed_by[kStatusSlots] = {};  // completions by shm::Status (failures and rejections)
+
+  SchedulerTotals& operator+=(const SchedulerTotals& o) noexcept {
+    steps += o.steps;
+    accepted += o.accepted;
+    completed += o.completed;
+    failed += o.failed;
+    rejected += o.rejected;
+    steals += o.steals;
+    parks += o.parks;
+    timer_parks += o.timer_parks;
+    backpressure += o.backpressure;
+    spawned += o.spawned;
+    for (std::size_t k = 0; k < kStatusSlots; ++k) failed_by[k] += o.failed_by[k];
+    return *this;
+  }
 };
 
 class Scheduler {

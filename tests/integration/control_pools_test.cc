@@ -21,16 +21,8 @@ namespace {
 
 using namespace std::chrono_literals;
 
-std::vector<int> allowed() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  std::vector<int> out;
-  sched_getaffinity(0, sizeof(set), &set);
-  for (int c = 0; c < CPU_SETSIZE; ++c) {
-    if (CPU_ISSET(c, &set)) out.push_back(c);
-  }
-  return out;
-}
+// The CPUs this test process may use (the daemon it starts inherits them).
+std::vector<int> allowed() { return kernel_affinity(0); }
 
 std::vector<v1::Pool> list_pools(v1::Scheduler::Stub& stub) {
   v1::ListPoolsResponse r;
