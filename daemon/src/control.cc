@@ -561,6 +561,8 @@ class SchedulerService final : public v1::Scheduler::Service {
       v1::Stats s;
       stats(&s);
       if (!w->Write(s)) return Status::OK;  // the caller went away
+      // The synchronous API tells a handler of a cancelled stream nothing until it looks,
+      // so the wait between two updates looks every 20 ms (only while someone watches).
       const auto until = std::chrono::steady_clock::now() + interval;
       while (std::chrono::steady_clock::now() < until) {
         if (ctx->IsCancelled() || stopping_.load(std::memory_order_relaxed)) return Status::OK;

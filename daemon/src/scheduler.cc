@@ -122,12 +122,13 @@ void Scheduler::start() {
 
 void Scheduler::wait_for_tids(std::uint32_t from, std::uint32_t to) {
   // Bounded: the caller may then set the threads' attributes and report them.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-  for (std::uint32_t i = from; i < to; ++i) {
-    while (workers_[i]->tid.load(std::memory_order_relaxed) == 0 && std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(std::chrono::microseconds(100));
+  std::unique_lock lock(tid_mu_);
+  tid_cv_.wait_for(lock, std::chrono::seconds(2), [&] {
+    for (std::uint32_t i = from; i < to; ++i) {
+      if (workers_[i]->tid.load(std::memory_order_relaxed) == 0) return false;
     }
-  }
+    return true;
+  });
 }
 
 void Scheduler::start_worker(std::uint32_t i) {
@@ -262,7 +263,12 @@ SchedulerTotals Scheduler::totals() const {
 // ---- the worker loop ---------------------------------------------------------------
 
 void Scheduler::run(Worker& w) {
-  w.tid.store(static_cast<pid_t>(::syscall(SYS_gettid)), std::memory_order_relaxed);
+  {
+    // Relaxed: published to wait_for_tids() by tid_mu_.
+    std::lock_guard lock(tid_mu_);
+    w.tid.store(static_cast<pid_t>(::syscall(SYS_gettid)), std::memory_order_relaxed);
+  }
+  tid_cv_.notify_all();
   const std::string name = config_.thread_prefix + std::to_string(w.index);
   pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
   if (w.cpu >= 0) {
@@ -417,7 +423,11 @@ Task* Scheduler::find_work(Worker& w) {
     if (Task* t = take_injected()) return t;
   }
   if (Task* t = poll_clients(w)) return t;
-  return steal(w);
+  if (Task* t = steal(w)) return t;
+  // Nothing to do: completions buffered on the way (rejected frames) go out now, and
+  // the worker holds no slot pointer when it spins or parks.
+  flush_completions(w);
+  return nullptr;
 }
 
 Task* Scheduler::take_injected() {
@@ -850,6 +860,11 @@ bool Scheduler::any_work(const Worker& self) {
 }
 
 void Scheduler::park(Worker& w) {
+  // Q, as in find_work(): entering park() the worker holds no slot pointer (its
+  // completions were flushed when its local work ran dry). Without this, a worker that
+  // parks after a zombie's epoch snapshot, and so never watches that slot, would still
+  // hold the zombie's reclamation up until something woke it.
+  w.epoch.store(w.epoch.load(std::memory_order_relaxed) + 1, std::memory_order_seq_cst);
   w.targets.clear();
   w.announced.clear();
   const std::uint32_t my = w.wake_word.load(std::memory_order_seq_cst);

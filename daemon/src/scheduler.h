@@ -245,6 +245,8 @@ class Scheduler {
   std::atomic<std::uint32_t> count_{0};
   std::atomic<std::uint32_t> allocated_{0};  // written by resize() (under resize_mu_), released
   std::mutex resize_mu_;
+  std::mutex tid_mu_;  // a new worker announces its kernel tid (wait_for_tids())
+  std::condition_variable tid_cv_;
   std::function<void(ClientSlot&, std::uint32_t)> serial_sink_;
 
   // Sampled continuations: when each was accepted (see LatencyHistogram).
