@@ -38,8 +38,9 @@ class Daemon {
     char tmpl[] = "/tmp/insideout-bench-XXXXXX";
     dir_ = ::mkdtemp(tmpl);
     const std::string exe = daemon_path();
-    std::vector<std::string> args = {exe, "--runtime-dir", dir_, "--workers", std::to_string(workers), "--idle",
-                                     idle, "--log-level", "warn"};
+    std::vector<std::string> args = {exe,         "--runtime-dir",         dir_,
+                                     "--workers", std::to_string(workers), "--idle",
+                                     idle,        "--log-level",           "warn"};
     if (!cpus.empty()) {
       args.push_back("--cpus");
       args.push_back(cpus);
@@ -155,7 +156,9 @@ int throughput(const Options& o, std::uint32_t batch) {
     completed = c->stats().completed - base;
     if (completed < total && submitted - completed + batch > kWindow) {
       const std::uint64_t seen = completed;
-      if (!c->run_until([&] { return c->stats().completed - base > seen; }, std::chrono::seconds(10))) return 1;
+      if (!c->run_until([&] { return c->stats().completed - base > seen; },
+                        std::chrono::seconds(10)))
+        return 1;
       completed = c->stats().completed - base;
     }
   }
@@ -180,12 +183,13 @@ int round_trips(const Options& o, bool sleep) {
   if (!c) return 1;
   const std::uint32_t noop = *c->function_id("noop");
   const std::uint64_t count = o.pick(sleep ? 20'000 : 200'000, sleep ? 3'000 : 50'000, 200);
-  auto samples = time_round_trips(count, std::chrono::microseconds(sleep ? 100 : 0), [&](std::uint64_t) {
-    Frame* f = c->allocate_frame();
-    f->fn = noop;
-    auto h = c->submit(f);
-    return h.ok() && h->wait() == Status::kOk;
-  });
+  auto samples =
+      time_round_trips(count, std::chrono::microseconds(sleep ? 100 : 0), [&](std::uint64_t) {
+        Frame* f = c->allocate_frame();
+        f->fn = noop;
+        auto h = c->submit(f);
+        return h.ok() && h->wait() == Status::kOk;
+      });
   if (!samples) return 1;
   emit_latency(sleep ? "rtt_sleep" : "rtt_busy", kSystem, std::move(*samples));
   return 0;
@@ -236,8 +240,10 @@ int in_daemon(const Options& o, unsigned workers, bool billion) {
     const std::uint64_t t1 = now_ns();
     emit("billion_workers" + w, kSystem, "seconds", double(t1 - t0) / 1e9, "s");
     emit_rate("billion_workers" + w, kSystem, n, t1 - t0, true);
-    emit("billion_workers" + w, kSystem, "per_thread_rate", double(n) * 1e9 / double(t1 - t0) / workers, "task/s");
-    emit("billion_workers" + w, kSystem, "daemon_peak_rss", double(d.peak_rss()) / (1024.0 * 1024.0), "MiB");
+    emit("billion_workers" + w, kSystem, "per_thread_rate",
+         double(n) * 1e9 / double(t1 - t0) / workers, "task/s");
+    emit("billion_workers" + w, kSystem, "daemon_peak_rss",
+         double(d.peak_rss()) / (1024.0 * 1024.0), "MiB");
     return 0;
   }
   const std::uint64_t steps = o.pick(100'000'000, 10'000'000, 100'000);
@@ -296,14 +302,21 @@ int memory(const Options& o) {
 
 int main(int argc, char** argv) {
   using namespace insideout::bench;
-  std::vector<std::string> scenarios = {"throughput_batch1", "throughput_batch8", "throughput_batch64",
-                                        "throughput_batch512", "rtt_busy", "rtt_sleep", "memory", "billion"};
+  std::vector<std::string> scenarios = {"throughput_batch1",
+                                        "throughput_batch8",
+                                        "throughput_batch64",
+                                        "throughput_batch512",
+                                        "rtt_busy",
+                                        "rtt_sleep",
+                                        "memory",
+                                        "billion"};
   for (const auto& s : dispatch_scenarios()) scenarios.push_back(s);
   for (unsigned t : dispatch_thread_counts()) {
     scenarios.push_back("chain_step_workers" + std::to_string(t));
     scenarios.push_back("fanout_workers" + std::to_string(t));
   }
-  const Options o = parse_options(argc, argv, "insideout: continuations through insideoutd", scenarios);
+  const Options o =
+      parse_options(argc, argv, "insideout: continuations through insideoutd", scenarios);
   int failures = 0;
   for (std::uint32_t b : {1u, 8u, 64u, 512u}) {
     if (o.wants("throughput_batch" + std::to_string(b))) failures += throughput(o, b);
@@ -313,7 +326,8 @@ int main(int argc, char** argv) {
   for (unsigned t : dispatch_thread_counts()) {
     if (o.wants(dispatch_scenario(t))) failures += dispatch(o, t);
     const std::string w = std::to_string(t);
-    if (o.wants("chain_step_workers" + w) || o.wants("fanout_workers" + w)) failures += in_daemon(o, t, false);
+    if (o.wants("chain_step_workers" + w) || o.wants("fanout_workers" + w))
+      failures += in_daemon(o, t, false);
   }
   if (o.wants("memory")) failures += memory(o);
   // The billion runs only when asked for by name, or in a full run.

@@ -48,8 +48,8 @@ int main() {
   auto echo = client.submit("echo", std::as_bytes(std::span(hello))).value();
   echo.wait();
   const auto r = echo.result();
-  std::printf("echo: %s '%.*s'\n", r.ok() ? "ok" : r.error().c_str(), static_cast<int>(r.data.size()),
-              reinterpret_cast<const char*>(r.data.data()));
+  std::printf("echo: %s '%.*s'\n", r.ok() ? "ok" : r.error().c_str(),
+              static_cast<int>(r.data.size()), reinterpret_cast<const char*>(r.data.data()));
 
   auto fan = client.submit("fanout", {}, 100000).value();
   const auto fan_status = fan.wait();
@@ -71,7 +71,8 @@ int main() {
   f->env_len = static_cast<std::uint32_t>(buf.size());
   auto sum = client.submit(f).value();
   sum.wait();
-  std::printf("zero-copy checksum of 4 KiB: %016llx\n", static_cast<unsigned long long>(sum.result().value));
+  std::printf("zero-copy checksum of 4 KiB: %016llx\n",
+              static_cast<unsigned long long>(sum.result().value));
   client.free_buffer(buf);
 
   // A batch of 64 noops, one doorbell.
@@ -92,7 +93,9 @@ int main() {
 
   // A callback, run by whoever drains completions (here run_until).
   bool called = false;
-  std::move(client.submit("noop").value()).then([&](const insideout::Result& res) { called = res.ok(); });
+  std::move(client.submit("noop").value()).then([&](const insideout::Result& res) {
+    called = res.ok();
+  });
   client.run_until([&] { return called; });
   std::printf("callback: %s\n", called ? "ran" : "did not run");
 

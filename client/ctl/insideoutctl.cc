@@ -4,6 +4,8 @@
 // Exit codes: 0 done; 1 the daemon answered with an error; 2 bad usage; 3 the daemon
 // cannot be reached. Errors go to stderr, one line each.
 #include <fcntl.h>
+#include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
 #include <poll.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -22,9 +24,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <google/protobuf/util/json_util.h>
-#include <grpcpp/grpcpp.h>
 
 #include "insideout/shm/paths.h"
 #include "insideout/shm/stats_area.h"
@@ -57,17 +56,28 @@ int fail(int code, const std::string& what) {
 
 const char* code_name(grpc::StatusCode c) {
   switch (c) {
-    case grpc::StatusCode::OK: return "OK";
-    case grpc::StatusCode::CANCELLED: return "CANCELLED";
-    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
-    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
-    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
-    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL: return "INTERNAL";
-    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
-    default: return "ERROR";
+    case grpc::StatusCode::OK:
+      return "OK";
+    case grpc::StatusCode::CANCELLED:
+      return "CANCELLED";
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND:
+      return "NOT_FOUND";
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return "PERMISSION_DENIED";
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      return "FAILED_PRECONDITION";
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL:
+      return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE:
+      return "UNAVAILABLE";
+    default:
+      return "ERROR";
   }
 }
 
@@ -82,18 +92,22 @@ class Ctl {
   std::string stats_path() const { return dir_ + "/" + insideout::shm::kStatsFileName; }
 
   v1::Scheduler::Stub& stub() {
-    if (!stub_) stub_ = v1::Scheduler::NewStub(grpc::CreateChannel("unix:" + path_, grpc::InsecureChannelCredentials()));
+    if (!stub_)
+      stub_ = v1::Scheduler::NewStub(
+          grpc::CreateChannel("unix:" + path_, grpc::InsecureChannelCredentials()));
     return *stub_;
   }
   std::unique_ptr<grpc::ClientContext> context(unsigned timeout_ms = 0) const {
     auto c = std::make_unique<grpc::ClientContext>();
-    c->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms ? timeout_ms : o_.timeout_ms));
+    c->set_deadline(std::chrono::system_clock::now() +
+                    std::chrono::milliseconds(timeout_ms ? timeout_ms : o_.timeout_ms));
     return c;
   }
   // Maps a failed call to an exit code and one line on stderr.
   int error(const grpc::Status& st) const {
     if (st.error_code() == grpc::StatusCode::UNAVAILABLE ||
-        (st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && ::access(path_.c_str(), F_OK) != 0)) {
+        (st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED &&
+         ::access(path_.c_str(), F_OK) != 0)) {
       return fail(kUnreachable, "cannot reach insideoutd at " + path_ + ": " + st.error_message());
     }
     return fail(kDaemonError, std::string(code_name(st.error_code())) + ": " + st.error_message());
@@ -117,12 +131,18 @@ void print_json(const google::protobuf::Message& m) {
 
 std::string policy_text(v1::Policy p) {
   switch (p) {
-    case v1::POLICY_OTHER: return "other";
-    case v1::POLICY_BATCH: return "batch";
-    case v1::POLICY_IDLE: return "idle";
-    case v1::POLICY_FIFO: return "fifo";
-    case v1::POLICY_RR: return "rr";
-    default: return "?";
+    case v1::POLICY_OTHER:
+      return "other";
+    case v1::POLICY_BATCH:
+      return "batch";
+    case v1::POLICY_IDLE:
+      return "idle";
+    case v1::POLICY_FIFO:
+      return "fifo";
+    case v1::POLICY_RR:
+      return "rr";
+    default:
+      return "?";
   }
 }
 
@@ -140,19 +160,27 @@ std::optional<v1::Policy> parse_policy(const std::string& s) {
 
 std::string state_text(v1::WorkerState s) {
   switch (s) {
-    case v1::WORKER_STATE_RUNNING: return "running";
-    case v1::WORKER_STATE_PARKED: return "parked";
-    case v1::WORKER_STATE_STOPPED: return "stopped";
-    default: return "?";
+    case v1::WORKER_STATE_RUNNING:
+      return "running";
+    case v1::WORKER_STATE_PARKED:
+      return "parked";
+    case v1::WORKER_STATE_STOPPED:
+      return "stopped";
+    default:
+      return "?";
   }
 }
 
 std::string idle_text(v1::IdleStrategy s) {
   switch (s) {
-    case v1::IDLE_STRATEGY_BLOCK: return "block";
-    case v1::IDLE_STRATEGY_SPIN_THEN_BLOCK: return "spin-then-block";
-    case v1::IDLE_STRATEGY_POLL: return "poll";
-    default: return "?";
+    case v1::IDLE_STRATEGY_BLOCK:
+      return "block";
+    case v1::IDLE_STRATEGY_SPIN_THEN_BLOCK:
+      return "spin-then-block";
+    case v1::IDLE_STRATEGY_POLL:
+      return "poll";
+    default:
+      return "?";
   }
 }
 
@@ -168,11 +196,13 @@ v1::Target parse_target(const std::string& s) {
 }
 
 void print_workers(const google::protobuf::RepeatedPtrField<v1::Worker>& ws) {
-  std::printf("%-4s %-8s %-8s %-10s %-4s %-6s %-4s %-4s %-8s %6s %12s %10s %8s\n", "ID", "POOL", "TID", "CPUS", "LAST",
-              "POLICY", "PRIO", "NICE", "STATE", "QUEUE", "COMPLETED", "STEALS", "PARKS");
+  std::printf("%-4s %-8s %-8s %-10s %-4s %-6s %-4s %-4s %-8s %6s %12s %10s %8s\n", "ID", "POOL",
+              "TID", "CPUS", "LAST", "POLICY", "PRIO", "NICE", "STATE", "QUEUE", "COMPLETED",
+              "STEALS", "PARKS");
   for (const auto& w : ws) {
-    std::printf("%-4u %-8s %-8d %-10s %-4d %-6s %-4d %-4d %-8s %6u %12llu %10llu %8llu\n", w.id(), w.pool().c_str(),
-                w.tid(), w.cpus().c_str(), w.last_cpu(), policy_text(w.policy()).c_str(), w.priority(), w.nice(),
+    std::printf("%-4u %-8s %-8d %-10s %-4d %-6s %-4d %-4d %-8s %6u %12llu %10llu %8llu\n", w.id(),
+                w.pool().c_str(), w.tid(), w.cpus().c_str(), w.last_cpu(),
+                policy_text(w.policy()).c_str(), w.priority(), w.nice(),
                 state_text(w.state()).c_str(), w.queue_depth(),
                 static_cast<unsigned long long>(w.counters().completed()),
                 static_cast<unsigned long long>(w.counters().steals()),
@@ -192,7 +222,8 @@ class StatsMap {
       return std::nullopt;
     }
     struct stat st {};
-    if (::fstat(fd, &st) != 0 || static_cast<std::size_t>(st.st_size) < sizeof(insideout::shm::StatsArea)) {
+    if (::fstat(fd, &st) != 0 ||
+        static_cast<std::size_t>(st.st_size) < sizeof(insideout::shm::StatsArea)) {
       ::close(fd);
       *err = path + ": too small for a counters area";
       return std::nullopt;
@@ -206,10 +237,13 @@ class StatsMap {
     auto* a = static_cast<const insideout::shm::StatsArea*>(m);
     // V2: pairs with V1 in the daemon (ControlServer::start()).
     const std::uint32_t v = a->header.version.load(std::memory_order_acquire);
-    if (a->header.magic != insideout::shm::kStatsMagic || v != insideout::shm::kStatsLayoutVersion) {
+    if (a->header.magic != insideout::shm::kStatsMagic ||
+        v != insideout::shm::kStatsLayoutVersion) {
       ::munmap(m, sizeof(insideout::shm::StatsArea));
-      *err = path + (v == 0 ? ": not ready" : ": counters layout version " + std::to_string(v) + ", this insideoutctl reads " +
-                                                 std::to_string(insideout::shm::kStatsLayoutVersion));
+      *err = path + (v == 0 ? ": not ready"
+                            : ": counters layout version " + std::to_string(v) +
+                                  ", this insideoutctl reads " +
+                                  std::to_string(insideout::shm::kStatsLayoutVersion));
       return std::nullopt;
     }
     return StatsMap(a);
@@ -220,7 +254,8 @@ class StatsMap {
     return *this;
   }
   ~StatsMap() {
-    if (a_ != nullptr) ::munmap(const_cast<insideout::shm::StatsArea*>(a_), sizeof(insideout::shm::StatsArea));
+    if (a_ != nullptr)
+      ::munmap(const_cast<insideout::shm::StatsArea*>(a_), sizeof(insideout::shm::StatsArea));
   }
   const insideout::shm::StatsArea& area() const { return *a_; }
 
@@ -245,18 +280,20 @@ v1::Stats stats_from_area(const insideout::shm::StatsArea& a) {
   s.set_spawned(a.totals.spawned.load(r));
   s.set_clients(static_cast<std::uint32_t>(a.header.clients.load(r)));
   const std::uint32_t n = std::min(a.header.workers.load(r), insideout::shm::kStatsMaxWorkers);
-  for (std::uint32_t i = 0; i < n; ++i) s.add_queue_depths(static_cast<std::uint32_t>(a.workers[i].queue_depth.load(r)));
+  for (std::uint32_t i = 0; i < n; ++i)
+    s.add_queue_depths(static_cast<std::uint32_t>(a.workers[i].queue_depth.load(r)));
   timespec ts{};
   clock_gettime(CLOCK_REALTIME, &ts);
-  const std::uint64_t now = static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+  const std::uint64_t now = static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull +
+                            static_cast<std::uint64_t>(ts.tv_nsec);
   s.set_uptime_seconds(static_cast<double>(now - a.header.start_realtime_ns) / 1e9);
   return s;
 }
 
 void print_prometheus(const v1::Stats& s, const insideout::shm::StatsArea* a) {
   auto counter = [](const char* name, const char* help, std::uint64_t v) {
-    std::printf("# HELP insideout_%s %s\n# TYPE insideout_%s counter\ninsideout_%s %llu\n", name, help, name, name,
-                static_cast<unsigned long long>(v));
+    std::printf("# HELP insideout_%s %s\n# TYPE insideout_%s counter\ninsideout_%s %llu\n", name,
+                help, name, name, static_cast<unsigned long long>(v));
   };
   counter("submitted_total", "Continuations accepted from clients.", s.submitted());
   counter("completed_total", "Continuations completed.", s.completed());
@@ -265,20 +302,28 @@ void print_prometheus(const v1::Stats& s, const insideout::shm::StatsArea* a) {
   counter("steals_total", "Successful steals between workers.", s.steals());
   counter("parks_total", "Times a worker went to sleep.", s.parks());
   counter("timer_parks_total", "Continuations parked on a timer.", s.timer_parks());
-  counter("backpressure_total", "Times a client's ring was left waiting (in-flight limit).", s.backpressure());
+  counter("backpressure_total", "Times a client's ring was left waiting (in-flight limit).",
+          s.backpressure());
   counter("spawned_total", "Child continuations spawned.", s.spawned());
-  std::printf("# HELP insideout_failed_by_reason_total Failures and rejections by reason.\n"
-              "# TYPE insideout_failed_by_reason_total counter\n");
+  std::printf(
+      "# HELP insideout_failed_by_reason_total Failures and rejections by reason.\n"
+      "# TYPE insideout_failed_by_reason_total counter\n");
   for (const auto& [k, v] : s.failed_by_reason()) {
-    std::printf("insideout_failed_by_reason_total{reason=\"%s\"} %llu\n", k.c_str(), static_cast<unsigned long long>(v));
+    std::printf("insideout_failed_by_reason_total{reason=\"%s\"} %llu\n", k.c_str(),
+                static_cast<unsigned long long>(v));
   }
-  std::printf("# HELP insideout_clients Registered clients.\n# TYPE insideout_clients gauge\ninsideout_clients %u\n",
-              s.clients());
-  std::printf("# HELP insideout_uptime_seconds Seconds since the daemon started.\n# TYPE insideout_uptime_seconds "
-              "gauge\ninsideout_uptime_seconds %.3f\n",
-              s.uptime_seconds());
-  std::printf("# HELP insideout_queue_depth Continuations in a worker's run queue.\n"
-              "# TYPE insideout_queue_depth gauge\n");
+  std::printf(
+      "# HELP insideout_clients Registered clients.\n# TYPE insideout_clients "
+      "gauge\ninsideout_clients %u\n",
+      s.clients());
+  std::printf(
+      "# HELP insideout_uptime_seconds Seconds since the daemon started.\n# TYPE "
+      "insideout_uptime_seconds "
+      "gauge\ninsideout_uptime_seconds %.3f\n",
+      s.uptime_seconds());
+  std::printf(
+      "# HELP insideout_queue_depth Continuations in a worker's run queue.\n"
+      "# TYPE insideout_queue_depth gauge\n");
   for (int i = 0; i < s.queue_depths_size(); ++i) {
     std::printf("insideout_queue_depth{worker=\"%d\"} %u\n", i, s.queue_depths(i));
   }
@@ -303,13 +348,17 @@ void print_prometheus(const v1::Stats& s, const insideout::shm::StatsArea* a) {
 }
 
 void print_stats_text(const v1::Stats& s) {
-  std::printf("uptime       %.1f s\nclients      %u\nsubmitted    %llu\ncompleted    %llu\nfailed       %llu\n"
-              "steps        %llu\nsteals       %llu\nparks        %llu\nbackpressure %llu\n",
-              s.uptime_seconds(), s.clients(), static_cast<unsigned long long>(s.submitted()),
-              static_cast<unsigned long long>(s.completed()), static_cast<unsigned long long>(s.failed()),
-              static_cast<unsigned long long>(s.steps()), static_cast<unsigned long long>(s.steals()),
-              static_cast<unsigned long long>(s.parks()), static_cast<unsigned long long>(s.backpressure()));
-  for (const auto& [k, v] : s.failed_by_reason()) std::printf("failed[%s] %llu\n", k.c_str(), static_cast<unsigned long long>(v));
+  std::printf(
+      "uptime       %.1f s\nclients      %u\nsubmitted    %llu\ncompleted    %llu\nfailed       "
+      "%llu\n"
+      "steps        %llu\nsteals       %llu\nparks        %llu\nbackpressure %llu\n",
+      s.uptime_seconds(), s.clients(), static_cast<unsigned long long>(s.submitted()),
+      static_cast<unsigned long long>(s.completed()), static_cast<unsigned long long>(s.failed()),
+      static_cast<unsigned long long>(s.steps()), static_cast<unsigned long long>(s.steals()),
+      static_cast<unsigned long long>(s.parks()),
+      static_cast<unsigned long long>(s.backpressure()));
+  for (const auto& [k, v] : s.failed_by_reason())
+    std::printf("failed[%s] %llu\n", k.c_str(), static_cast<unsigned long long>(v));
   std::printf("queue depths");
   for (auto d : s.queue_depths()) std::printf(" %u", d);
   std::printf("\n");
@@ -320,18 +369,23 @@ void print_stats_text(const v1::Stats& s) {
       std::uint64_t seen = 0;
       for (int i = 0; i < h.counts_size(); ++i) {
         seen += h.counts(i);
-        if (seen > target) return i < h.bounds_ns_size() ? static_cast<double>(h.bounds_ns(i)) / 1e3 : -1.0;
+        if (seen > target)
+          return i < h.bounds_ns_size() ? static_cast<double>(h.bounds_ns(i)) / 1e3 : -1.0;
       }
       return -1.0;
     };
-    std::printf("continuation latency (1 in 64 sampled): %llu samples, mean %.1f us, p50 < %.1f us, p99 < %.1f us\n",
-                static_cast<unsigned long long>(h.count()),
-                static_cast<double>(h.sum_ns()) / static_cast<double>(h.count()) / 1e3, pct(0.5), pct(0.99));
+    std::printf(
+        "continuation latency (1 in 64 sampled): %llu samples, mean %.1f us, p50 < %.1f us, p99 < "
+        "%.1f us\n",
+        static_cast<unsigned long long>(h.count()),
+        static_cast<double>(h.sum_ns()) / static_cast<double>(h.count()) / 1e3, pct(0.5),
+        pct(0.99));
   }
   if (s.submit_latency().count() != 0) {
     std::printf("control Submit latency: %llu calls, mean %.1f us\n",
                 static_cast<unsigned long long>(s.submit_latency().count()),
-                static_cast<double>(s.submit_latency().sum_ns()) / static_cast<double>(s.submit_latency().count()) / 1e3);
+                static_cast<double>(s.submit_latency().sum_ns()) /
+                    static_cast<double>(s.submit_latency().count()) / 1e3);
   }
 }
 
@@ -379,26 +433,32 @@ grpc::Status top_loop(Ctl& ctl, unsigned interval_ms, unsigned iterations) {
     std::string out = "\x1b[H\x1b[2J";
     char line[512];
     std::snprintf(line, sizeof(line),
-                  "insideoutd %s  pid %u  up %.0f s  CPUs %s of %u  workers %u  clients %u    (q quits)\r\n\r\n",
-                  info.version().c_str(), info.pid(), info.uptime_seconds(), info.cpus_allowed().c_str(),
-                  info.cpus_online(), info.workers(), info.clients());
+                  "insideoutd %s  pid %u  up %.0f s  CPUs %s of %u  workers %u  clients %u    (q "
+                  "quits)\r\n\r\n",
+                  info.version().c_str(), info.pid(), info.uptime_seconds(),
+                  info.cpus_allowed().c_str(), info.cpus_online(), info.workers(), info.clients());
     out += line;
     out += "\x1b[7mPOOL       SIZE  CPUS        IDLE             POLICY  CLIENTS\x1b[0m\r\n";
     for (const auto& p : ps.pools()) {
-      std::snprintf(line, sizeof(line), "%-10s %4u  %-10s  %-15s  %-6s  %7u\r\n", p.name().c_str(), p.size(),
-                    p.cpus().c_str(), idle_text(p.idle()).c_str(), policy_text(p.attributes().policy()).c_str(),
-                    p.clients());
+      std::snprintf(line, sizeof(line), "%-10s %4u  %-10s  %-15s  %-6s  %7u\r\n", p.name().c_str(),
+                    p.size(), p.cpus().c_str(), idle_text(p.idle()).c_str(),
+                    policy_text(p.attributes().policy()).c_str(), p.clients());
       out += line;
     }
-    out += "\r\n\x1b[7mWORKER POOL       TID      CPUS     LAST POLICY PRIO NICE STATE    QUEUE     RATE/s     STEALS\x1b[0m\r\n";
+    out +=
+        "\r\n\x1b[7mWORKER POOL       TID      CPUS     LAST POLICY PRIO NICE STATE    QUEUE     "
+        "RATE/s     STEALS\x1b[0m\r\n";
     for (const auto& w : ws.workers()) {
       const std::uint64_t done = w.counters().completed() + w.counters().failed();
       const auto prev = last_completed.find(w.id());
-      const double rate = prev == last_completed.end() ? 0.0 : static_cast<double>(done - prev->second) / dt;
+      const double rate =
+          prev == last_completed.end() ? 0.0 : static_cast<double>(done - prev->second) / dt;
       last_completed[w.id()] = done;
-      std::snprintf(line, sizeof(line), "io-w%-2u %-10s %-8d %-8s %4d %-6s %4d %4d %-8s %5u %10.0f %10llu\r\n", w.id(),
-                    w.pool().c_str(), w.tid(), w.cpus().c_str(), w.last_cpu(), policy_text(w.policy()).c_str(),
-                    w.priority(), w.nice(), state_text(w.state()).c_str(), w.queue_depth(), rate,
+      std::snprintf(line, sizeof(line),
+                    "io-w%-2u %-10s %-8d %-8s %4d %-6s %4d %4d %-8s %5u %10.0f %10llu\r\n", w.id(),
+                    w.pool().c_str(), w.tid(), w.cpus().c_str(), w.last_cpu(),
+                    policy_text(w.policy()).c_str(), w.priority(), w.nice(),
+                    state_text(w.state()).c_str(), w.queue_depth(), rate,
                     static_cast<unsigned long long>(w.counters().steals()));
       out += line;
     }
@@ -407,7 +467,8 @@ grpc::Status top_loop(Ctl& ctl, unsigned interval_ms, unsigned iterations) {
     // Wait for the next refresh, or a key.
     const auto until = now + std::chrono::milliseconds(interval_ms);
     for (;;) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          until - std::chrono::steady_clock::now());
       if (left.count() <= 0) break;
       pollfd p{0, POLLIN, 0};
       if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
@@ -432,33 +493,41 @@ int run_top(Ctl& ctl, unsigned interval_ms, unsigned iterations) {
 
 int main(int argc, char** argv) {
   Options o;
-  CLI::App app{"insideoutctl: inspect and retune insideoutd over its control plane (control.sock).\n"
-               "Exit codes: 0 done, 1 the daemon refused, 2 bad usage, 3 daemon unreachable.",
-               "insideoutctl"};
+  CLI::App app{
+      "insideoutctl: inspect and retune insideoutd over its control plane (control.sock).\n"
+      "Exit codes: 0 done, 1 the daemon refused, 2 bad usage, 3 daemon unreachable.",
+      "insideoutctl"};
   app.require_subcommand(1);
-  app.add_option("--socket", o.socket, "Control socket (default: $INSIDEOUT_RUNTIME_DIR/control.sock)");
-  app.add_option("--runtime-dir", o.runtime_dir, "Runtime directory (default: $INSIDEOUT_RUNTIME_DIR, else /run/insideout "
-                                                 "as root, else $XDG_RUNTIME_DIR/insideout)");
+  app.add_option("--socket", o.socket,
+                 "Control socket (default: $INSIDEOUT_RUNTIME_DIR/control.sock)");
+  app.add_option("--runtime-dir", o.runtime_dir,
+                 "Runtime directory (default: $INSIDEOUT_RUNTIME_DIR, else /run/insideout "
+                 "as root, else $XDG_RUNTIME_DIR/insideout)");
   app.add_option("--timeout-ms", o.timeout_ms, "Deadline of each call");
-  auto json_flag = [&](CLI::App* s) { s->add_flag("--json", o.json, "Print JSON (one object, proto field names)"); };
+  auto json_flag = [&](CLI::App* s) {
+    s->add_flag("--json", o.json, "Print JSON (one object, proto field names)");
+  };
 
   auto* status = app.add_subcommand("status", "Version, uptime, CPUs, workers and clients");
   json_flag(status);
   auto* pools = app.add_subcommand("pools", "List the worker pools");
   json_flag(pools);
   std::string pool_filter;
-  auto* workers = app.add_subcommand("workers", "List the workers: tid, CPUs, policy, priority, nice, state, counters");
+  auto* workers = app.add_subcommand(
+      "workers", "List the workers: tid, CPUs, policy, priority, nice, state, counters");
   json_flag(workers);
   workers->add_option("--pool", pool_filter, "Only this pool");
 
   std::string target, cpus;
-  auto* pin = app.add_subcommand("pin", "Pin a worker (a number) or every worker of a pool (a name) to CPUs");
+  auto* pin = app.add_subcommand(
+      "pin", "Pin a worker (a number) or every worker of a pool (a name) to CPUs");
   pin->add_option("target", target, "WORKER or POOL")->required();
   pin->add_option("cpus", cpus, "CPU list, e.g. 0-3,8")->required();
 
   std::string policy;
   std::optional<int> priority, nice;
-  auto* attr = app.add_subcommand("attr", "Set a worker's or a pool's scheduling policy, priority and nice");
+  auto* attr =
+      app.add_subcommand("attr", "Set a worker's or a pool's scheduling policy, priority and nice");
   attr->add_option("target", target, "WORKER or POOL")->required();
   attr->add_option("--policy", policy, "other, batch, idle, fifo or rr");
   attr->add_option("--priority", priority, "Realtime priority (fifo, rr: 1..99)");
@@ -482,7 +551,8 @@ int main(int argc, char** argv) {
   auto* pdelete = pool->add_subcommand("delete", "Delete a pool");
   pdelete->add_option("name", pool_name)->required();
 
-  auto* clients = app.add_subcommand("clients", "List registered clients: pid, uid, pool, in flight, counters");
+  auto* clients =
+      app.add_subcommand("clients", "List registered clients: pid, uid, pool, in flight, counters");
   json_flag(clients);
   int evict_pid = 0;
   auto* evict = app.add_subcommand("evict", "Disconnect every client of a process");
@@ -490,7 +560,8 @@ int main(int argc, char** argv) {
 
   bool watch = false, prometheus = false, rpc = false;
   unsigned interval_ms = 1000, count = 0;
-  auto* stats = app.add_subcommand("stats", "Counters, read from the counters area ($INSIDEOUT_RUNTIME_DIR/stats)");
+  auto* stats = app.add_subcommand(
+      "stats", "Counters, read from the counters area ($INSIDEOUT_RUNTIME_DIR/stats)");
   json_flag(stats);
   stats->add_flag("--watch", watch, "Print again every interval (WatchStats with --rpc)");
   stats->add_flag("--prometheus", prometheus, "Prometheus text format");
@@ -500,19 +571,23 @@ int main(int argc, char** argv) {
 
   std::string function, env;
   std::uint64_t arg = 0;
-  auto* submit = app.add_subcommand("submit", "Run a continuation through the control plane (the slow path)");
+  auto* submit =
+      app.add_subcommand("submit", "Run a continuation through the control plane (the slow path)");
   json_flag(submit);
   submit->add_option("function", function)->required();
   submit->add_option("env", env, "Environment bytes");
   submit->add_option("--arg", arg, "Scalar argument");
 
   unsigned drain_ms = 0;
-  auto* drain = app.add_subcommand("drain", "Stop taking work from clients and wait for what is in flight");
-  drain->add_option("--timeout-ms", drain_ms, "At most this long (default: the daemon's drain timeout)");
+  auto* drain =
+      app.add_subcommand("drain", "Stop taking work from clients and wait for what is in flight");
+  drain->add_option("--timeout-ms", drain_ms,
+                    "At most this long (default: the daemon's drain timeout)");
   auto* shutdown = app.add_subcommand("shutdown", "Drain and stop the daemon");
 
   unsigned top_iterations = 0;
-  auto* top = app.add_subcommand("top", "A live view of pools and workers, refreshed every second; q quits");
+  auto* top = app.add_subcommand(
+      "top", "A live view of pools and workers, refreshed every second; q quits");
   top->add_option("--interval-ms", interval_ms, "Refresh interval");
   top->add_option("--iterations", top_iterations, "Stop after this many refreshes (0: until q)");
 
@@ -534,21 +609,25 @@ int main(int argc, char** argv) {
     v1::GetInfoResponse r;
     if (auto st = stub.GetInfo(ctl.context().get(), {}, &r); !st.ok()) return ctl.error(st);
     if (o.json) return print_json(r), kOk;
-    std::printf("insideoutd %s (layout %u, protocol %u), pid %u, up %.1f s\nruntime dir %s\nCPUs online %u, allowed "
-                "%s\nworkers %u, clients %u\n",
-                r.version().c_str(), r.layout_version(), r.protocol_version(), r.pid(), r.uptime_seconds(),
-                r.runtime_dir().c_str(), r.cpus_online(), r.cpus_allowed().c_str(), r.workers(), r.clients());
+    std::printf(
+        "insideoutd %s (layout %u, protocol %u), pid %u, up %.1f s\nruntime dir %s\nCPUs online "
+        "%u, allowed "
+        "%s\nworkers %u, clients %u\n",
+        r.version().c_str(), r.layout_version(), r.protocol_version(), r.pid(), r.uptime_seconds(),
+        r.runtime_dir().c_str(), r.cpus_online(), r.cpus_allowed().c_str(), r.workers(),
+        r.clients());
     return kOk;
   }
   if (*pools) {
     v1::ListPoolsResponse r;
     if (auto st = stub.ListPools(ctl.context().get(), {}, &r); !st.ok()) return ctl.error(st);
     if (o.json) return print_json(r), kOk;
-    std::printf("%-12s %5s %-12s %-16s %-6s %4s %4s %7s\n", "POOL", "SIZE", "CPUS", "IDLE", "POLICY", "PRIO", "NICE",
-                "CLIENTS");
+    std::printf("%-12s %5s %-12s %-16s %-6s %4s %4s %7s\n", "POOL", "SIZE", "CPUS", "IDLE",
+                "POLICY", "PRIO", "NICE", "CLIENTS");
     for (const auto& p : r.pools()) {
-      std::printf("%-12s %5u %-12s %-16s %-6s %4d %4d %7u\n", p.name().c_str(), p.size(), p.cpus().c_str(),
-                  idle_text(p.idle()).c_str(), policy_text(p.attributes().policy()).c_str(), p.attributes().priority(),
+      std::printf("%-12s %5u %-12s %-16s %-6s %4d %4d %7u\n", p.name().c_str(), p.size(),
+                  p.cpus().c_str(), idle_text(p.idle()).c_str(),
+                  policy_text(p.attributes().policy()).c_str(), p.attributes().priority(),
                   p.attributes().nice(), p.clients());
     }
     return kOk;
@@ -576,14 +655,18 @@ int main(int argc, char** argv) {
     *q.mutable_target() = parse_target(target);
     if (!policy.empty()) {
       auto p = parse_policy(policy);
-      if (!p) return fail(kUsage, "--policy: '" + policy + "' is not one of other, batch, idle, fifo, rr");
+      if (!p)
+        return fail(kUsage,
+                    "--policy: '" + policy + "' is not one of other, batch, idle, fifo, rr");
       q.mutable_attributes()->set_policy(*p);
     }
     if (priority) q.mutable_attributes()->set_priority(*priority);
     if (nice) q.mutable_attributes()->set_nice(*nice);
-    if (policy.empty() && !priority && !nice) return fail(kUsage, "attr: give --policy, --priority or --nice");
+    if (policy.empty() && !priority && !nice)
+      return fail(kUsage, "attr: give --policy, --priority or --nice");
     v1::SetThreadAttributesResponse r;
-    if (auto st = stub.SetThreadAttributes(ctl.context().get(), q, &r); !st.ok()) return ctl.error(st);
+    if (auto st = stub.SetThreadAttributes(ctl.context().get(), q, &r); !st.ok())
+      return ctl.error(st);
     print_workers(r.workers());
     return kOk;
   }
@@ -597,13 +680,17 @@ int main(int argc, char** argv) {
       p->set_size(pool_size);
       if (!policy.empty()) {
         auto pp = parse_policy(policy);
-        if (!pp) return fail(kUsage, "--policy: '" + policy + "' is not one of other, batch, idle, fifo, rr");
+        if (!pp)
+          return fail(kUsage,
+                      "--policy: '" + policy + "' is not one of other, batch, idle, fifo, rr");
         p->mutable_attributes()->set_policy(*pp);
       }
       if (priority) p->mutable_attributes()->set_priority(*priority);
       if (nice) p->mutable_attributes()->set_nice(*nice);
-      if (!pool_idle.empty() && pool_idle != "block" && pool_idle != "spin-then-block" && pool_idle != "poll") {
-        return fail(kUsage, "--idle: '" + pool_idle + "' is not one of block, spin-then-block, poll");
+      if (!pool_idle.empty() && pool_idle != "block" && pool_idle != "spin-then-block" &&
+          pool_idle != "poll") {
+        return fail(kUsage,
+                    "--idle: '" + pool_idle + "' is not one of block, spin-then-block, poll");
       }
       if (pool_idle == "block") p->set_idle(v1::IDLE_STRATEGY_BLOCK);
       if (pool_idle == "spin-then-block") p->set_idle(v1::IDLE_STRATEGY_SPIN_THEN_BLOCK);
@@ -628,11 +715,12 @@ int main(int argc, char** argv) {
     v1::ListClientsResponse r;
     if (auto st = stub.ListClients(ctl.context().get(), {}, &r); !st.ok()) return ctl.error(st);
     if (o.json) return print_json(r), kOk;
-    std::printf("%-5s %-8s %-6s %-10s %-16s %9s %12s %12s %8s\n", "ID", "PID", "UID", "POOL", "NAME", "INFLIGHT",
-                "ACCEPTED", "COMPLETED", "FAILED");
+    std::printf("%-5s %-8s %-6s %-10s %-16s %9s %12s %12s %8s\n", "ID", "PID", "UID", "POOL",
+                "NAME", "INFLIGHT", "ACCEPTED", "COMPLETED", "FAILED");
     for (const auto& c : r.clients()) {
-      std::printf("%-5u %-8d %-6u %-10s %-16s %9llu %12llu %12llu %8llu\n", c.id(), c.pid(), c.uid(), c.pool().c_str(),
-                  c.name().c_str(), static_cast<unsigned long long>(c.in_flight()),
+      std::printf("%-5u %-8d %-6u %-10s %-16s %9llu %12llu %12llu %8llu\n", c.id(), c.pid(),
+                  c.uid(), c.pool().c_str(), c.name().c_str(),
+                  static_cast<unsigned long long>(c.in_flight()),
                   static_cast<unsigned long long>(c.counters().accepted()),
                   static_cast<unsigned long long>(c.counters().completed()),
                   static_cast<unsigned long long>(c.counters().failed()));
@@ -705,8 +793,9 @@ int main(int argc, char** argv) {
     if (auto st = stub.Submit(ctl.context(15000).get(), q, &r); !st.ok()) return ctl.error(st);
     if (o.json) return print_json(r), kOk;
     if (r.status() != 1) return fail(kDaemonError, r.status_name() + ": " + r.error());
-    std::printf("%s value %llu%s%s\n", r.status_name().c_str(), static_cast<unsigned long long>(r.value()),
-                r.data().empty() ? "" : " data ", r.data().c_str());
+    std::printf("%s value %llu%s%s\n", r.status_name().c_str(),
+                static_cast<unsigned long long>(r.value()), r.data().empty() ? "" : " data ",
+                r.data().c_str());
     return kOk;
   }
   if (*drain) {

@@ -139,7 +139,8 @@ struct Client::Impl {
 
   bool completion_ready() const {
     const std::uint64_t head = peek_head.load(std::memory_order_relaxed);
-    shm::RingView v(base + segment.geometry().completion_ring_off, segment.geometry().ring_capacity);
+    shm::RingView v(base + segment.geometry().completion_ring_off,
+                    segment.geometry().ring_capacity);
     return static_cast<std::uint32_t>(v.slot(head).load(std::memory_order_acquire) >> 32) ==
            static_cast<std::uint32_t>(head + 1);
   }
@@ -172,7 +173,8 @@ struct Client::Impl {
     const auto& g = segment.geometry();
     const std::uint32_t off = static_cast<std::uint32_t>(reinterpret_cast<char*>(b.data()) - base);
     const std::uint32_t first = (off - g.buffers_off) / g.buffer_block_size;
-    const auto n = static_cast<std::uint32_t>((b.size() + g.buffer_block_size - 1) / g.buffer_block_size);
+    const auto n =
+        static_cast<std::uint32_t>((b.size() + g.buffer_block_size - 1) / g.buffer_block_size);
     buffers.free(first, n);
   }
 
@@ -205,20 +207,26 @@ struct Client::Impl {
       total += n;
       // The daemon's core wrote these frames; whoever reads the results and frees the
       // frames next will find their lines here.
-      for (std::size_t i = 0; i < n; ++i) __builtin_prefetch(base + (offs[i] % segment.geometry().size), 1);
+      for (std::size_t i = 0; i < n; ++i)
+        __builtin_prefetch(base + (offs[i] % segment.geometry().size), 1);
       for (std::size_t i = 0; i < n; ++i) {
         if (!segment.geometry().frame_offset_valid(offs[i])) continue;
         const std::uint32_t idx = index_of(offs[i]);
         const std::uint8_t prev = states[idx].state.exchange(kDone, std::memory_order_acq_rel);
         switch (prev) {
-          case kInFlight: break;
+          case kInFlight:
+            break;
           case kDetached:
             release_state(idx);
             detached.push_back(arena.frame(idx));
             break;
           case kCallback:
-          case kAwaited: notify.push_back(idx); break;
-          default: states[idx].state.store(prev, std::memory_order_relaxed); break;  // not ours: ignore
+          case kAwaited:
+            notify.push_back(idx);
+            break;
+          default:
+            states[idx].state.store(prev, std::memory_order_relaxed);
+            break;  // not ours: ignore
         }
       }
     }
@@ -312,7 +320,8 @@ struct Client::Impl {
       const auto st = v1::recv_message(sock, &m, nullptr, &err);
       if (closing.load(std::memory_order_acquire)) return;
       if (st == v1::RecvStatus::kClosed) return set_lost("the daemon closed the connection");
-      if (st == v1::RecvStatus::kError) return set_lost(std::string("registration socket: ") + std::strerror(err));
+      if (st == v1::RecvStatus::kError)
+        return set_lost(std::string("registration socket: ") + std::strerror(err));
       if (st != v1::RecvStatus::kOk) continue;
       if (m.has_goodbye()) return set_lost(m.goodbye().reason());
       if (m.has_result()) {
@@ -353,7 +362,8 @@ struct Client::Impl {
       if (deadline) timeout = *deadline - now;
       shm::event_wait(
           doorbells->completion,
-          [&] { return completion_ready() || done() || lost.load(std::memory_order_acquire); }, timeout);
+          [&] { return completion_ready() || done() || lost.load(std::memory_order_acquire); },
+          timeout);
     }
   }
 };
@@ -466,22 +476,25 @@ Client::~Client() {
 absl::StatusOr<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  impl->socket_path = !options.socket_path.empty()
-                          ? options.socket_path
-                          : (options.runtime_dir.empty() ? shm::default_runtime_dir() : options.runtime_dir) + "/" +
-                                shm::kDaemonSocketName;
+  impl->socket_path =
+      !options.socket_path.empty()
+          ? options.socket_path
+          : (options.runtime_dir.empty() ? shm::default_runtime_dir() : options.runtime_dir) + "/" +
+                shm::kDaemonSocketName;
   const std::string& path = impl->socket_path;
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(addr.sun_path)) return absl::InvalidArgumentError("socket path too long: " + path);
+  if (path.size() >= sizeof(addr.sun_path))
+    return absl::InvalidArgumentError("socket path too long: " + path);
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   impl->sock = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   if (impl->sock < 0) return absl::InternalError(std::string("socket: ") + std::strerror(errno));
   if (::connect(impl->sock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
     const int e = errno;
     ::close(impl->sock);
-    return absl::UnavailableError("no insideoutd at " + path + ": " + std::strerror(e) +
-                                  " (is the daemon running? INSIDEOUT_RUNTIME_DIR selects its directory)");
+    return absl::UnavailableError(
+        "no insideoutd at " + path + ": " + std::strerror(e) +
+        " (is the daemon running? INSIDEOUT_RUNTIME_DIR selects its directory)");
   }
   auto fail = [&](absl::Status st) {
     ::close(impl->sock);
@@ -514,7 +527,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
   ::setsockopt(impl->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   if (reply.has_refused()) {
     if (fd >= 0) ::close(fd);
-    return fail(absl::FailedPreconditionError("insideoutd refused the registration: " + reply.refused().reason()));
+    return fail(absl::FailedPreconditionError("insideoutd refused the registration: " +
+                                              reply.refused().reason()));
   }
   if (!reply.has_welcome()) {
     if (fd >= 0) ::close(fd);
@@ -529,14 +543,17 @@ absl::StatusOr<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
     if (fd < 0) return fail(absl::InternalError("the daemon sent no segment"));
     std::string why;
     impl->segment = shm::Segment::attach(fd, &why);
-    if (!impl->segment.valid()) return fail(absl::FailedPreconditionError("segment from insideoutd: " + why));
+    if (!impl->segment.valid())
+      return fail(absl::FailedPreconditionError("segment from insideoutd: " + why));
     const auto& g = impl->segment.geometry();
     impl->has_segment = true;
     impl->base = static_cast<char*>(impl->segment.base());
     impl->doorbells = impl->segment.doorbells();
     impl->arena = shm::FrameArena(impl->base, g);
-    impl->submit = shm::RingProducer(shm::RingView(impl->base + g.submit_ring_off, g.ring_capacity));
-    impl->completion = shm::RingConsumer(shm::RingView(impl->base + g.completion_ring_off, g.ring_capacity));
+    impl->submit =
+        shm::RingProducer(shm::RingView(impl->base + g.submit_ring_off, g.ring_capacity));
+    impl->completion =
+        shm::RingConsumer(shm::RingView(impl->base + g.completion_ring_off, g.ring_capacity));
     impl->states.reset(new FrameState[g.frame_count]);
     impl->buffers.init(g.buffer_block_count);
   } else if (fd >= 0) {
@@ -547,12 +564,14 @@ absl::StatusOr<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
   std::unique_ptr<Client> client(new Client(std::move(impl)));
   if (options.dispatcher && raw->has_segment) {
     raw->dispatcher = std::thread([raw] {
-      while (!raw->stop_dispatcher.load(std::memory_order_acquire) && !raw->lost.load(std::memory_order_acquire)) {
+      while (!raw->stop_dispatcher.load(std::memory_order_acquire) &&
+             !raw->lost.load(std::memory_order_acquire)) {
         if (raw->poll() == 0) {
           shm::event_wait(
               raw->doorbells->completion,
               [raw] {
-                return raw->completion_ready() || raw->stop_dispatcher.load(std::memory_order_acquire) ||
+                return raw->completion_ready() ||
+                       raw->stop_dispatcher.load(std::memory_order_acquire) ||
                        raw->lost.load(std::memory_order_acquire);
               },
               std::nullopt);
@@ -591,7 +610,8 @@ void Client::release_frame(Frame* f) noexcept { impl_->arena.free(f); }
 std::span<std::byte> Client::allocate_buffer(std::size_t bytes) {
   if (!impl_->has_segment || bytes == 0) return {};
   const auto& g = impl_->segment.geometry();
-  const auto n = static_cast<std::uint32_t>((bytes + g.buffer_block_size - 1) / g.buffer_block_size);
+  const auto n =
+      static_cast<std::uint32_t>((bytes + g.buffer_block_size - 1) / g.buffer_block_size);
   const long first = impl_->buffers.allocate(n);
   if (first < 0) return {};
   auto* p = reinterpret_cast<std::byte*>(impl_->base + g.buffers_off +
@@ -607,18 +627,22 @@ std::uint32_t Client::offset_of(const void* p) const noexcept {
   return static_cast<std::uint32_t>(static_cast<const char*>(p) - impl_->base);
 }
 
-absl::StatusOr<Handle> Client::submit(std::string_view function, std::span<const std::byte> env, std::uint64_t arg) {
+absl::StatusOr<Handle> Client::submit(std::string_view function, std::span<const std::byte> env,
+                                      std::uint64_t arg) {
   auto id = function_id(function);
   if (!id.ok()) return id.status();
   return submit(*id, env, arg);
 }
 
-absl::StatusOr<Handle> Client::submit(std::uint32_t function_id, std::span<const std::byte> env, std::uint64_t arg) {
-  if (!impl_->has_segment) return absl::FailedPreconditionError("this client has no segment (want_segment = false)");
+absl::StatusOr<Handle> Client::submit(std::uint32_t function_id, std::span<const std::byte> env,
+                                      std::uint64_t arg) {
+  if (!impl_->has_segment)
+    return absl::FailedPreconditionError("this client has no segment (want_segment = false)");
   Frame* f = allocate_frame();
   if (f == nullptr) {
-    return absl::ResourceExhaustedError("all " + std::to_string(impl_->arena.frame_count()) +
-                                        " frames are in use: release handles or ask for more frames");
+    return absl::ResourceExhaustedError(
+        "all " + std::to_string(impl_->arena.frame_count()) +
+        " frames are in use: release handles or ask for more frames");
   }
   f->fn = function_id;
   f->arg = arg;
@@ -650,8 +674,10 @@ absl::StatusOr<Handle> Client::submit(std::uint32_t function_id, std::span<const
 
 absl::StatusOr<Handle> Client::submit(Frame* f) {
   auto& d = *impl_;
-  if (!d.has_segment) return absl::FailedPreconditionError("this client has no segment (want_segment = false)");
-  if (d.lost.load(std::memory_order_acquire)) return absl::UnavailableError("daemon lost: " + lost_reason());
+  if (!d.has_segment)
+    return absl::FailedPreconditionError("this client has no segment (want_segment = false)");
+  if (d.lost.load(std::memory_order_acquire))
+    return absl::UnavailableError("daemon lost: " + lost_reason());
   const std::uint32_t idx = d.arena.index_of(f);
   f->status = 0;
   // Relaxed: the ring's release store (P1) publishes this with the frame.
@@ -671,8 +697,10 @@ absl::StatusOr<Handle> Client::submit(Frame* f) {
 
 absl::Status Client::submit_batch(std::span<Frame* const> frames, std::vector<Handle>* out) {
   auto& d = *impl_;
-  if (!d.has_segment) return absl::FailedPreconditionError("this client has no segment (want_segment = false)");
-  if (d.lost.load(std::memory_order_acquire)) return absl::UnavailableError("daemon lost: " + lost_reason());
+  if (!d.has_segment)
+    return absl::FailedPreconditionError("this client has no segment (want_segment = false)");
+  if (d.lost.load(std::memory_order_acquire))
+    return absl::UnavailableError("daemon lost: " + lost_reason());
   std::uint32_t offs[256];
   std::size_t done = 0;
   std::optional<std::chrono::steady_clock::time_point> deadline;
@@ -682,10 +710,12 @@ absl::Status Client::submit_batch(std::span<Frame* const> frames, std::vector<Ha
       offs[i] = d.arena.offset_of(frames[done + i]);
       frames[done + i]->status = 0;
       // Relaxed: the ring's release store (P1) publishes this with the frame.
-      d.states[d.arena.index_of(frames[done + i])].state.store(kInFlight, std::memory_order_relaxed);
+      d.states[d.arena.index_of(frames[done + i])].state.store(kInFlight,
+                                                               std::memory_order_relaxed);
     }
     const std::size_t pushed = d.submit.try_push_batch(std::span<const std::uint32_t>(offs, n));
-    for (std::size_t i = 0; i < pushed; ++i) out->push_back(Handle(this, d.arena.index_of(frames[done + i])));
+    for (std::size_t i = 0; i < pushed; ++i)
+      out->push_back(Handle(this, d.arena.index_of(frames[done + i])));
     for (std::size_t i = pushed; i < n; ++i) {
       d.states[d.arena.index_of(frames[done + i])].state.store(kFree, std::memory_order_relaxed);
     }
@@ -696,9 +726,9 @@ absl::Status Client::submit_batch(std::span<Frame* const> frames, std::vector<Ha
     // Full.
     if (d.options.on_full == OnFull::kFailFast) {
       d.full_fail_fast.fetch_add(1, std::memory_order_relaxed);
-      return absl::ResourceExhaustedError("submit ring full (" + std::to_string(d.segment.geometry().ring_capacity) +
-                                          " slots); " + std::to_string(done) + " of " +
-                                          std::to_string(frames.size()) + " submitted");
+      return absl::ResourceExhaustedError(
+          "submit ring full (" + std::to_string(d.segment.geometry().ring_capacity) + " slots); " +
+          std::to_string(done) + " of " + std::to_string(frames.size()) + " submitted");
     }
     const auto now = std::chrono::steady_clock::now();
     if (!deadline) {
@@ -706,31 +736,35 @@ absl::Status Client::submit_batch(std::span<Frame* const> frames, std::vector<Ha
       d.full_waits.fetch_add(1, std::memory_order_relaxed);
     }
     if (now >= *deadline) {
-      return absl::DeadlineExceededError("submit ring still full after " +
-                                         std::to_string(d.options.full_timeout.count()) + " ms; " +
-                                         std::to_string(done) + " of " + std::to_string(frames.size()) + " submitted");
+      return absl::DeadlineExceededError(
+          "submit ring still full after " + std::to_string(d.options.full_timeout.count()) +
+          " ms; " + std::to_string(done) + " of " + std::to_string(frames.size()) + " submitted");
     }
     d.poll();  // completions free frames for the caller; the daemon frees ring slots
     shm::event_wait(
-        d.doorbells->space, [&] { return d.ring_has_room() || d.lost.load(std::memory_order_acquire); },
+        d.doorbells->space,
+        [&] { return d.ring_has_room() || d.lost.load(std::memory_order_acquire); },
         *deadline - now);
-    if (d.lost.load(std::memory_order_acquire)) return absl::UnavailableError("daemon lost: " + lost_reason());
+    if (d.lost.load(std::memory_order_acquire))
+      return absl::UnavailableError("daemon lost: " + lost_reason());
   }
   return absl::OkStatus();
 }
 
 std::size_t Client::poll() { return impl_->poll(); }
 
-bool Client::run_until(const std::function<bool()>& pred, std::optional<std::chrono::nanoseconds> timeout) {
+bool Client::run_until(const std::function<bool()>& pred,
+                       std::optional<std::chrono::nanoseconds> timeout) {
   std::optional<std::chrono::steady_clock::time_point> deadline;
   if (timeout) deadline = std::chrono::steady_clock::now() + *timeout;
   return impl_->wait_until(pred, deadline);
 }
 
-absl::StatusOr<SerialResult> Client::call(std::string_view function, std::string_view env, std::uint64_t arg,
-                                          std::chrono::milliseconds timeout) {
+absl::StatusOr<SerialResult> Client::call(std::string_view function, std::string_view env,
+                                          std::uint64_t arg, std::chrono::milliseconds timeout) {
   auto& d = *impl_;
-  if (d.lost.load(std::memory_order_acquire)) return absl::UnavailableError("daemon lost: " + lost_reason());
+  if (d.lost.load(std::memory_order_acquire))
+    return absl::UnavailableError("daemon lost: " + lost_reason());
   std::future<SerialResult> fut;
   v1::ClientMessage m;
   {
@@ -752,7 +786,8 @@ absl::StatusOr<SerialResult> Client::call(std::string_view function, std::string
   if (fut.wait_for(timeout) != std::future_status::ready) {
     std::lock_guard l(d.calls_mu);
     d.calls.erase(m.submit().tag());
-    return absl::DeadlineExceededError("no result from insideoutd within " + std::to_string(timeout.count()) + " ms");
+    return absl::DeadlineExceededError("no result from insideoutd within " +
+                                       std::to_string(timeout.count()) + " ms");
   }
   return fut.get();
 }
@@ -771,7 +806,8 @@ void* Client::segment_base() const noexcept { return impl_->base; }
 ClientStats Client::stats() const noexcept {
   const auto& d = *impl_;
   return {d.submitted.load(std::memory_order_relaxed), d.completed.load(std::memory_order_relaxed),
-          d.full_fail_fast.load(std::memory_order_relaxed), d.full_waits.load(std::memory_order_relaxed)};
+          d.full_fail_fast.load(std::memory_order_relaxed),
+          d.full_waits.load(std::memory_order_relaxed)};
 }
 
 }  // namespace insideout

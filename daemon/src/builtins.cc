@@ -144,9 +144,12 @@ void register_builtins(FunctionRegistry& r) {
   r.add({"noop", "does nothing and completes", noop});
   r.add({"echo", "returns its environment (in place)", echo});
   r.add({"checksum", "XXH3-64 of its environment, read in place", checksum});
-  r.add({"fanout", "spawns ARG children and completes with ARG when all have", fanout, false, 0xFFFFFFFFull});
-  r.add({"chain", "ARG steps, each a yield (may migrate between workers)", chain, false, 1ull << 40});
-  r.add({"sleep", "parks for ARG nanoseconds (at most one hour)", sleep, false, 3600ull * 1'000'000'000});
+  r.add({"fanout", "spawns ARG children and completes with ARG when all have", fanout, false,
+         0xFFFFFFFFull});
+  r.add(
+      {"chain", "ARG steps, each a yield (may migrate between workers)", chain, false, 1ull << 40});
+  r.add({"sleep", "parks for ARG nanoseconds (at most one hour)", sleep, false,
+         3600ull * 1'000'000'000});
 }
 
 }  // namespace insideout::daemon

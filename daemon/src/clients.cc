@@ -41,7 +41,8 @@ ClientSlot* ClientTable::reserve() {
     s->backlog.clear();
     s->jobs.clear();
     s->free_jobs.clear();
-    s->accepted = s->completed = s->failed = s->rejected = s->rejected_function = s->backpressure = 0;
+    s->accepted = s->completed = s->failed = s->rejected = s->rejected_function = s->backpressure =
+        0;
     s->has_segment = false;
     s->base = nullptr;
     s->doorbells = nullptr;
@@ -58,9 +59,11 @@ void ClientTable::activate(ClientSlot& s) {
   if (s.has_segment) {
     s.base = static_cast<char*>(s.segment.base());
     s.doorbells = s.segment.doorbells();
-    s.submit = shm::RingConsumer(shm::RingView(s.base + s.geom.submit_ring_off, s.geom.ring_capacity));
-    s.completion = shm::RingProducer(shm::RingView(s.base + s.geom.completion_ring_off, s.geom.ring_capacity),
-                                     &s.completion_tail);
+    s.submit =
+        shm::RingConsumer(shm::RingView(s.base + s.geom.submit_ring_off, s.geom.ring_capacity));
+    s.completion =
+        shm::RingProducer(shm::RingView(s.base + s.geom.completion_ring_off, s.geom.ring_capacity),
+                          &s.completion_tail);
     s.max_inflight = s.geom.ring_capacity;
   }
   s.refs.store(1, std::memory_order_relaxed);  // the connection's

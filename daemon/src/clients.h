@@ -43,11 +43,11 @@ struct alignas(shm::kCacheLine) ClientSlot {
   // field below is set (S1) and loaded with acquire by workers (S2).
   std::atomic<SlotState> state{SlotState::kFree};
   std::atomic<std::uint32_t> refs{0};
-  std::atomic<bool> draining{false};     // the drain lock: one consumer of the submit ring
+  std::atomic<bool> draining{false};        // the drain lock: one consumer of the submit ring
   std::atomic<std::uint64_t> peek_head{0};  // consumer position, for peeks without the lock
   std::atomic<bool> has_backlog{false};
 
-  shm::RingConsumer submit;                   // under `draining`
+  shm::RingConsumer submit;                                                // under `draining`
   alignas(shm::kCacheLine) std::atomic<std::uint64_t> completion_tail{0};  // daemon-side, trusted
   shm::RingProducer completion;
 
@@ -84,7 +84,9 @@ struct alignas(shm::kCacheLine) ClientSlot {
   // A serialized job slot (reused when one is free), its environment copied in.
   std::uint32_t new_job(std::uint64_t tag, std::string env);
 
-  shm::Frame* frame(std::uint32_t off) const noexcept { return reinterpret_cast<shm::Frame*>(base + off); }
+  shm::Frame* frame(std::uint32_t off) const noexcept {
+    return reinterpret_cast<shm::Frame*>(base + off);
+  }
 };
 
 class ClientTable {

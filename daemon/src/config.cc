@@ -25,7 +25,8 @@ std::optional<std::vector<int>> parse_cpu_list(std::string_view text, std::strin
         return std::nullopt;
       }
       hi = lo;
-    } else if (!parse_int(part.substr(0, dash), &lo) || !parse_int(part.substr(dash + 1), &hi) || hi < lo) {
+    } else if (!parse_int(part.substr(0, dash), &lo) || !parse_int(part.substr(dash + 1), &hi) ||
+               hi < lo) {
       *error = "bad CPU range '" + std::string(part) + "'";
       return std::nullopt;
     }

@@ -17,9 +17,9 @@
 namespace insideout::daemon {
 
 struct DaemonConfig {
-  std::string runtime_dir;        // empty: shm::default_runtime_dir()
-  std::uint32_t workers = 0;      // 0: one per CPU in `cpus`
-  std::vector<int> cpus;          // empty: the CPUs in the process's affinity mask
+  std::string runtime_dir;    // empty: shm::default_runtime_dir()
+  std::uint32_t workers = 0;  // 0: one per CPU in `cpus`
+  std::vector<int> cpus;      // empty: the CPUs in the process's affinity mask
   bool pin = true;
   shm::IdleStrategy idle = shm::IdleStrategy::kSpinThenBlock;
   std::chrono::microseconds spin{50};

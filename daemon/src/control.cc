@@ -2,8 +2,13 @@
 
 #include <fcntl.h>
 #include <grp.h>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/server_posix.h>
 #include <poll.h>
 #include <sched.h>
+#include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -13,23 +18,17 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <fstream>
 #include <future>
-#include <cctype>
 #include <map>
 #include <optional>
 #include <sstream>
 #include <vector>
-
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
-#include <grpcpp/server_posix.h>
-#include <spdlog/spdlog.h>
 
 #include "config.h"
 #include "daemon.h"
@@ -51,28 +50,38 @@ constexpr const char* kControlSocketName = "control.sock";
 std::uint64_t realtime_ns() {
   timespec ts{};
   clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull +
+         static_cast<std::uint64_t>(ts.tv_nsec);
 }
 
 Status invalid(const std::string& m) { return Status(StatusCode::INVALID_ARGUMENT, m); }
 
 StatusCode code_for_errno(int e) {
   switch (e) {
-    case EINVAL: return StatusCode::INVALID_ARGUMENT;
+    case EINVAL:
+      return StatusCode::INVALID_ARGUMENT;
     case EPERM:
-    case EACCES: return StatusCode::PERMISSION_DENIED;
-    case ESRCH: return StatusCode::NOT_FOUND;
-    default: return StatusCode::INTERNAL;
+    case EACCES:
+      return StatusCode::PERMISSION_DENIED;
+    case ESRCH:
+      return StatusCode::NOT_FOUND;
+    default:
+      return StatusCode::INTERNAL;
   }
 }
 
 std::string errno_name(int e) {
   switch (e) {
-    case EINVAL: return "EINVAL";
-    case EPERM: return "EPERM";
-    case ESRCH: return "ESRCH";
-    case EACCES: return "EACCES";
-    default: return "errno " + std::to_string(e);
+    case EINVAL:
+      return "EINVAL";
+    case EPERM:
+      return "EPERM";
+    case ESRCH:
+      return "ESRCH";
+    case EACCES:
+      return "EACCES";
+    default:
+      return "errno " + std::to_string(e);
   }
 }
 
@@ -81,7 +90,8 @@ std::optional<gid_t> lookup_group(const std::string& name) {
   group g{};
   group* out = nullptr;
   std::vector<char> buf(16384);
-  if (getgrnam_r(name.c_str(), &g, buf.data(), buf.size(), &out) == 0 && out != nullptr) return out->gr_gid;
+  if (getgrnam_r(name.c_str(), &g, buf.data(), buf.size(), &out) == 0 && out != nullptr)
+    return out->gr_gid;
   char* end = nullptr;
   const unsigned long v = std::strtoul(name.c_str(), &end, 10);
   if (end != nullptr && *end == '\0' && end != name.c_str()) return static_cast<gid_t>(v);
@@ -134,23 +144,35 @@ int last_cpu(pid_t tid) {
 
 v1::Policy to_proto_policy(int p) {
   switch (p & ~SCHED_RESET_ON_FORK) {
-    case SCHED_OTHER: return v1::POLICY_OTHER;
-    case SCHED_BATCH: return v1::POLICY_BATCH;
-    case SCHED_IDLE: return v1::POLICY_IDLE;
-    case SCHED_FIFO: return v1::POLICY_FIFO;
-    case SCHED_RR: return v1::POLICY_RR;
-    default: return v1::POLICY_UNSPECIFIED;
+    case SCHED_OTHER:
+      return v1::POLICY_OTHER;
+    case SCHED_BATCH:
+      return v1::POLICY_BATCH;
+    case SCHED_IDLE:
+      return v1::POLICY_IDLE;
+    case SCHED_FIFO:
+      return v1::POLICY_FIFO;
+    case SCHED_RR:
+      return v1::POLICY_RR;
+    default:
+      return v1::POLICY_UNSPECIFIED;
   }
 }
 
 int from_proto_policy(v1::Policy p) {
   switch (p) {
-    case v1::POLICY_OTHER: return SCHED_OTHER;
-    case v1::POLICY_BATCH: return SCHED_BATCH;
-    case v1::POLICY_IDLE: return SCHED_IDLE;
-    case v1::POLICY_FIFO: return SCHED_FIFO;
-    case v1::POLICY_RR: return SCHED_RR;
-    default: return -1;
+    case v1::POLICY_OTHER:
+      return SCHED_OTHER;
+    case v1::POLICY_BATCH:
+      return SCHED_BATCH;
+    case v1::POLICY_IDLE:
+      return SCHED_IDLE;
+    case v1::POLICY_FIFO:
+      return SCHED_FIFO;
+    case v1::POLICY_RR:
+      return SCHED_RR;
+    default:
+      return -1;
   }
 }
 
@@ -198,13 +220,12 @@ bool set_attr(pid_t tid, const ThreadAttr& a, int* err, const char** what) {
   return true;
 }
 
-const char* status_proto_name(int s) {
-  return v1::Status_Name(static_cast<v1::Status>(s)).c_str();
-}
+const char* status_proto_name(int s) { return v1::Status_Name(static_cast<v1::Status>(s)).c_str(); }
 
 // Latency histogram of the Submit call (relaxed counters: statistics only).
 struct Histogram {
-  static constexpr std::uint64_t kBounds[] = {10'000, 100'000, 1'000'000, 10'000'000, 100'000'000, 1'000'000'000};
+  static constexpr std::uint64_t kBounds[] = {10'000,     100'000,     1'000'000,
+                                              10'000'000, 100'000'000, 1'000'000'000};
   static constexpr std::size_t kBuckets = std::size(kBounds) + 1;
   std::atomic<std::uint64_t> counts[kBuckets]{};
   std::atomic<std::uint64_t> count{0}, sum{0};
@@ -233,26 +254,27 @@ class SchedulerService final : public v1::Scheduler::Service {
   SchedulerService(ControlServer& server, Daemon& daemon) : server_(server), daemon_(daemon) {}
 
   void open_local_client() {
-    local_ = daemon_.open_local_client("control-plane", [this](ClientSlot& slot, std::uint32_t job) {
-      Outcome o;
-      std::uint64_t tag;
-      {
-        std::lock_guard lock(slot.jobs_mu);
-        SerialJob& j = *slot.jobs[job];
-        tag = j.tag;
-        o.status = static_cast<int>(j.status);
-        o.detail = j.detail;
-        o.value = j.value;
-        o.data = std::move(j.data);
-        j = SerialJob{};
-        slot.free_jobs.push_back(job);
-      }
-      std::lock_guard lock(waiters_mu_);
-      auto it = waiters_.find(tag);
-      if (it == waiters_.end()) return;  // the caller gave up waiting
-      it->second.set_value(std::move(o));
-      waiters_.erase(it);
-    });
+    local_ =
+        daemon_.open_local_client("control-plane", [this](ClientSlot& slot, std::uint32_t job) {
+          Outcome o;
+          std::uint64_t tag;
+          {
+            std::lock_guard lock(slot.jobs_mu);
+            SerialJob& j = *slot.jobs[job];
+            tag = j.tag;
+            o.status = static_cast<int>(j.status);
+            o.detail = j.detail;
+            o.value = j.value;
+            o.data = std::move(j.data);
+            j = SerialJob{};
+            slot.free_jobs.push_back(job);
+          }
+          std::lock_guard lock(waiters_mu_);
+          auto it = waiters_.find(tag);
+          if (it == waiters_.end()) return;  // the caller gave up waiting
+          it->second.set_value(std::move(o));
+          waiters_.erase(it);
+        });
   }
   void stopping() { stopping_.store(true, std::memory_order_relaxed); }
 
@@ -271,18 +293,22 @@ class SchedulerService final : public v1::Scheduler::Service {
     return Status::OK;
   }
 
-  Status ListPools(ServerContext* ctx, const v1::ListPoolsRequest*, v1::ListPoolsResponse* out) override {
+  Status ListPools(ServerContext* ctx, const v1::ListPoolsRequest*,
+                   v1::ListPoolsResponse* out) override {
     if (auto st = check(ctx, false); !st.ok()) return st;
     for (const auto& p : daemon_.pools()) describe_pool(p, out->add_pools());
     return Status::OK;
   }
 
-  Status ListWorkers(ServerContext* ctx, const v1::ListWorkersRequest* req, v1::ListWorkersResponse* out) override {
+  Status ListWorkers(ServerContext* ctx, const v1::ListWorkersRequest* req,
+                     v1::ListWorkersResponse* out) override {
     if (auto st = check(ctx, false); !st.ok()) return st;
     const auto pools = daemon_.pools();
-    if (!req->pool().empty() &&
-        std::none_of(pools.begin(), pools.end(), [&](const auto& p) { return p.name == req->pool(); })) {
-      return invalid("unknown pool '" + req->pool() + "' (the pools are " + pool_names(pools) + ")");
+    if (!req->pool().empty() && std::none_of(pools.begin(), pools.end(), [&](const auto& p) {
+          return p.name == req->pool();
+        })) {
+      return invalid("unknown pool '" + req->pool() + "' (the pools are " + pool_names(pools) +
+                     ")");
     }
     for (const auto& p : pools) {
       if (!req->pool().empty() && p.name != req->pool()) continue;
@@ -292,7 +318,8 @@ class SchedulerService final : public v1::Scheduler::Service {
     return Status::OK;
   }
 
-  Status SetAffinity(ServerContext* ctx, const v1::SetAffinityRequest* req, v1::SetAffinityResponse* out) override {
+  Status SetAffinity(ServerContext* ctx, const v1::SetAffinityRequest* req,
+                     v1::SetAffinityResponse* out) override {
     if (auto st = check(ctx, true); !st.ok()) return st;
     std::vector<WorkerRef> ids;
     if (auto st = targets(req->target(), &ids); !st.ok()) return st;
@@ -302,8 +329,8 @@ class SchedulerService final : public v1::Scheduler::Service {
     const auto& allowed = daemon_.allowed_cpus();
     for (int c : *cpus) {
       if (!std::binary_search(allowed.begin(), allowed.end(), c)) {
-        return invalid("CPU " + std::to_string(c) + " is not allowed (the daemon may use " + format_cpu_list(allowed) +
-                       ")");
+        return invalid("CPU " + std::to_string(c) + " is not allowed (the daemon may use " +
+                       format_cpu_list(allowed) + ")");
       }
     }
     cpu_set_t set;
@@ -322,14 +349,15 @@ class SchedulerService final : public v1::Scheduler::Service {
       int e = 0;
       if (tid == 0) {
         e = ESRCH;
-      } else if (sched_getaffinity(tid, sizeof(d.old), &d.old) != 0 || sched_setaffinity(tid, sizeof(set), &set) != 0) {
+      } else if (sched_getaffinity(tid, sizeof(d.old), &d.old) != 0 ||
+                 sched_setaffinity(tid, sizeof(set), &set) != 0) {
         e = errno;
       }
       if (e != 0) {
         for (auto& r : done) sched_setaffinity(r.tid, sizeof(r.old), &r.old);  // roll back
         return Status(code_for_errno(e), "worker " + id.text() + " (tid " + std::to_string(tid) +
-                                             "): sched_setaffinity: " + errno_name(e) + " (" + std::strerror(e) +
-                                             "); nothing was changed");
+                                             "): sched_setaffinity: " + errno_name(e) + " (" +
+                                             std::strerror(e) + "); nothing was changed");
       }
       done.push_back(d);
     }
@@ -352,7 +380,8 @@ class SchedulerService final : public v1::Scheduler::Service {
     if (a.has_nice() && (a.nice() < -20 || a.nice() > 19)) {
       return invalid("nice " + std::to_string(a.nice()) + " is out of range: -20..19");
     }
-    if (policy < 0 && !a.has_priority() && !a.has_nice()) return invalid("nothing to change: give a policy, priority or nice");
+    if (policy < 0 && !a.has_priority() && !a.has_nice())
+      return invalid("nothing to change: give a policy, priority or nice");
     std::lock_guard lock(change_mu_);
     // Work out every thread's new attributes first: nothing changes unless all are valid.
     struct Plan {
@@ -369,7 +398,8 @@ class SchedulerService final : public v1::Scheduler::Service {
       }
       if (e != 0) {
         return Status(code_for_errno(e), "worker " + id.text() + " (tid " + std::to_string(tid) +
-                                             "): reading its attributes: " + errno_name(e) + "; nothing was changed");
+                                             "): reading its attributes: " + errno_name(e) +
+                                             "; nothing was changed");
       }
       p.next = p.old;
       if (policy >= 0) p.next.policy = policy;
@@ -379,11 +409,12 @@ class SchedulerService final : public v1::Scheduler::Service {
         p.next.priority = realtime(policy) ? 1 : 0;
       }
       if (a.has_nice()) p.next.nice = a.nice();
-      const int lo = sched_get_priority_min(p.next.policy), hi = sched_get_priority_max(p.next.policy);
+      const int lo = sched_get_priority_min(p.next.policy),
+                hi = sched_get_priority_max(p.next.policy);
       if (p.next.priority < lo || p.next.priority > hi) {
         return invalid("priority " + std::to_string(p.next.priority) + " is out of range for " +
-                       v1::Policy_Name(to_proto_policy(p.next.policy)) + ": " + std::to_string(lo) + ".." +
-                       std::to_string(hi));
+                       v1::Policy_Name(to_proto_policy(p.next.policy)) + ": " + std::to_string(lo) +
+                       ".." + std::to_string(hi));
       }
       plans.push_back(p);
     }
@@ -396,12 +427,13 @@ class SchedulerService final : public v1::Scheduler::Service {
           int e2;
           const char* w2;
           if (!set_attr(plans[j].tid, plans[j].old, &e2, &w2)) {
-            spdlog::error("control: rolling back worker {}: {}: {}", plans[j].id.text(), w2, std::strerror(e2));
+            spdlog::error("control: rolling back worker {}: {}: {}", plans[j].id.text(), w2,
+                          std::strerror(e2));
           }
         }
         return Status(code_for_errno(e), "worker " + plans[i].id.text() + " (tid " +
-                                             std::to_string(plans[i].tid) + "): " + what + ": " + errno_name(e) +
-                                             " (" + std::strerror(e) + ")" +
+                                             std::to_string(plans[i].tid) + "): " + what + ": " +
+                                             errno_name(e) + " (" + std::strerror(e) + ")" +
                                              (e == EPERM && realtime(plans[i].next.policy)
                                                   ? ", a realtime policy needs CAP_SYS_NICE"
                                                   : "") +
@@ -409,19 +441,21 @@ class SchedulerService final : public v1::Scheduler::Service {
       }
     }
     spdlog::info("control: workers {} set to {} priority {} nice {}", ids_text(ids),
-                 v1::Policy_Name(to_proto_policy(plans.front().next.policy)), plans.front().next.priority,
-                 plans.front().next.nice);
+                 v1::Policy_Name(to_proto_policy(plans.front().next.policy)),
+                 plans.front().next.priority, plans.front().next.nice);
     for (const WorkerRef& id : ids) describe(id, out->add_workers());
     return Status::OK;
   }
 
-  Status CreatePool(ServerContext* ctx, const v1::CreatePoolRequest* req, v1::CreatePoolResponse* out) override {
+  Status CreatePool(ServerContext* ctx, const v1::CreatePoolRequest* req,
+                    v1::CreatePoolResponse* out) override {
     if (auto st = check(ctx, true); !st.ok()) return st;
     const v1::Pool& p = req->pool();
     // Everything is checked before anything starts.
     if (auto st = valid_pool_name(p.name()); !st.ok()) return st;
     if (p.size() == 0 || p.size() > kMaxPoolWorkers) {
-      return invalid("size " + std::to_string(p.size()) + " is out of range: 1.." + std::to_string(kMaxPoolWorkers));
+      return invalid("size " + std::to_string(p.size()) + " is out of range: 1.." +
+                     std::to_string(kMaxPoolWorkers));
     }
     SchedulerConfig sc;
     sc.workers = p.size();
@@ -442,11 +476,20 @@ class SchedulerService final : public v1::Scheduler::Service {
     }
     if (!daemon_.config().pin) sc.cpus.clear();
     switch (p.idle()) {
-      case v1::IDLE_STRATEGY_UNSPECIFIED: sc.idle = daemon_.config().idle; break;
-      case v1::IDLE_STRATEGY_BLOCK: sc.idle = shm::IdleStrategy::kBlock; break;
-      case v1::IDLE_STRATEGY_SPIN_THEN_BLOCK: sc.idle = shm::IdleStrategy::kSpinThenBlock; break;
-      case v1::IDLE_STRATEGY_POLL: sc.idle = shm::IdleStrategy::kPoll; break;
-      default: return invalid("unknown idle strategy " + std::to_string(p.idle()));
+      case v1::IDLE_STRATEGY_UNSPECIFIED:
+        sc.idle = daemon_.config().idle;
+        break;
+      case v1::IDLE_STRATEGY_BLOCK:
+        sc.idle = shm::IdleStrategy::kBlock;
+        break;
+      case v1::IDLE_STRATEGY_SPIN_THEN_BLOCK:
+        sc.idle = shm::IdleStrategy::kSpinThenBlock;
+        break;
+      case v1::IDLE_STRATEGY_POLL:
+        sc.idle = shm::IdleStrategy::kPoll;
+        break;
+      default:
+        return invalid("unknown idle strategy " + std::to_string(p.idle()));
     }
     sc.spin = daemon_.config().spin;
     sc.accept_batch = daemon_.config().accept_batch;
@@ -456,7 +499,9 @@ class SchedulerService final : public v1::Scheduler::Service {
     }
     std::lock_guard lock(change_mu_);
     auto made = daemon_.create_pool(p.name(), sc);
-    if (!made.ok()) return Status(static_cast<StatusCode>(made.status().code()), std::string(made.status().message()));
+    if (!made.ok())
+      return Status(static_cast<StatusCode>(made.status().code()),
+                    std::string(made.status().message()));
     // Attributes last: if the kernel refuses them, the pool goes away again.
     const std::uint32_t n = (*made)->worker_count();
     for (std::uint32_t i = 0; i < n; ++i) {
@@ -472,22 +517,27 @@ class SchedulerService final : public v1::Scheduler::Service {
     return Status::OK;
   }
 
-  Status ResizePool(ServerContext* ctx, const v1::ResizePoolRequest* req, v1::ResizePoolResponse* out) override {
+  Status ResizePool(ServerContext* ctx, const v1::ResizePoolRequest* req,
+                    v1::ResizePoolResponse* out) override {
     if (auto st = check(ctx, true); !st.ok()) return st;
     const std::string name = req->name().empty() ? kDefaultPool : req->name();
     std::lock_guard lock(change_mu_);
     const auto pools = daemon_.pools();
-    auto it = std::find_if(pools.begin(), pools.end(), [&](const auto& p) { return p.name == name; });
+    auto it =
+        std::find_if(pools.begin(), pools.end(), [&](const auto& p) { return p.name == name; });
     if (it == pools.end()) {
-      return Status(StatusCode::NOT_FOUND, "no pool named '" + name + "' (the pools are " + pool_names(pools) + ")");
+      return Status(StatusCode::NOT_FOUND,
+                    "no pool named '" + name + "' (the pools are " + pool_names(pools) + ")");
     }
     if (req->size() == 0 || req->size() > kMaxPoolWorkers) {
-      return invalid("size " + std::to_string(req->size()) + " is out of range: 1.." + std::to_string(kMaxPoolWorkers));
+      return invalid("size " + std::to_string(req->size()) + " is out of range: 1.." +
+                     std::to_string(kMaxPoolWorkers));
     }
     Scheduler& s = *it->scheduler;
     const std::uint32_t before = s.worker_count();
     const std::uint32_t after = s.resize(req->size());
-    if (after != req->size()) return Status(StatusCode::UNAVAILABLE, "pool '" + name + "' is shutting down");
+    if (after != req->size())
+      return Status(StatusCode::UNAVAILABLE, "pool '" + name + "' is shutting down");
     // New workers take the pool's attributes (set at creation or since, for the pool).
     auto at = pool_attrs_.find(name);
     for (std::uint32_t i = before; i < after && at != pool_attrs_.end(); ++i) {
@@ -500,7 +550,8 @@ class SchedulerService final : public v1::Scheduler::Service {
     return Status::OK;
   }
 
-  Status DeletePool(ServerContext* ctx, const v1::DeletePoolRequest* req, v1::DeletePoolResponse*) override {
+  Status DeletePool(ServerContext* ctx, const v1::DeletePoolRequest* req,
+                    v1::DeletePoolResponse*) override {
     if (auto st = check(ctx, true); !st.ok()) return st;
     std::lock_guard lock(change_mu_);
     const absl::Status st = daemon_.delete_pool(req->name());
@@ -509,7 +560,8 @@ class SchedulerService final : public v1::Scheduler::Service {
     return Status::OK;
   }
 
-  Status ListClients(ServerContext* ctx, const v1::ListClientsRequest*, v1::ListClientsResponse* out) override {
+  Status ListClients(ServerContext* ctx, const v1::ListClientsRequest*,
+                     v1::ListClientsResponse* out) override {
     if (auto st = check(ctx, false); !st.ok()) return st;
     auto infos = daemon_.client_infos();
     std::sort(infos.begin(), infos.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
@@ -538,11 +590,13 @@ class SchedulerService final : public v1::Scheduler::Service {
     return Status::OK;
   }
 
-  Status EvictClient(ServerContext* ctx, const v1::EvictClientRequest* req, v1::EvictClientResponse* out) override {
+  Status EvictClient(ServerContext* ctx, const v1::EvictClientRequest* req,
+                     v1::EvictClientResponse* out) override {
     if (auto st = check(ctx, true); !st.ok()) return st;
     if (req->pid() <= 0) return invalid("pid must be positive");
     const std::uint32_t n = daemon_.evict(req->pid());
-    if (n == 0) return Status(StatusCode::NOT_FOUND, "no client with pid " + std::to_string(req->pid()));
+    if (n == 0)
+      return Status(StatusCode::NOT_FOUND, "no client with pid " + std::to_string(req->pid()));
     spdlog::info("control: evicting pid {} ({} connections)", req->pid(), n);
     out->set_evicted(n);
     return Status::OK;
@@ -554,9 +608,11 @@ class SchedulerService final : public v1::Scheduler::Service {
     return Status::OK;
   }
 
-  Status WatchStats(ServerContext* ctx, const v1::WatchStatsRequest* req, grpc::ServerWriter<v1::Stats>* w) override {
+  Status WatchStats(ServerContext* ctx, const v1::WatchStatsRequest* req,
+                    grpc::ServerWriter<v1::Stats>* w) override {
     if (auto st = check(ctx, false); !st.ok()) return st;
-    const auto interval = std::chrono::milliseconds(req->interval_ms() == 0 ? 1000 : std::max(10u, req->interval_ms()));
+    const auto interval = std::chrono::milliseconds(
+        req->interval_ms() == 0 ? 1000 : std::max(10u, req->interval_ms()));
     for (;;) {
       v1::Stats s;
       stats(&s);
@@ -566,16 +622,21 @@ class SchedulerService final : public v1::Scheduler::Service {
       const auto until = std::chrono::steady_clock::now() + interval;
       while (std::chrono::steady_clock::now() < until) {
         if (ctx->IsCancelled() || stopping_.load(std::memory_order_relaxed)) return Status::OK;
-        std::this_thread::sleep_for(std::min<std::chrono::milliseconds>(interval, std::chrono::milliseconds(20)));
+        std::this_thread::sleep_for(
+            std::min<std::chrono::milliseconds>(interval, std::chrono::milliseconds(20)));
       }
     }
   }
 
-  Status Submit(ServerContext* ctx, const v1::SubmitRequest* req, v1::SubmitResponse* out) override {
+  Status Submit(ServerContext* ctx, const v1::SubmitRequest* req,
+                v1::SubmitResponse* out) override {
     if (auto st = check(ctx, false); !st.ok()) return st;
-    if (local_ == nullptr) return Status(StatusCode::UNAVAILABLE, "no client slot for the control plane");
+    if (local_ == nullptr)
+      return Status(StatusCode::UNAVAILABLE, "no client slot for the control plane");
     auto sched = daemon_.pool(req->pool().empty() ? kDefaultPool : req->pool());
-    if (sched == nullptr) return invalid("unknown pool '" + req->pool() + "' (the pools are " + pool_names(daemon_.pools()) + ")");
+    if (sched == nullptr)
+      return invalid("unknown pool '" + req->pool() + "' (the pools are " +
+                     pool_names(daemon_.pools()) + ")");
     const auto& reg = daemon_.scheduler().registry();
     const auto id = reg.id_of(req->function());
     if (!id) return invalid("unknown function '" + req->function() + "'");
@@ -604,21 +665,26 @@ class SchedulerService final : public v1::Scheduler::Service {
       }
       return invalid(std::string("rejected: ") + shm::status_name(st) + ": " + shm::detail_name(d));
     }
-    const auto timeout = std::chrono::milliseconds(req->timeout_ms() == 0 ? 10000 : req->timeout_ms());
+    const auto timeout =
+        std::chrono::milliseconds(req->timeout_ms() == 0 ? 10000 : req->timeout_ms());
     if (fut.wait_for(timeout) != std::future_status::ready) {
       std::lock_guard lock(waiters_mu_);
       if (waiters_.erase(tag) != 0) {
-        return Status(StatusCode::DEADLINE_EXCEEDED, "no result within " + std::to_string(timeout.count()) + " ms");
+        return Status(StatusCode::DEADLINE_EXCEEDED,
+                      "no result within " + std::to_string(timeout.count()) + " ms");
       }
     }
     Outcome o = fut.get();
     latency_.add(static_cast<std::uint64_t>(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count()));
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0)
+            .count()));
     out->set_status(o.status);
     out->set_status_name(status_proto_name(o.status));
     if (o.status != static_cast<int>(shm::Status::kOk)) {
       out->set_error(std::string(shm::status_name(static_cast<shm::Status>(o.status))) +
-                     (o.detail != shm::ErrorDetail::kNone ? std::string(": ") + shm::detail_name(o.detail) : ""));
+                     (o.detail != shm::ErrorDetail::kNone
+                          ? std::string(": ") + shm::detail_name(o.detail)
+                          : ""));
     }
     out->set_value(o.value);
     out->set_data(std::move(o.data));
@@ -627,9 +693,11 @@ class SchedulerService final : public v1::Scheduler::Service {
 
   Status Drain(ServerContext* ctx, const v1::DrainRequest* req, v1::DrainResponse* out) override {
     if (auto st = check(ctx, true); !st.ok()) return st;
-    auto timeout = req->timeout_ms() == 0 ? daemon_.config().drain_timeout : std::chrono::milliseconds(req->timeout_ms());
+    auto timeout = req->timeout_ms() == 0 ? daemon_.config().drain_timeout
+                                          : std::chrono::milliseconds(req->timeout_ms());
     timeout = std::min<std::chrono::milliseconds>(timeout, std::chrono::seconds(60));
-    spdlog::info("control: draining (at most {} ms); no more work is taken from clients", timeout.count());
+    spdlog::info("control: draining (at most {} ms); no more work is taken from clients",
+                 timeout.count());
     out->set_drained(daemon_.scheduler().drain(timeout));
     return Status::OK;
   }
@@ -653,15 +721,17 @@ class SchedulerService final : public v1::Scheduler::Service {
   Status check(ServerContext* ctx, bool admin) const {
     const PeerCred p = server_.peer(ctx->peer());
     if (admin ? server_.may_admin(p) : server_.may_read(p)) return Status::OK;
-    return Status(StatusCode::PERMISSION_DENIED,
-                  p.known ? "uid " + std::to_string(p.uid) + " (pid " + std::to_string(p.pid) + ") may not " +
-                                (admin ? "change the daemon: root, its owner and the admin group may"
-                                       : "read the daemon's state: the client group may")
-                          : std::string("unknown peer"));
+    return Status(
+        StatusCode::PERMISSION_DENIED,
+        p.known ? "uid " + std::to_string(p.uid) + " (pid " + std::to_string(p.pid) + ") may not " +
+                      (admin ? "change the daemon: root, its owner and the admin group may"
+                             : "read the daemon's state: the client group may")
+                : std::string("unknown peer"));
   }
 
   double uptime() const {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - daemon_.started()).count();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - daemon_.started())
+        .count();
   }
 
   // A worker of a pool: a number in a Target names a worker of the default pool.
@@ -669,7 +739,9 @@ class SchedulerService final : public v1::Scheduler::Service {
     std::shared_ptr<Scheduler> scheduler;
     std::string pool;
     std::uint32_t index = 0;
-    std::string text() const { return pool == kDefaultPool ? std::to_string(index) : pool + "/" + std::to_string(index); }
+    std::string text() const {
+      return pool == kDefaultPool ? std::to_string(index) : pool + "/" + std::to_string(index);
+    }
   };
   // Attributes a pool's workers get (at creation, and new workers when it grows).
   struct PoolAttr {
@@ -699,7 +771,8 @@ class SchedulerService final : public v1::Scheduler::Service {
       if (out->policy < 0) return invalid("unknown policy " + std::to_string(a.policy()));
     }
     if (a.has_nice()) {
-      if (a.nice() < -20 || a.nice() > 19) return invalid("nice " + std::to_string(a.nice()) + " is out of range: -20..19");
+      if (a.nice() < -20 || a.nice() > 19)
+        return invalid("nice " + std::to_string(a.nice()) + " is out of range: -20..19");
       out->nice = a.nice();
     }
     if (a.has_priority()) out->priority = a.priority();
@@ -708,7 +781,8 @@ class SchedulerService final : public v1::Scheduler::Service {
     const int lo = sched_get_priority_min(pol), hi = sched_get_priority_max(pol);
     if (prio < lo || prio > hi) {
       return invalid("priority " + std::to_string(prio) + " is out of range for " +
-                     v1::Policy_Name(to_proto_policy(pol)) + ": " + std::to_string(lo) + ".." + std::to_string(hi));
+                     v1::Policy_Name(to_proto_policy(pol)) + ": " + std::to_string(lo) + ".." +
+                     std::to_string(hi));
     }
     return Status::OK;
   }
@@ -725,8 +799,9 @@ class SchedulerService final : public v1::Scheduler::Service {
       if (pa.nice) a.nice = *pa.nice;
       if (set_attr(tid, a, &e, &what)) return Status::OK;
     }
-    return Status(code_for_errno(e), "worker " + id.text() + " (tid " + std::to_string(tid) + "): " + what + ": " +
-                                         errno_name(e) + " (" + std::strerror(e) + ")");
+    return Status(code_for_errno(e), "worker " + id.text() + " (tid " + std::to_string(tid) +
+                                         "): " + what + ": " + errno_name(e) + " (" +
+                                         std::strerror(e) + ")");
   }
 
   Status targets(const v1::Target& t, std::vector<WorkerRef>* ids) const {
@@ -734,20 +809,23 @@ class SchedulerService final : public v1::Scheduler::Service {
       case v1::Target::kWorker: {
         const std::uint32_t n = daemon_.scheduler().worker_count();
         if (t.worker() >= n) {
-          return invalid("unknown worker " + std::to_string(t.worker()) + " (workers are 0.." + std::to_string(n - 1) +
-                         ")");
+          return invalid("unknown worker " + std::to_string(t.worker()) + " (workers are 0.." +
+                         std::to_string(n - 1) + ")");
         }
         ids->push_back({daemon_.pool(kDefaultPool), kDefaultPool, t.worker()});
         return Status::OK;
       }
       case v1::Target::kPool: {
         auto s = daemon_.pool(t.pool());
-        if (s == nullptr) return invalid("unknown pool '" + t.pool() + "' (the pools are " + pool_names(daemon_.pools()) + ")");
+        if (s == nullptr)
+          return invalid("unknown pool '" + t.pool() + "' (the pools are " +
+                         pool_names(daemon_.pools()) + ")");
         const std::uint32_t n = s->worker_count();
         for (std::uint32_t i = 0; i < n; ++i) ids->push_back({s, t.pool(), i});
         return Status::OK;
       }
-      default: return invalid("name a worker or a pool");
+      default:
+        return invalid("name a worker or a pool");
     }
   }
 
@@ -766,9 +844,15 @@ class SchedulerService final : public v1::Scheduler::Service {
     p->set_cpus(format_cpu_list(cfg.cpus));
     p->set_size(info.scheduler->worker_count());
     switch (cfg.idle) {
-      case shm::IdleStrategy::kBlock: p->set_idle(v1::IDLE_STRATEGY_BLOCK); break;
-      case shm::IdleStrategy::kSpinThenBlock: p->set_idle(v1::IDLE_STRATEGY_SPIN_THEN_BLOCK); break;
-      case shm::IdleStrategy::kPoll: p->set_idle(v1::IDLE_STRATEGY_POLL); break;
+      case shm::IdleStrategy::kBlock:
+        p->set_idle(v1::IDLE_STRATEGY_BLOCK);
+        break;
+      case shm::IdleStrategy::kSpinThenBlock:
+        p->set_idle(v1::IDLE_STRATEGY_SPIN_THEN_BLOCK);
+        break;
+      case shm::IdleStrategy::kPoll:
+        p->set_idle(v1::IDLE_STRATEGY_POLL);
+        break;
     }
     if (info.scheduler->worker_count() > 0) {
       ThreadAttr a;
@@ -803,7 +887,8 @@ class SchedulerService final : public v1::Scheduler::Service {
         out->set_priority(a.priority);
         out->set_nice(a.nice);
       }
-      out->set_state(w.parked.load(std::memory_order_relaxed) ? v1::WORKER_STATE_PARKED : v1::WORKER_STATE_RUNNING);
+      out->set_state(w.parked.load(std::memory_order_relaxed) ? v1::WORKER_STATE_PARKED
+                                                              : v1::WORKER_STATE_RUNNING);
     } else {
       out->set_state(v1::WORKER_STATE_STOPPED);
     }
@@ -856,18 +941,21 @@ class SchedulerService final : public v1::Scheduler::Service {
     std::uint64_t count = 0, sum = 0;
     for (const auto& p : pools) {
       const LatencyHistogram& l = p.scheduler->latency();
-      for (std::size_t k = 0; k < LatencyHistogram::kBuckets; ++k) counts[k] += l.counts[k].load(std::memory_order_relaxed);
+      for (std::size_t k = 0; k < LatencyHistogram::kBuckets; ++k)
+        counts[k] += l.counts[k].load(std::memory_order_relaxed);
       count += l.count.load(std::memory_order_relaxed);
       sum += l.sum_ns.load(std::memory_order_relaxed);
     }
     // Bucket k holds [2^k, 2^(k+1)) ns: bounds 2^(k+1) for all but the last.
-    for (std::size_t k = 0; k + 1 < LatencyHistogram::kBuckets; ++k) h->add_bounds_ns(std::uint64_t{2} << k);
+    for (std::size_t k = 0; k + 1 < LatencyHistogram::kBuckets; ++k)
+      h->add_bounds_ns(std::uint64_t{2} << k);
     for (auto c : counts) h->add_counts(c);
     h->set_count(count);
     h->set_sum_ns(sum);
     for (const auto& p : pools) {
       const std::uint32_t n = p.scheduler->worker_count();
-      for (std::uint32_t i = 0; i < n; ++i) out->add_queue_depths(static_cast<std::uint32_t>(p.scheduler->worker(i).queue.size()));
+      for (std::uint32_t i = 0; i < n; ++i)
+        out->add_queue_depths(static_cast<std::uint32_t>(p.scheduler->worker(i).queue.size()));
     }
     out->set_clients(static_cast<std::uint32_t>(infos.size()));
     latency_.to_proto(out->mutable_submit_latency());
@@ -877,7 +965,7 @@ class SchedulerService final : public v1::Scheduler::Service {
   ControlServer& server_;
   Daemon& daemon_;
   ClientSlot* local_ = nullptr;
-  std::mutex change_mu_;  // one change to threads at a time
+  std::mutex change_mu_;                        // one change to threads at a time
   std::map<std::string, PoolAttr> pool_attrs_;  // under change_mu_
   std::atomic<bool> stopping_{false};
   std::atomic<std::uint64_t> next_tag_{1};
@@ -892,8 +980,12 @@ ControlServer::ControlServer(Daemon& daemon) : daemon_(daemon) {}
 
 ControlServer::~ControlServer() { stop(); }
 
-std::string ControlServer::socket_path() const { return daemon_.runtime_dir() + "/" + kControlSocketName; }
-std::string ControlServer::stats_path() const { return daemon_.runtime_dir() + "/" + shm::kStatsFileName; }
+std::string ControlServer::socket_path() const {
+  return daemon_.runtime_dir() + "/" + kControlSocketName;
+}
+std::string ControlServer::stats_path() const {
+  return daemon_.runtime_dir() + "/" + shm::kStatsFileName;
+}
 
 absl::Status ControlServer::start() {
   const auto& cfg = daemon_.config();
@@ -914,20 +1006,23 @@ absl::Status ControlServer::start() {
   stats_fd_ = ::open(sp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
   if (stats_fd_ < 0) return absl::InternalError("creating " + sp + ": " + std::strerror(errno));
   ::fchmod(stats_fd_, 0640);
-  if (client_gid_ != static_cast<gid_t>(-1)) (void)!::fchown(stats_fd_, static_cast<uid_t>(-1), client_gid_);
+  if (client_gid_ != static_cast<gid_t>(-1))
+    (void)!::fchown(stats_fd_, static_cast<uid_t>(-1), client_gid_);
   if (::ftruncate(stats_fd_, sizeof(shm::StatsArea)) != 0) {
     return absl::InternalError("sizing " + sp + ": " + std::strerror(errno));
   }
-  void* m = ::mmap(nullptr, sizeof(shm::StatsArea), PROT_READ | PROT_WRITE, MAP_SHARED, stats_fd_, 0);
+  void* m =
+      ::mmap(nullptr, sizeof(shm::StatsArea), PROT_READ | PROT_WRITE, MAP_SHARED, stats_fd_, 0);
   if (m == MAP_FAILED) return absl::InternalError("mapping " + sp + ": " + std::strerror(errno));
   stats_ = static_cast<shm::StatsArea*>(m);  // zero-filled by ftruncate
   stats_->header.magic = shm::kStatsMagic;
   stats_->header.max_workers = shm::kStatsMaxWorkers;
   stats_->header.pid = static_cast<std::uint32_t>(::getpid());
   stats_->header.start_realtime_ns =
-      realtime_ns() - static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                                     std::chrono::steady_clock::now() - daemon_.started())
-                                                     .count());
+      realtime_ns() -
+      static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                     std::chrono::steady_clock::now() - daemon_.started())
+                                     .count());
   publish_once();
   // V1: pairs with V2 in readers (insideoutctl): the area is initialised.
   stats_->header.version.store(shm::kStatsLayoutVersion, std::memory_order_release);
@@ -936,7 +1031,8 @@ absl::Status ControlServer::start() {
   const std::string path = socket_path();
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(addr.sun_path)) return absl::InvalidArgumentError("socket path too long: " + path);
+  if (path.size() >= sizeof(addr.sun_path))
+    return absl::InvalidArgumentError("socket path too long: " + path);
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   ::unlink(path.c_str());
   listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -946,8 +1042,10 @@ absl::Status ControlServer::start() {
   ::umask(old);
   if (rc != 0) return absl::InternalError("binding " + path + ": " + std::strerror(errno));
   ::chmod(path.c_str(), cfg.socket_mode);
-  if (client_gid_ != static_cast<gid_t>(-1)) (void)!::chown(path.c_str(), static_cast<uid_t>(-1), client_gid_);
-  if (::listen(listen_fd_, 64) != 0) return absl::InternalError("listen on " + path + ": " + std::strerror(errno));
+  if (client_gid_ != static_cast<gid_t>(-1))
+    (void)!::chown(path.c_str(), static_cast<uid_t>(-1), client_gid_);
+  if (::listen(listen_fd_, 64) != 0)
+    return absl::InternalError("listen on " + path + ": " + std::strerror(errno));
   stop_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (stop_fd_ < 0) return absl::InternalError(std::string("eventfd: ") + std::strerror(errno));
 
@@ -1029,7 +1127,8 @@ void ControlServer::accept_loop() {
         std::lock_guard lock(peers_mu_);
         peers_[fd] = pc;
       }
-      spdlog::debug("control: connection fd {} from pid {} uid {} gid {}", fd, cred.pid, cred.uid, cred.gid);
+      spdlog::debug("control: connection fd {} from pid {} uid {} gid {}", fd, cred.pid, cred.uid,
+                    cred.gid);
       grpc::AddInsecureChannelFromFd(server_.get(), fd);  // gRPC owns it now
     }
   }

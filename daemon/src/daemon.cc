@@ -1,6 +1,7 @@
 #include "daemon.h"
 
 #include <fcntl.h>
+#include <spdlog/spdlog.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
@@ -17,8 +18,6 @@
 #include <ctime>
 #include <filesystem>
 
-#include <spdlog/spdlog.h>
-
 #include "insideout/shm/paths.h"
 #include "insideout/shm/segment.h"
 #include "insideout/v1/continuation.pb.h"
@@ -33,7 +32,8 @@ using shm::Status;
 std::uint64_t now_ns(clockid_t clock) {
   timespec ts{};
   clock_gettime(clock, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull +
+         static_cast<std::uint64_t>(ts.tv_nsec);
 }
 
 absl::Status errno_status(const std::string& what) {
@@ -74,7 +74,9 @@ absl::Status Daemon::start() {
   runtime_dir_ = config_.runtime_dir.empty() ? shm::default_runtime_dir() : config_.runtime_dir;
   std::error_code ec;
   std::filesystem::create_directories(runtime_dir_, ec);
-  if (ec) return absl::FailedPreconditionError("creating runtime directory " + runtime_dir_ + ": " + ec.message());
+  if (ec)
+    return absl::FailedPreconditionError("creating runtime directory " + runtime_dir_ + ": " +
+                                         ec.message());
 
   // Single instance: an flock on the lock file, held for the daemon's life.
   const std::string lock_path = runtime_dir_ + "/" + shm::kLockFileName;
@@ -85,7 +87,8 @@ absl::Status Daemon::start() {
     const ssize_t n = ::pread(lock_fd_, buf, sizeof(buf) - 1, 0);
     std::string holder = n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : "?";
     while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) holder.pop_back();
-    return absl::AlreadyExistsError("another insideoutd (pid " + holder + ") already runs in " + runtime_dir_);
+    return absl::AlreadyExistsError("another insideoutd (pid " + holder + ") already runs in " +
+                                    runtime_dir_);
   }
   const std::string pid = std::to_string(::getpid()) + "\n";
   if (::ftruncate(lock_fd_, 0) != 0 || ::pwrite(lock_fd_, pid.data(), pid.size(), 0) < 0) {
@@ -96,7 +99,8 @@ absl::Status Daemon::start() {
   const std::string path = socket_path();
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(addr.sun_path)) return absl::InvalidArgumentError("socket path too long: " + path);
+  if (path.size() >= sizeof(addr.sun_path))
+    return absl::InvalidArgumentError("socket path too long: " + path);
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   ::unlink(path.c_str());
   listen_fd_ = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -127,7 +131,9 @@ absl::Status Daemon::start() {
   if (event_fd_ < 0) return errno_status("eventfd");
   epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
   if (epoll_fd_ < 0) return errno_status("epoll_create1");
-  for (auto [fd, key] : {std::pair{listen_fd_, kListenKey}, {signal_fd_, kSignalKey}, {timer_fd_, kTimerKey},
+  for (auto [fd, key] : {std::pair{listen_fd_, kListenKey},
+                         {signal_fd_, kSignalKey},
+                         {timer_fd_, kTimerKey},
                          {event_fd_, kEventKey}}) {
     epoll_event ev{};
     ev.events = EPOLLIN;
@@ -142,7 +148,8 @@ absl::Status Daemon::start() {
   sc.cpus = config_.cpus.empty() ? allowed_cpus() : config_.cpus;
   sc.workers = config_.workers;
   if (!config_.pin) sc.cpus.clear();
-  if (sc.workers == 0 && sc.cpus.empty()) sc.workers = static_cast<std::uint32_t>(allowed_cpus().size());
+  if (sc.workers == 0 && sc.cpus.empty())
+    sc.workers = static_cast<std::uint32_t>(allowed_cpus().size());
   sc.idle = config_.idle;
   sc.spin = config_.spin;
   sc.accept_batch = config_.accept_batch;
@@ -158,10 +165,11 @@ absl::Status Daemon::start() {
   });
   start_ns_ = now_ns(CLOCK_REALTIME);
   scheduler_->start();
-  spdlog::info("insideoutd {} (pid {}) on {}: {} workers{}, idle strategy {}, layout version {}", kVersion,
-               ::getpid(), path, scheduler_->worker_count(),
-               sc.cpus.empty() ? std::string(" (unpinned)") : " on CPUs " + format_cpu_list(sc.cpus),
-               shm::idle_strategy_name(sc.idle), shm::kLayoutVersion);
+  spdlog::info(
+      "insideoutd {} (pid {}) on {}: {} workers{}, idle strategy {}, layout version {}", kVersion,
+      ::getpid(), path, scheduler_->worker_count(),
+      sc.cpus.empty() ? std::string(" (unpinned)") : " on CPUs " + format_cpu_list(sc.cpus),
+      shm::idle_strategy_name(sc.idle), shm::kLayoutVersion);
   return absl::OkStatus();
 }
 
@@ -215,7 +223,8 @@ std::shared_ptr<Scheduler> Daemon::pool(const std::string& name) const {
   return nullptr;
 }
 
-absl::StatusOr<std::shared_ptr<Scheduler>> Daemon::create_pool(const std::string& name, SchedulerConfig sc) {
+absl::StatusOr<std::shared_ptr<Scheduler>> Daemon::create_pool(const std::string& name,
+                                                               SchedulerConfig sc) {
   std::lock_guard lock(pools_mu_);
   for (const auto& p : pools_) {
     if (p.name == name) return absl::AlreadyExistsError("pool '" + name + "' already exists");
@@ -226,7 +235,8 @@ absl::StatusOr<std::shared_ptr<Scheduler>> Daemon::create_pool(const std::string
   s->start();
   PoolInfo info{name, s->config().pool, s};
   pools_.push_back(info);
-  std::sort(pools_.begin() + 1, pools_.end(), [](const PoolInfo& a, const PoolInfo& b) { return a.name < b.name; });
+  std::sort(pools_.begin() + 1, pools_.end(),
+            [](const PoolInfo& a, const PoolInfo& b) { return a.name < b.name; });
   spdlog::info("pool '{}' created: {} workers{}", name, s->worker_count(),
                s->config().cpus.empty() ? std::string(" (unpinned)")
                                         : " on CPUs " + format_cpu_list(s->config().cpus));
@@ -238,19 +248,21 @@ absl::Status Daemon::delete_pool(const std::string& name) {
   std::shared_ptr<Scheduler> victim;
   {
     std::lock_guard lock(pools_mu_);
-    auto it = std::find_if(pools_.begin(), pools_.end(), [&](const PoolInfo& p) { return p.name == name; });
+    auto it = std::find_if(pools_.begin(), pools_.end(),
+                           [&](const PoolInfo& p) { return p.name == name; });
     if (it == pools_.end()) return absl::NotFoundError("no pool named '" + name + "'");
     std::string users;
     {
       std::lock_guard ilock(info_mu_);
       for (const auto& [id, info] : infos_) {
         if (info.pool != name) continue;
-        users += (users.empty() ? "" : ", ") + std::to_string(id) + " (pid " + std::to_string(info.pid) +
-                 (info.name.empty() ? "" : ", " + info.name) + ")";
+        users += (users.empty() ? "" : ", ") + std::to_string(id) + " (pid " +
+                 std::to_string(info.pid) + (info.name.empty() ? "" : ", " + info.name) + ")";
       }
     }
     if (!users.empty()) {
-      return absl::FailedPreconditionError("pool '" + name + "' still has registered clients: " + users);
+      return absl::FailedPreconditionError("pool '" + name +
+                                           "' still has registered clients: " + users);
     }
     victim = it->scheduler;
     pools_.erase(it);
@@ -335,7 +347,8 @@ void Daemon::on_accept() {
   for (;;) {
     const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) {
-      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) spdlog::warn("accept: {}", std::strerror(errno));
+      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+        spdlog::warn("accept: {}", std::strerror(errno));
       return;
     }
     Conn c;
@@ -361,11 +374,16 @@ void Daemon::on_readable(Conn& c) {
     v1::ClientMessage msg;
     int err = 0;
     switch (v1::recv_message(fd, &msg, nullptr, &err)) {
-      case v1::RecvStatus::kOk: break;
-      case v1::RecvStatus::kWouldBlock: return;
-      case v1::RecvStatus::kClosed: return close_conn(fd, "closed");
-      case v1::RecvStatus::kError: return close_conn(fd, std::strerror(err));
-      case v1::RecvStatus::kMalformed: return close_conn(fd, "sent a malformed message");
+      case v1::RecvStatus::kOk:
+        break;
+      case v1::RecvStatus::kWouldBlock:
+        return;
+      case v1::RecvStatus::kClosed:
+        return close_conn(fd, "closed");
+      case v1::RecvStatus::kError:
+        return close_conn(fd, std::strerror(err));
+      case v1::RecvStatus::kMalformed:
+        return close_conn(fd, "sent a malformed message");
     }
     if (msg.has_hello()) {
       on_hello(c, msg.hello());
@@ -390,15 +408,18 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
     close_conn(c.fd, "refused");
   };
   if (c.slot != nullptr) return refuse("a second Hello on one connection");
-  if (hello.protocol_version() != shm::kProtocolVersion || hello.layout_version() != shm::kLayoutVersion) {
-    return refuse("version mismatch: client speaks protocol " + std::to_string(hello.protocol_version()) +
-                  " layout " + std::to_string(hello.layout_version()) + ", daemon protocol " +
-                  std::to_string(shm::kProtocolVersion) + " layout " + std::to_string(shm::kLayoutVersion));
+  if (hello.protocol_version() != shm::kProtocolVersion ||
+      hello.layout_version() != shm::kLayoutVersion) {
+    return refuse(
+        "version mismatch: client speaks protocol " + std::to_string(hello.protocol_version()) +
+        " layout " + std::to_string(hello.layout_version()) + ", daemon protocol " +
+        std::to_string(shm::kProtocolVersion) + " layout " + std::to_string(shm::kLayoutVersion));
   }
   const std::string pool_name = hello.pool().empty() ? "default" : hello.pool();
   // Under pools_mu_ until the client is in infos_: DeletePool cannot miss it.
   std::unique_lock pools_lock(pools_mu_);
-  auto pit = std::find_if(pools_.begin(), pools_.end(), [&](const PoolInfo& p) { return p.name == pool_name; });
+  auto pit = std::find_if(pools_.begin(), pools_.end(),
+                          [&](const PoolInfo& p) { return p.name == pool_name; });
   if (pit == pools_.end()) {
     std::string known;
     for (const auto& p : pools_) known += (known.empty() ? "'" : ", '") + p.name + "'";
@@ -408,7 +429,8 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
   const PoolInfo pool = *pit;
   ClientSlot* slot = clients_.reserve();
   if (slot == nullptr) pools_lock.unlock();
-  if (slot == nullptr) return refuse("too many clients (max " + std::to_string(config_.max_clients) + ")");
+  if (slot == nullptr)
+    return refuse("too many clients (max " + std::to_string(config_.max_clients) + ")");
   slot->id = next_client_id_++;
   slot->pid = c.cred.pid;
   slot->uid = c.cred.uid;
@@ -422,18 +444,22 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
     const auto& mx = config_.segment_max;
     shm::SegmentRequest r;
     r.ring_capacity = pick(req.ring_capacity(), d.ring_capacity, mx.ring_capacity);
-    r.frame_count = pick(req.frame_count(), std::min(d.frame_count, r.ring_capacity), mx.frame_count);
+    r.frame_count =
+        pick(req.frame_count(), std::min(d.frame_count, r.ring_capacity), mx.frame_count);
     r.buffer_block_size = pick(req.buffer_block_size(), d.buffer_block_size, mx.buffer_block_size);
-    r.buffer_block_count = pick(req.buffer_block_count(), d.buffer_block_count, mx.buffer_block_count);
+    r.buffer_block_count =
+        pick(req.buffer_block_count(), d.buffer_block_count, mx.buffer_block_count);
     shm::SegmentGeometry g;
     if (!shm::SegmentGeometry::compute(r, &g)) {
       clients_.reclaim(*slot);
       pools_lock.unlock();
-      return refuse("bad segment request: ring capacity must be a power of two, frames at most the ring "
-                    "capacity, buffer blocks a multiple of 64 bytes");
+      return refuse(
+          "bad segment request: ring capacity must be a power of two, frames at most the ring "
+          "capacity, buffer blocks a multiple of 64 bytes");
     }
     std::string err;
-    slot->segment = shm::Segment::create(g, static_cast<std::uint32_t>(::getpid()), slot->id, start_ns_, &err);
+    slot->segment =
+        shm::Segment::create(g, static_cast<std::uint32_t>(::getpid()), slot->id, start_ns_, &err);
     if (!slot->segment.valid()) {
       clients_.reclaim(*slot);
       pools_lock.unlock();
@@ -449,8 +475,8 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
   slot_conn_[slot->index] = c.fd;
   {
     std::lock_guard lock(info_mu_);
-    infos_[slot->id] = ClientInfo{slot->id, slot->index, slot->pid, slot->uid, slot->gid, slot->name,
-                                  pool_name, slot->has_segment};
+    infos_[slot->id] = ClientInfo{slot->id,  slot->index, slot->pid, slot->uid,
+                                  slot->gid, slot->name,  pool_name, slot->has_segment};
   }
   pools_lock.unlock();
 
@@ -478,9 +504,10 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
   }
   // The client holds its own descriptor now; the daemon keeps only the mapping.
   slot->segment.close_fd();
-  spdlog::info("client {} registered to pool '{}': pid {} uid {} gid {}{}{}", slot->id, pool_name, c.cred.pid,
-               c.cred.uid, c.cred.gid, slot->name.empty() ? "" : " name " + slot->name,
-               slot->has_segment ? ", segment " + std::to_string(slot->geom.size) + " bytes" : ", serialized only");
+  spdlog::info("client {} registered to pool '{}': pid {} uid {} gid {}{}{}", slot->id, pool_name,
+               c.cred.pid, c.cred.uid, c.cred.gid, slot->name.empty() ? "" : " name " + slot->name,
+               slot->has_segment ? ", segment " + std::to_string(slot->geom.size) + " bytes"
+                                 : ", serialized only");
   // Parked workers re-park watching the new client's doorbell.
   pool.scheduler->wake_all();
 }
@@ -499,14 +526,17 @@ void Daemon::on_submit(Conn& c, const v1::Continuation& cont) {
     return close_conn(c.fd, "submitted before Hello");
   }
   const auto id = registry_.id_of(cont.function());
-  if (!id) return answer(Status::kUnknownFunction, ErrorDetail::kUnknownFunction, "unknown function '" + cont.function() + "'");
+  if (!id)
+    return answer(Status::kUnknownFunction, ErrorDetail::kUnknownFunction,
+                  "unknown function '" + cont.function() + "'");
   if (registry_.find(*id)->needs_buffer && cont.env().empty()) {
     return answer(Status::kInvalidArgument, ErrorDetail::kBufferRequired, "");
   }
   if (c.serial_inflight >= config_.max_serial_inflight) {
     c.slot->backpressure.fetch_add(1, std::memory_order_relaxed);
     return answer(Status::kBackpressure, ErrorDetail::kNone,
-                  "backpressure: " + std::to_string(c.serial_inflight) + " serialized continuations in flight");
+                  "backpressure: " + std::to_string(c.serial_inflight) +
+                      " serialized continuations in flight");
   }
   ClientSlot& s = *c.slot;
   const std::uint32_t job = s.new_job(cont.tag(), cont.env());
@@ -532,7 +562,8 @@ void Daemon::flush_outbox() {
     auto it = slot_conn_.find(out.slot);
     if (it == slot_conn_.end()) continue;  // the client left; its result goes nowhere
     auto cit = conns_.find(it->second);
-    if (cit == conns_.end() || cit->second.slot == nullptr || cit->second.slot->id != out.client_id) continue;
+    if (cit == conns_.end() || cit->second.slot == nullptr || cit->second.slot->id != out.client_id)
+      continue;
     --cit->second.serial_inflight;
     v1::send_message(cit->second.fd, out.msg);
   }
@@ -547,9 +578,11 @@ void Daemon::close_conn(int fd, const char* why) {
   ::close(fd);
   if (c.slot != nullptr) {
     ClientSlot& s = *c.slot;
-    spdlog::info("client {} (pid {}) {}: {} accepted, {} completed, {} failed, {} rejected, {} unknown functions",
-                 s.id, s.pid, why, s.accepted.load(), s.completed.load(), s.failed.load(), s.rejected.load(),
-                 s.rejected_function.load());
+    spdlog::info(
+        "client {} (pid {}) {}: {} accepted, {} completed, {} failed, {} rejected, {} unknown "
+        "functions",
+        s.id, s.pid, why, s.accepted.load(), s.completed.load(), s.failed.load(), s.rejected.load(),
+        s.rejected_function.load());
     slot_conn_.erase(s.index);
     {
       std::lock_guard lock(info_mu_);
@@ -575,9 +608,12 @@ void Daemon::heartbeat() {
     k->accepted.store(s.accepted.load(std::memory_order_relaxed), std::memory_order_relaxed);
     k->completed.store(s.completed.load(std::memory_order_relaxed), std::memory_order_relaxed);
     k->failed.store(s.failed.load(std::memory_order_relaxed), std::memory_order_relaxed);
-    k->rejected_invalid.store(s.rejected.load(std::memory_order_relaxed), std::memory_order_relaxed);
-    k->rejected_function.store(s.rejected_function.load(std::memory_order_relaxed), std::memory_order_relaxed);
-    k->backpressure.store(s.backpressure.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    k->rejected_invalid.store(s.rejected.load(std::memory_order_relaxed),
+                              std::memory_order_relaxed);
+    k->rejected_function.store(s.rejected_function.load(std::memory_order_relaxed),
+                               std::memory_order_relaxed);
+    k->backpressure.store(s.backpressure.load(std::memory_order_relaxed),
+                          std::memory_order_relaxed);
   }
 }
 
@@ -597,7 +633,8 @@ void Daemon::reclaim_zombies() {
     }
   }
   if (fresh) {
-    for (const auto& p : pools()) p.scheduler->wake_all();  // parked workers pass a quiescent point on waking
+    for (const auto& p : pools())
+      p.scheduler->wake_all();  // parked workers pass a quiescent point on waking
   }
   for (auto it = zombies_.begin(); it != zombies_.end();) {
     bool quiet = true;
@@ -631,8 +668,11 @@ void Daemon::shutdown() {
   const auto all = pools();
   for (const auto& p : all) p.scheduler->begin_drain();
   bool drained = true;
-  for (auto it = all.rbegin(); it != all.rend(); ++it) drained = it->scheduler->drain(config_.drain_timeout) && drained;
-  if (!drained) spdlog::warn("drain timed out after {} ms; stopping with work in flight", config_.drain_timeout.count());
+  for (auto it = all.rbegin(); it != all.rend(); ++it)
+    drained = it->scheduler->drain(config_.drain_timeout) && drained;
+  if (!drained)
+    spdlog::warn("drain timed out after {} ms; stopping with work in flight",
+                 config_.drain_timeout.count());
   flush_outbox();
   // Goodbye to everyone, then let their slots go.
   std::vector<int> fds;
@@ -657,8 +697,8 @@ void Daemon::shutdown() {
   zombies_.clear();
   SchedulerTotals t;
   for (const auto& p : all) t += p.scheduler->totals();
-  spdlog::info("stopped: {} accepted, {} completed, {} failed, {} rejected, {} steps, {} steals", t.accepted,
-               t.completed, t.failed, t.rejected, t.steps, t.steals);
+  spdlog::info("stopped: {} accepted, {} completed, {} failed, {} rejected, {} steps, {} steals",
+               t.accepted, t.completed, t.failed, t.rejected, t.steps, t.steals);
   ::unlink((runtime_dir_ + "/" + shm::kLockFileName).c_str());
 }
 
@@ -688,7 +728,8 @@ std::uint32_t Daemon::evict(pid_t pid) {
   return n;
 }
 
-ClientSlot* Daemon::open_local_client(std::string name, std::function<void(ClientSlot&, std::uint32_t)> sink) {
+ClientSlot* Daemon::open_local_client(std::string name,
+                                      std::function<void(ClientSlot&, std::uint32_t)> sink) {
   if (local_slot_ != nullptr) return local_slot_;
   ClientSlot* slot = clients_.reserve();
   if (slot == nullptr) return nullptr;

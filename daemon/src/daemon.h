@@ -18,9 +18,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "insideout/v1/continuation.pb.h"
 #include "clients.h"
 #include "config.h"
+#include "insideout/v1/continuation.pb.h"
 #include "registry.h"
 #include "scheduler.h"
 
@@ -60,7 +60,8 @@ class Daemon {
   std::shared_ptr<Scheduler> pool(const std::string& name) const;
   // Starts a pool's workers (config.pool and thread_prefix are filled in here).
   // ALREADY_EXISTS if the name is taken; the caller validated everything else.
-  absl::StatusOr<std::shared_ptr<Scheduler>> create_pool(const std::string& name, SchedulerConfig config);
+  absl::StatusOr<std::shared_ptr<Scheduler>> create_pool(const std::string& name,
+                                                         SchedulerConfig config);
   // FAILED_PRECONDITION for "default" or while clients are registered to it (naming
   // them), NOT_FOUND for an unknown pool; otherwise no new client can name it from now
   // on, and its work is drained (bounded by the drain timeout) and its workers stopped.
@@ -90,7 +91,8 @@ class Daemon {
   // Loop thread, after start() and before run(): a client slot with no connection, for
   // serialized continuations submitted from inside the daemon (the gRPC Submit call).
   // `sink` runs on a worker when one of its jobs completed (see set_serial_sink()).
-  ClientSlot* open_local_client(std::string name, std::function<void(ClientSlot&, std::uint32_t)> sink);
+  ClientSlot* open_local_client(std::string name,
+                                std::function<void(ClientSlot&, std::uint32_t)> sink);
   // Runs first in shutdown(), on the loop thread (the control plane stops there).
   void set_shutdown_hook(std::function<void()> hook) { shutdown_hook_ = std::move(hook); }
 

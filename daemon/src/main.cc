@@ -1,14 +1,13 @@
 // insideoutd: the continuation scheduler daemon. Runs in the foreground (systemd
 // Type=notify later); logs to stderr.
 #include <signal.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <memory>
 #include <string>
-
-#include <spdlog/sinks/stdout_color_sinks.h>
-#include <spdlog/spdlog.h>
 
 #include "config.h"
 #include "control.h"
@@ -19,36 +18,44 @@
 int main(int argc, char** argv) {
   using insideout::daemon::DaemonConfig;
   DaemonConfig config;
-  CLI::App app{"insideoutd: a continuation scheduler daemon. Client processes hand it continuations "
-               "through shared memory; pinned workers run them.",
-               "insideoutd"};
+  CLI::App app{
+      "insideoutd: a continuation scheduler daemon. Client processes hand it continuations "
+      "through shared memory; pinned workers run them.",
+      "insideoutd"};
   std::string cpus, idle = "spin-then-block", log_level = "info";
   unsigned spin_us = 50, drain_ms = 5000;
   bool no_pin = false;
   app.add_option("--runtime-dir", config.runtime_dir,
-                 "Directory for daemon.sock and the lock (default: $INSIDEOUT_RUNTIME_DIR, else /run/insideout "
+                 "Directory for daemon.sock and the lock (default: $INSIDEOUT_RUNTIME_DIR, else "
+                 "/run/insideout "
                  "as root, else $XDG_RUNTIME_DIR/insideout)");
   app.add_option("-w,--workers", config.workers, "Worker threads (default: one per allowed CPU)");
-  app.add_option("--cpus", cpus, "CPUs to pin workers to, e.g. 0-3,8 (default: the process's affinity mask)");
+  app.add_option("--cpus", cpus,
+                 "CPUs to pin workers to, e.g. 0-3,8 (default: the process's affinity mask)");
   app.add_flag("--no-pin", no_pin, "Do not pin workers to CPUs");
   app.add_option("--idle", idle, "What idle workers do: block, spin-then-block or poll")
       ->check(CLI::IsMember({"block", "spin-then-block", "poll"}));
-  app.add_option("--spin-us", spin_us, "How long spin-then-block spins before it sleeps, in microseconds");
+  app.add_option("--spin-us", spin_us,
+                 "How long spin-then-block spins before it sleeps, in microseconds");
   app.add_option("--max-clients", config.max_clients, "Most clients registered at once");
   app.add_option("--drain-timeout-ms", drain_ms, "How long SIGTERM waits for in-flight work");
   bool no_control = false;
-  app.add_option("--admin-group", config.admin_group,
-                 "Group whose members may change the daemon over control.sock (root and the daemon's own user "
-                 "always may)");
-  app.add_option("--client-group", config.client_group,
-                 "Group whose members may read the daemon's state over control.sock (default: anyone who can "
-                 "open the socket, mode 0660); control.sock and the stats file get this group");
-  app.add_flag("--no-control", no_control, "Do not serve the gRPC control plane (control.sock, stats)");
+  app.add_option(
+      "--admin-group", config.admin_group,
+      "Group whose members may change the daemon over control.sock (root and the daemon's own user "
+      "always may)");
+  app.add_option(
+      "--client-group", config.client_group,
+      "Group whose members may read the daemon's state over control.sock (default: anyone who can "
+      "open the socket, mode 0660); control.sock and the stats file get this group");
+  app.add_flag("--no-control", no_control,
+               "Do not serve the gRPC control plane (control.sock, stats)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
-  app.set_version_flag("--version", std::string("insideoutd ") + insideout::daemon::kVersion + " (layout " +
-                                        std::to_string(insideout::shm::kLayoutVersion) + ", protocol " +
-                                        std::to_string(insideout::shm::kProtocolVersion) + ")");
+  app.set_version_flag("--version",
+                       std::string("insideoutd ") + insideout::daemon::kVersion + " (layout " +
+                           std::to_string(insideout::shm::kLayoutVersion) + ", protocol " +
+                           std::to_string(insideout::shm::kProtocolVersion) + ")");
   CLI11_PARSE(app, argc, argv);
 
   auto logger = spdlog::stderr_color_mt("insideoutd");

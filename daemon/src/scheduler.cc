@@ -2,13 +2,12 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <spdlog/spdlog.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
-
-#include <spdlog/spdlog.h>
 
 namespace insideout::daemon {
 namespace {
@@ -50,7 +49,8 @@ std::span<const std::byte> StepContext::env(const Task& t) const noexcept {
   return {reinterpret_cast<const std::byte*>(c.base + off), len};
 }
 
-void StepContext::spawn(StepFn fn, std::uint64_t w0, std::uint64_t w1, std::uint32_t aux, Share share) noexcept {
+void StepContext::spawn(StepFn fn, std::uint64_t w0, std::uint64_t w1, std::uint32_t aux,
+                        Share share) noexcept {
   Task* t = sched_.pool_.allocate(worker_.cache);
   t->fn = fn;
   t->w0 = w0;
@@ -60,12 +60,14 @@ void StepContext::spawn(StepFn fn, std::uint64_t w0, std::uint64_t w1, std::uint
   t->flags = kTaskChild;
   worker_.stats.spawned.store(worker_.stats.spawned.load(std::memory_order_relaxed) + 1,
                               std::memory_order_relaxed);
-  sched_.push_local(worker_, t,
-                    share == Share::kAlways ? Scheduler::Origin::kSpawned : Scheduler::Origin::kAccepted);
+  sched_.push_local(
+      worker_, t,
+      share == Share::kAlways ? Scheduler::Origin::kSpawned : Scheduler::Origin::kAccepted);
 }
 
 bool StepContext::cancelled(const Task& t) const noexcept {
-  return sched_.clients_.slot(t.client).state.load(std::memory_order_relaxed) == SlotState::kClosing;
+  return sched_.clients_.slot(t.client).state.load(std::memory_order_relaxed) ==
+         SlotState::kClosing;
 }
 
 void StepContext::child_done(Task* parent) noexcept {
@@ -115,7 +117,8 @@ Scheduler::~Scheduler() {
 void Scheduler::start() {
   timer_thread_ = std::thread([this] { timer_loop(); });
   std::lock_guard lock(resize_mu_);
-  const std::uint32_t n = count_.load(std::memory_order_relaxed);  // only resize() writes it, under resize_mu_
+  const std::uint32_t n =
+      count_.load(std::memory_order_relaxed);  // only resize() writes it, under resize_mu_
   for (std::uint32_t i = 0; i < n; ++i) start_worker(i);
   wait_for_tids(0, n);
 }
@@ -137,14 +140,17 @@ void Scheduler::start_worker(std::uint32_t i) {
   // plane) only display it or wait for it to become non-zero.
   w->retiring.store(false, std::memory_order_relaxed);
   w->tid.store(0, std::memory_order_relaxed);
-  w->alive.store(true, std::memory_order_release);  // R5': pairs with R6 (a started worker is not quiescent)
+  w->alive.store(
+      true, std::memory_order_release);  // R5': pairs with R6 (a started worker is not quiescent)
   w->thread = std::thread([this, w] { run(*w); });
 }
 
 std::uint32_t Scheduler::resize(std::uint32_t n) {
   std::lock_guard lock(resize_mu_);
-  const std::uint32_t cur = count_.load(std::memory_order_relaxed);  // only written here, under resize_mu_
-  if (stop_.load(std::memory_order_relaxed) || draining_.load(std::memory_order_relaxed)) return cur;
+  const std::uint32_t cur =
+      count_.load(std::memory_order_relaxed);  // only written here, under resize_mu_
+  if (stop_.load(std::memory_order_relaxed) || draining_.load(std::memory_order_relaxed))
+    return cur;
   n = std::clamp<std::uint32_t>(n, 1, kMaxPoolWorkers);
   if (n > cur) {
     std::uint32_t alloc = allocated_.load(std::memory_order_relaxed);  // only written here
@@ -218,7 +224,8 @@ void Scheduler::stop() {
   std::lock_guard resize_lock(resize_mu_);
   stop_.store(true, std::memory_order_seq_cst);
   wake_all();
-  const std::uint32_t alloc = allocated_.load(std::memory_order_relaxed);  // written under resize_mu_
+  const std::uint32_t alloc =
+      allocated_.load(std::memory_order_relaxed);  // written under resize_mu_
   for (std::uint32_t i = 0; i < alloc; ++i) {
     if (workers_[i]->thread.joinable()) workers_[i]->thread.join();
   }
@@ -255,7 +262,8 @@ SchedulerTotals Scheduler::totals() const {
     t.timer_parks += s.timer_parks.load(std::memory_order_relaxed);
     t.backpressure += s.backpressure.load(std::memory_order_relaxed);
     t.spawned += s.spawned.load(std::memory_order_relaxed);
-    for (std::size_t k = 0; k < kStatusSlots; ++k) t.failed_by[k] += s.failed_by[k].load(std::memory_order_relaxed);
+    for (std::size_t k = 0; k < kStatusSlots; ++k)
+      t.failed_by[k] += s.failed_by[k].load(std::memory_order_relaxed);
   }
   return t;
 }
@@ -297,7 +305,8 @@ void Scheduler::run(Worker& w) {
       for (std::uint32_t i = 0;; ++i) {
         shm::cpu_relax();
         if ((t = find_work(w)) != nullptr) break;
-        if (stop_.load(std::memory_order_relaxed) || w.retiring.load(std::memory_order_relaxed)) break;
+        if (stop_.load(std::memory_order_relaxed) || w.retiring.load(std::memory_order_relaxed))
+          break;
         if (config_.idle == shm::IdleStrategy::kSpinThenBlock && (i & 63) == 63 &&
             std::chrono::steady_clock::now() >= until) {
           break;
@@ -308,7 +317,8 @@ void Scheduler::run(Worker& w) {
         run_task(w, ctx, t);
         continue;
       }
-      if (stop_.load(std::memory_order_acquire) || w.retiring.load(std::memory_order_relaxed)) break;
+      if (stop_.load(std::memory_order_acquire) || w.retiring.load(std::memory_order_relaxed))
+        break;
     }
     park(w);
   }
@@ -317,7 +327,8 @@ void Scheduler::run(Worker& w) {
   if (!stop_.load(std::memory_order_relaxed)) retire(w);
   flush_completions(w);
   pool_.drain(w.cache);
-  w.alive.store(false, std::memory_order_release);  // R5: pairs with R6; no slot pointer is held now
+  w.alive.store(false,
+                std::memory_order_release);  // R5: pairs with R6; no slot pointer is held now
 }
 
 void Scheduler::retire(Worker& w) {
@@ -362,13 +373,15 @@ std::vector<std::uint64_t> Scheduler::epochs() const {
   // ones are in the snapshot too: one started again afterwards must pass a quiescent
   // point before the snapshot is satisfied (its epoch keeps counting across restarts).
   const std::uint32_t alloc = allocated_.load(std::memory_order_acquire);
-  for (std::uint32_t i = 0; i < alloc; ++i) e.push_back(workers_[i]->epoch.load(std::memory_order_seq_cst));
+  for (std::uint32_t i = 0; i < alloc; ++i)
+    e.push_back(workers_[i]->epoch.load(std::memory_order_seq_cst));
   return e;
 }
 
 bool Scheduler::quiescent_since(const std::vector<std::uint64_t>& snapshot) const {
   if (stop_.load(std::memory_order_relaxed)) return true;
-  const std::uint32_t alloc = allocated_.load(std::memory_order_acquire);  // pairs with the release in resize()
+  const std::uint32_t alloc =
+      allocated_.load(std::memory_order_acquire);  // pairs with the release in resize()
   for (std::uint32_t i = 0; i < alloc; ++i) {
     const Worker& w = *workers_[i];
     // R6: pairs with R5; a worker with no thread holds no pointer into any slot.
@@ -458,7 +471,8 @@ Task* Scheduler::steal(Worker& w) {
     if (&v == &w || v.queue.size() == 0) continue;
     const std::size_t k = v.queue.steal(std::span<Task*>(got, kStealMax));
     if (k == 0) continue;
-    w.stats.steals.store(w.stats.steals.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    w.stats.steals.store(w.stats.steals.load(std::memory_order_relaxed) + 1,
+                         std::memory_order_relaxed);
     for (std::size_t j = 1; j < k; ++j) push_local(w, got[j], Origin::kAccepted);
     if (k > 1) maybe_wake();
     return got[0];
@@ -505,7 +519,8 @@ Task* Scheduler::poll_clients(Worker& w) {
   for (std::uint32_t i = 0; i < hw; ++i) {
     ClientSlot& c = clients_.slot((start + i) % hw);
     // S2: pairs with S1 in ClientTable::activate().
-    if (c.state.load(std::memory_order_acquire) != SlotState::kActive || !c.has_segment || c.pool != config_.pool) {
+    if (c.state.load(std::memory_order_acquire) != SlotState::kActive || !c.has_segment ||
+        c.pool != config_.pool) {
       continue;
     }
     if (c.has_backlog.load(std::memory_order_relaxed)) flush_backlog(c);
@@ -577,17 +592,20 @@ void Scheduler::accept_one(Worker& w, ClientSlot& c, std::uint32_t off) {
   std::memcpy(&f, c.base + off, sizeof(f));
   auto reject = [&](Status st, ErrorDetail d) {
     // ClientCounters keeps unknown function ids apart from bad offsets, lengths and flags.
-    (st == Status::kUnknownFunction ? c.rejected_function : c.rejected).fetch_add(1, std::memory_order_relaxed);
+    (st == Status::kUnknownFunction ? c.rejected_function : c.rejected)
+        .fetch_add(1, std::memory_order_relaxed);
     w.stats.rejected.fetch_add(1, std::memory_order_relaxed);
     complete_frame(w, c, off, st, d, 0, 0, false);  // takes over the reference
   };
-  if ((f.flags & ~shm::kFrameKnownFlags) != 0) return reject(Status::kInvalidArgument, ErrorDetail::kUnknownFlags);
+  if ((f.flags & ~shm::kFrameKnownFlags) != 0)
+    return reject(Status::kInvalidArgument, ErrorDetail::kUnknownFlags);
   const FunctionDef* def = registry_.find(f.fn);
   if (def == nullptr) return reject(Status::kUnknownFunction, ErrorDetail::kUnknownFunction);
   std::uint16_t flags = 0;
   std::uint64_t env = 0;
   if (f.flags & shm::kFrameEnvInline) {
-    if (f.env_len > shm::kInlineCapacity) return reject(Status::kInvalidArgument, ErrorDetail::kInlineTooLong);
+    if (f.env_len > shm::kInlineCapacity)
+      return reject(Status::kInvalidArgument, ErrorDetail::kInlineTooLong);
     if (def->needs_buffer) return reject(Status::kInvalidArgument, ErrorDetail::kBufferRequired);
     flags |= kTaskEnvInline;
     env = std::uint64_t{f.env_len} << 32;
@@ -599,7 +617,8 @@ void Scheduler::accept_one(Worker& w, ClientSlot& c, std::uint32_t off) {
   } else if (def->needs_buffer) {
     return reject(Status::kInvalidArgument, ErrorDetail::kBufferRequired);
   }
-  if (f.arg > def->max_arg) return reject(Status::kInvalidArgument, ErrorDetail::kArgumentOutOfRange);
+  if (f.arg > def->max_arg)
+    return reject(Status::kInvalidArgument, ErrorDetail::kArgumentOutOfRange);
   Task* t = pool_.allocate(w.cache);
   t->fn = def->entry;
   t->w0 = f.arg;
@@ -615,8 +634,8 @@ void Scheduler::accept_one(Worker& w, ClientSlot& c, std::uint32_t off) {
   push_local(w, t, Origin::kAccepted);
 }
 
-bool Scheduler::submit_serial(ClientSlot& c, std::uint32_t job, std::uint32_t fn_id, std::uint64_t arg,
-                              Status* status, ErrorDetail* detail) {
+bool Scheduler::submit_serial(ClientSlot& c, std::uint32_t job, std::uint32_t fn_id,
+                              std::uint64_t arg, Status* status, ErrorDetail* detail) {
   const FunctionDef* def = registry_.find(fn_id);
   if (def == nullptr) {
     *status = Status::kUnknownFunction;
@@ -678,14 +697,21 @@ void Scheduler::run_task(Worker& w, StepContext& ctx, Task* t) {
     }
     ++steps;
     if (s == Step::kContinue) continue;
-    w.stats.steps.store(w.stats.steps.load(std::memory_order_relaxed) + steps, std::memory_order_relaxed);
+    w.stats.steps.store(w.stats.steps.load(std::memory_order_relaxed) + steps,
+                        std::memory_order_relaxed);
     switch (s) {
-      case Step::kYield: push_local(w, t); break;
+      case Step::kYield:
+        push_local(w, t);
+        break;
       case Step::kPark:
-      case Step::kWait: break;
+      case Step::kWait:
+        break;
       case Step::kComplete:
-      case Step::kFail: finish(w, ctx, t, s); break;
-      case Step::kContinue: break;
+      case Step::kFail:
+        finish(w, ctx, t, s);
+        break;
+      case Step::kContinue:
+        break;
     }
     if (w.pushed) {
       w.pushed = false;
@@ -706,7 +732,8 @@ void Scheduler::finish(Worker& w, StepContext& ctx, Task* t, Step s) {
   if (t->flags & kTaskSampled) sample_done(t);
   if (t->flags & kTaskSerial) {
     auto& by = w.stats.failed_by[static_cast<std::size_t>(st) % kStatusSlots];
-    if (st != Status::kOk) by.store(by.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    if (st != Status::kOk)
+      by.store(by.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     (st == Status::kOk ? c.completed : c.failed).fetch_add(1, std::memory_order_relaxed);
     auto& counter = st == Status::kOk ? w.stats.completed : w.stats.failed;
     counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
@@ -727,7 +754,8 @@ void Scheduler::finish(Worker& w, StepContext& ctx, Task* t, Step s) {
     const bool inline_result = ctx.result_is_env() && (t->flags & kTaskEnvInline);
     const std::uint32_t off = t->frame;
     pool_.free(w.cache, t);
-    complete_frame(w, c, off, st, d, ctx.value(), ctx.result_len(), inline_result);  // takes the reference
+    complete_frame(w, c, off, st, d, ctx.value(), ctx.result_len(),
+                   inline_result);  // takes the reference
   }
 }
 
@@ -739,8 +767,9 @@ void Scheduler::release_client(ClientSlot& c, std::uint32_t n) {
   }
 }
 
-void Scheduler::complete_frame(Worker& w, ClientSlot& c, std::uint32_t off, Status st, ErrorDetail d,
-                               std::uint64_t value, std::uint32_t result_len, bool result_inline) {
+void Scheduler::complete_frame(Worker& w, ClientSlot& c, std::uint32_t off, Status st,
+                               ErrorDetail d, std::uint64_t value, std::uint32_t result_len,
+                               bool result_inline) {
   shm::Frame* f = c.frame(off);
   f->result = value;
   f->result_len = result_len;
@@ -771,7 +800,8 @@ void Scheduler::sample_done(const Task* t) {
     sampled_.erase(it);
   }
   latency_.add(static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count()));
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
+          .count()));
 }
 
 void LatencyHistogram::add(std::uint64_t ns) noexcept {
@@ -803,8 +833,10 @@ void Scheduler::flush_completions(Worker& w) {
   // whoever has seen a completion also sees it counted (tests compare the counts then).
   if (w.out_ok) c.completed.fetch_add(w.out_ok, std::memory_order_relaxed);
   if (w.out_failed) c.failed.fetch_add(w.out_failed, std::memory_order_relaxed);
-  w.stats.completed.store(w.stats.completed.load(std::memory_order_relaxed) + w.out_ok, std::memory_order_relaxed);
-  w.stats.failed.store(w.stats.failed.load(std::memory_order_relaxed) + w.out_failed, std::memory_order_relaxed);
+  w.stats.completed.store(w.stats.completed.load(std::memory_order_relaxed) + w.out_ok,
+                          std::memory_order_relaxed);
+  w.stats.failed.store(w.stats.failed.load(std::memory_order_relaxed) + w.out_failed,
+                       std::memory_order_relaxed);
   std::size_t pushed = 0;
   while (pushed < offs.size()) {
     // The ring's release stores publish the frames' results (P1 in ring.h).
@@ -815,7 +847,8 @@ void Scheduler::flush_completions(Worker& w) {
   if (pushed < offs.size()) {
     // Only a client that corrupts its ring (or submits frames twice) gets here.
     std::lock_guard lock(c.backlog_mu);
-    c.backlog.insert(c.backlog.end(), offs.begin() + static_cast<std::ptrdiff_t>(pushed), offs.end());
+    c.backlog.insert(c.backlog.end(), offs.begin() + static_cast<std::ptrdiff_t>(pushed),
+                     offs.end());
     c.has_backlog.store(true, std::memory_order_relaxed);
   }
   if (pushed != 0) shm::event_notify(c.doorbells->completion, INT32_MAX);
@@ -848,7 +881,8 @@ bool Scheduler::any_work(const Worker& self) {
   const std::uint32_t hw = clients_.high_water();
   for (std::uint32_t i = 0; i < hw; ++i) {
     ClientSlot& c = clients_.slot(i);
-    if (c.state.load(std::memory_order_acquire) != SlotState::kActive || !c.has_segment || c.pool != config_.pool) {
+    if (c.state.load(std::memory_order_acquire) != SlotState::kActive || !c.has_segment ||
+        c.pool != config_.pool) {
       continue;
     }
     const std::uint64_t head = c.peek_head.load(std::memory_order_relaxed);
@@ -880,7 +914,8 @@ void Scheduler::park(Worker& w) {
     const std::uint32_t hw = clients_.high_water();
     for (std::uint32_t i = 0; i < hw; ++i) {
       ClientSlot& c = clients_.slot(i);
-      if (c.state.load(std::memory_order_acquire) != SlotState::kActive || !c.has_segment || c.pool != config_.pool) {
+      if (c.state.load(std::memory_order_acquire) != SlotState::kActive || !c.has_segment ||
+          c.pool != config_.pool) {
         continue;
       }
       if (c.has_backlog.load(std::memory_order_relaxed)) timed = true;
@@ -897,15 +932,18 @@ void Scheduler::park(Worker& w) {
     }
   }
   // R4: seq_cst, after reading the wake word: pairs with R3 in resize().
-  if (!any_work(w) && !stop_.load(std::memory_order_seq_cst) && !w.retiring.load(std::memory_order_seq_cst)) {
+  if (!any_work(w) && !stop_.load(std::memory_order_seq_cst) &&
+      !w.retiring.load(std::memory_order_seq_cst)) {
     w.parked.store(true, std::memory_order_relaxed);
-    w.stats.parks.store(w.stats.parks.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    w.stats.parks.store(w.stats.parks.load(std::memory_order_relaxed) + 1,
+                        std::memory_order_relaxed);
     std::optional<std::chrono::nanoseconds> timeout;
     if (timed) timeout = std::chrono::milliseconds(1);
     shm::futex_wait_any(w.targets, timeout);
     w.parked.store(false, std::memory_order_relaxed);
   }
-  for (ClientSlot* c : w.announced) c->doorbells->submit.waiters.fetch_sub(1, std::memory_order_relaxed);
+  for (ClientSlot* c : w.announced)
+    c->doorbells->submit.waiters.fetch_sub(1, std::memory_order_relaxed);
   w.tick |= 63;  // the next find_work() is a quiescent point
   {
     std::lock_guard lock(idle_mu_);
@@ -942,8 +980,9 @@ void Scheduler::park_timer(Task* t, std::chrono::steady_clock::time_point when) 
     // A task whose client hung up after its step began must not park: client_closing()
     // has already swept the timers (under timer_mu_, after the slot became kClosing), so
     // it would sleep out its whole timeout and keep the segment mapped meanwhile.
-    const bool client_gone = !(t->flags & kTaskChild) &&
-                             clients_.slot(t->client).state.load(std::memory_order_seq_cst) == SlotState::kClosing;
+    const bool client_gone =
+        !(t->flags & kTaskChild) &&
+        clients_.slot(t->client).state.load(std::memory_order_seq_cst) == SlotState::kClosing;
     if (draining_.load(std::memory_order_relaxed) || client_gone) {
       t->flags |= kTaskCancelled;
       inject(t);

@@ -51,9 +51,9 @@ namespace insideout::daemon {
 inline constexpr std::uint32_t kMaxPoolWorkers = 256;
 
 struct SchedulerConfig {
-  std::uint32_t pool = 0;         // client slots with this ClientSlot::pool are this scheduler's
-  std::uint32_t workers = 0;      // 0: one per CPU in `cpus`
-  std::vector<int> cpus;          // CPUs to pin to (worker i gets cpus[i % size]); empty: no pinning
+  std::uint32_t pool = 0;     // client slots with this ClientSlot::pool are this scheduler's
+  std::uint32_t workers = 0;  // 0: one per CPU in `cpus`
+  std::vector<int> cpus;      // CPUs to pin to (worker i gets cpus[i % size]); empty: no pinning
   shm::IdleStrategy idle = shm::IdleStrategy::kSpinThenBlock;
   std::chrono::microseconds spin{50};  // how long kSpinThenBlock spins before it blocks
   std::uint32_t accept_batch = 64;     // offsets taken from one client per visit (fairness)
@@ -131,9 +131,10 @@ struct alignas(shm::kCacheLine) Worker {
 };
 
 struct SchedulerTotals {
-  std::uint64_t steps = 0, accepted = 0, completed = 0, failed = 0, rejected = 0, steals = 0, parks = 0,
-                timer_parks = 0, backpressure = 0, spawned = 0;
-  std::uint64_t failed_by[kStatusSlots] = {};  // completions by shm::Status (failures and rejections)
+  std::uint64_t steps = 0, accepted = 0, completed = 0, failed = 0, rejected = 0, steals = 0,
+                parks = 0, timer_parks = 0, backpressure = 0, spawned = 0;
+  std::uint64_t failed_by[kStatusSlots] =
+      {};  // completions by shm::Status (failures and rejections)
 
   SchedulerTotals& operator+=(const SchedulerTotals& o) noexcept {
     steps += o.steps;
@@ -174,7 +175,9 @@ class Scheduler {
   bool submit_serial(ClientSlot& slot, std::uint32_t job, std::uint32_t fn_id, std::uint64_t arg,
                      shm::Status* status, shm::ErrorDetail* detail);
   // Called on a worker when a serialized job has completed.
-  void set_serial_sink(std::function<void(ClientSlot&, std::uint32_t job)> sink) { serial_sink_ = std::move(sink); }
+  void set_serial_sink(std::function<void(ClientSlot&, std::uint32_t job)> sink) {
+    serial_sink_ = std::move(sink);
+  }
 
   // Live resizing (one caller at a time; not concurrently with start()/stop()): starts
   // workers in the next free slots (pinned per config.cpus, index modulo its size) and
@@ -213,8 +216,9 @@ class Scheduler {
   Task* take_injected();
   void run_task(Worker& w, StepContext& ctx, Task* t);
   void finish(Worker& w, StepContext& ctx, Task* t, Step s);
-  void complete_frame(Worker& w, ClientSlot& c, std::uint32_t off, shm::Status st, shm::ErrorDetail d,
-                      std::uint64_t value, std::uint32_t result_len, bool result_inline);
+  void complete_frame(Worker& w, ClientSlot& c, std::uint32_t off, shm::Status st,
+                      shm::ErrorDetail d, std::uint64_t value, std::uint32_t result_len,
+                      bool result_inline);
   void flush_backlog(ClientSlot& c);
   void flush_completions(Worker& w);
   void flush_children(Worker& w);

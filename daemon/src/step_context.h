@@ -26,7 +26,10 @@ class StepContext {
 
   void set_value(std::uint64_t v) noexcept { value_ = v; }
   // The result data is the environment itself, in place (echo).
-  void set_result_is_env(std::uint32_t len) noexcept { result_len_ = len; result_is_env_ = true; }
+  void set_result_is_env(std::uint32_t len) noexcept {
+    result_len_ = len;
+    result_is_env_ = true;
+  }
   Step fail(shm::Status s, shm::ErrorDetail d) noexcept {
     status_ = s;
     detail_ = d;

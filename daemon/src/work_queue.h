@@ -63,7 +63,8 @@ class WorkQueue {
       if (head >= tail) return 0;
       std::uint64_t n = (tail - head + 1) / 2;
       if (n > out.size()) n = out.size();
-      for (std::uint64_t i = 0; i < n; ++i) out[i] = slots_[(head + i) & mask_].load(std::memory_order_relaxed);
+      for (std::uint64_t i = 0; i < n; ++i)
+        out[i] = slots_[(head + i) & mask_].load(std::memory_order_relaxed);
       if (head_.compare_exchange_weak(head, head + n, std::memory_order_acq_rel,  // Q3
                                       std::memory_order_relaxed)) {
         return static_cast<std::size_t>(n);

@@ -3,7 +3,9 @@
 namespace insideout::shm {
 namespace {
 
-std::atomic_ref<std::uint32_t> link_of(Frame* f) noexcept { return std::atomic_ref<std::uint32_t>(f->fn); }
+std::atomic_ref<std::uint32_t> link_of(Frame* f) noexcept {
+  return std::atomic_ref<std::uint32_t>(f->fn);
+}
 
 }  // namespace
 
@@ -30,8 +32,8 @@ Frame* FrameArena::allocate() noexcept {
     // Relaxed: if f was taken meanwhile, the tag makes the CAS below fail.
     const std::uint32_t next = link_of(f).load(std::memory_order_relaxed);
     const std::uint64_t tag = (head >> 32) + 1;
-    if (header_->free_head.compare_exchange_weak(head, (tag << 32) | next, std::memory_order_acquire,
-                                                 std::memory_order_acquire)) {
+    if (header_->free_head.compare_exchange_weak(
+            head, (tag << 32) | next, std::memory_order_acquire, std::memory_order_acquire)) {
       return f;
     }
   }
@@ -53,8 +55,8 @@ std::size_t FrameArena::allocate(std::span<Frame*> out) noexcept {
     }
     if (n == 0) return 0;
     const std::uint64_t tag = (head >> 32) + 1;
-    if (header_->free_head.compare_exchange_weak(head, (tag << 32) | next, std::memory_order_acquire,
-                                                 std::memory_order_acquire)) {
+    if (header_->free_head.compare_exchange_weak(
+            head, (tag << 32) | next, std::memory_order_acquire, std::memory_order_acquire)) {
       return n;
     }
   }
@@ -73,8 +75,8 @@ void FrameArena::free(std::span<Frame* const> frames) noexcept {
     link_of(last).store(static_cast<std::uint32_t>(head), std::memory_order_relaxed);
     const std::uint64_t tag = (head >> 32) + 1;
     // F1, as in free(Frame*): publishes every link of the chain.
-    if (header_->free_head.compare_exchange_weak(head, (tag << 32) | first1, std::memory_order_release,
-                                                 std::memory_order_relaxed)) {
+    if (header_->free_head.compare_exchange_weak(
+            head, (tag << 32) | first1, std::memory_order_release, std::memory_order_relaxed)) {
       return;
     }
   }
@@ -87,8 +89,8 @@ void FrameArena::free(Frame* f) noexcept {
     link_of(f).store(static_cast<std::uint32_t>(head), std::memory_order_relaxed);
     const std::uint64_t tag = (head >> 32) + 1;
     // F1: pairs with A1; publishes the link written above.
-    if (header_->free_head.compare_exchange_weak(head, (tag << 32) | idx1, std::memory_order_release,
-                                                 std::memory_order_relaxed)) {
+    if (header_->free_head.compare_exchange_weak(
+            head, (tag << 32) | idx1, std::memory_order_release, std::memory_order_relaxed)) {
       return;
     }
   }

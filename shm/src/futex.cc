@@ -20,9 +20,12 @@ timespec to_timespec(std::chrono::nanoseconds ns) {
 WaitResult from_errno(long rc) {
   if (rc >= 0) return WaitResult::kWoken;
   switch (errno) {
-    case EAGAIN: return WaitResult::kValueChanged;
-    case ETIMEDOUT: return WaitResult::kTimedOut;
-    default: return WaitResult::kInterrupted;
+    case EAGAIN:
+      return WaitResult::kValueChanged;
+    case ETIMEDOUT:
+      return WaitResult::kTimedOut;
+    default:
+      return WaitResult::kInterrupted;
   }
 }
 
@@ -47,8 +50,8 @@ WaitResult futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected,
 }
 
 int futex_wake(std::atomic<std::uint32_t>* word, int count) noexcept {
-  const long rc =
-      syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAKE, count, nullptr, nullptr, 0);
+  const long rc = syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAKE, count,
+                          nullptr, nullptr, 0);
   return rc < 0 ? 0 : static_cast<int>(rc);
 }
 
@@ -99,9 +102,12 @@ WaitResult futex_wait_any(std::span<const WaitTarget> targets,
 
 std::string_view idle_strategy_name(IdleStrategy s) noexcept {
   switch (s) {
-    case IdleStrategy::kBlock: return "block";
-    case IdleStrategy::kSpinThenBlock: return "spin-then-block";
-    case IdleStrategy::kPoll: return "poll";
+    case IdleStrategy::kBlock:
+      return "block";
+    case IdleStrategy::kSpinThenBlock:
+      return "spin-then-block";
+    case IdleStrategy::kPoll:
+      return "poll";
   }
   return "unknown";
 }

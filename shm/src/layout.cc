@@ -15,34 +15,56 @@ constexpr bool is_pow2(std::uint32_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
 const char* status_name(Status s) noexcept {
   switch (s) {
-    case Status::kPending: return "pending";
-    case Status::kOk: return "ok";
-    case Status::kInvalidArgument: return "invalid argument";
-    case Status::kUnknownFunction: return "unknown function";
-    case Status::kBackpressure: return "backpressure";
-    case Status::kCancelled: return "cancelled";
-    case Status::kDeadlineExceeded: return "deadline exceeded";
-    case Status::kDaemonLost: return "daemon lost";
-    case Status::kInternal: return "internal error";
-    case Status::kResultTooLarge: return "result too large";
+    case Status::kPending:
+      return "pending";
+    case Status::kOk:
+      return "ok";
+    case Status::kInvalidArgument:
+      return "invalid argument";
+    case Status::kUnknownFunction:
+      return "unknown function";
+    case Status::kBackpressure:
+      return "backpressure";
+    case Status::kCancelled:
+      return "cancelled";
+    case Status::kDeadlineExceeded:
+      return "deadline exceeded";
+    case Status::kDaemonLost:
+      return "daemon lost";
+    case Status::kInternal:
+      return "internal error";
+    case Status::kResultTooLarge:
+      return "result too large";
   }
   return "unknown status";
 }
 
 const char* detail_name(ErrorDetail d) noexcept {
   switch (d) {
-    case ErrorDetail::kNone: return "none";
-    case ErrorDetail::kFrameOutOfArena: return "frame offset outside the arena";
-    case ErrorDetail::kFrameMisaligned: return "frame offset not on a frame boundary";
-    case ErrorDetail::kEnvOutOfSegment: return "environment outside the buffer area";
-    case ErrorDetail::kInlineTooLong: return "inline environment longer than 16 bytes";
-    case ErrorDetail::kUnknownFlags: return "unknown frame flags";
-    case ErrorDetail::kUnknownFunction: return "unknown function id";
-    case ErrorDetail::kBufferRequired: return "function needs a buffer environment";
-    case ErrorDetail::kArgumentOutOfRange: return "argument out of range";
-    case ErrorDetail::kClientGone: return "client gone";
-    case ErrorDetail::kShutdown: return "daemon shutting down";
-    case ErrorDetail::kStepThrew: return "step threw an exception";
+    case ErrorDetail::kNone:
+      return "none";
+    case ErrorDetail::kFrameOutOfArena:
+      return "frame offset outside the arena";
+    case ErrorDetail::kFrameMisaligned:
+      return "frame offset not on a frame boundary";
+    case ErrorDetail::kEnvOutOfSegment:
+      return "environment outside the buffer area";
+    case ErrorDetail::kInlineTooLong:
+      return "inline environment longer than 16 bytes";
+    case ErrorDetail::kUnknownFlags:
+      return "unknown frame flags";
+    case ErrorDetail::kUnknownFunction:
+      return "unknown function id";
+    case ErrorDetail::kBufferRequired:
+      return "function needs a buffer environment";
+    case ErrorDetail::kArgumentOutOfRange:
+      return "argument out of range";
+    case ErrorDetail::kClientGone:
+      return "client gone";
+    case ErrorDetail::kShutdown:
+      return "daemon shutting down";
+    case ErrorDetail::kStepThrew:
+      return "step threw an exception";
   }
   return "unknown detail";
 }

@@ -5,13 +5,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <boost/interprocess/detail/os_file_functions.hpp>
+#include <boost/interprocess/exceptions.hpp>
 #include <cerrno>
 #include <cstring>
 #include <string>
 #include <utility>
-
-#include <boost/interprocess/detail/os_file_functions.hpp>
-#include <boost/interprocess/exceptions.hpp>
 
 namespace insideout::shm {
 namespace {
@@ -33,7 +32,8 @@ std::string errno_text(const char* what) { return std::string(what) + ": " + std
 
 bool map(int fd, std::size_t size, boost::interprocess::mapped_region* out, std::string* error) {
   try {
-    *out = boost::interprocess::mapped_region(MemfdMappable(fd), boost::interprocess::read_write, 0, size);
+    *out = boost::interprocess::mapped_region(MemfdMappable(fd), boost::interprocess::read_write, 0,
+                                              size);
     return true;
   } catch (const boost::interprocess::interprocess_exception& e) {
     *error = std::string("mapping the segment: ") + e.what();
@@ -96,7 +96,7 @@ Segment Segment::create(const SegmentGeometry& g, std::uint32_t daemon_pid, std:
 Segment Segment::attach(int fd, std::string* error) {
   Segment s;
   s.fd_ = fd;
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd, &st) != 0) {
     *error = errno_text("fstat on the segment");
     return Segment();
@@ -108,14 +108,21 @@ Segment Segment::attach(int fd, std::string* error) {
   if (!map(fd, static_cast<std::size_t>(st.st_size), &s.region_, error)) return Segment();
   const auto* h = static_cast<const SegmentHeader*>(s.base());
   switch (check_segment(s.base(), s.size(), &s.geometry_)) {
-    case CheckResult::kOk: return s;
-    case CheckResult::kNotReady: *error = "the segment is not initialised yet"; break;
-    case CheckResult::kBadMagic: *error = "the segment has a bad magic number"; break;
+    case CheckResult::kOk:
+      return s;
+    case CheckResult::kNotReady:
+      *error = "the segment is not initialised yet";
+      break;
+    case CheckResult::kBadMagic:
+      *error = "the segment has a bad magic number";
+      break;
     case CheckResult::kVersionMismatch:
       *error = "segment layout version " + std::to_string(h->layout_version.load()) +
                ", this library speaks " + std::to_string(kLayoutVersion);
       break;
-    case CheckResult::kGeometryMismatch: *error = "the segment header disagrees with its size"; break;
+    case CheckResult::kGeometryMismatch:
+      *error = "the segment header disagrees with its size";
+      break;
   }
   return Segment();
 }

@@ -40,8 +40,9 @@ std::vector<v1::Worker> list_workers(v1::Scheduler::Stub& stub, const std::strin
   return {r.workers().begin(), r.workers().end()};
 }
 
-grpc::Status create(v1::Scheduler::Stub& stub, const std::string& name, const std::string& cpus, std::uint32_t size,
-                    v1::IdleStrategy idle = v1::IDLE_STRATEGY_BLOCK, std::optional<int> nice = std::nullopt) {
+grpc::Status create(v1::Scheduler::Stub& stub, const std::string& name, const std::string& cpus,
+                    std::uint32_t size, v1::IdleStrategy idle = v1::IDLE_STRATEGY_BLOCK,
+                    std::optional<int> nice = std::nullopt) {
   v1::CreatePoolRequest q;
   q.mutable_pool()->set_name(name);
   q.mutable_pool()->set_cpus(cpus);
@@ -236,10 +237,12 @@ TEST(ControlPools, ShouldRefuseBadPoolRequestsAndChangeNothing) {
   } cases[] = {
       {"size 0", create(*stub, "two", "", 0), grpc::StatusCode::INVALID_ARGUMENT},
       {"size over the max", create(*stub, "two", "", 100000), grpc::StatusCode::INVALID_ARGUMENT},
-      {"CPU out of range", create(*stub, "two", "0," + std::to_string(bad_cpu), 1), grpc::StatusCode::INVALID_ARGUMENT},
+      {"CPU out of range", create(*stub, "two", "0," + std::to_string(bad_cpu), 1),
+       grpc::StatusCode::INVALID_ARGUMENT},
       {"malformed CPU list", create(*stub, "two", "0-x", 1), grpc::StatusCode::INVALID_ARGUMENT},
       {"bad name", create(*stub, "a b", "", 1), grpc::StatusCode::INVALID_ARGUMENT},
-      {"nice out of range", create(*stub, "two", "", 1, v1::IDLE_STRATEGY_BLOCK, 40), grpc::StatusCode::INVALID_ARGUMENT},
+      {"nice out of range", create(*stub, "two", "", 1, v1::IDLE_STRATEGY_BLOCK, 40),
+       grpc::StatusCode::INVALID_ARGUMENT},
       {"duplicate name", create(*stub, "one", "", 1), grpc::StatusCode::ALREADY_EXISTS},
       {"duplicate default", create(*stub, "default", "", 1), grpc::StatusCode::ALREADY_EXISTS},
       {"resize unknown pool", resize(*stub, "nope", 2), grpc::StatusCode::NOT_FOUND},

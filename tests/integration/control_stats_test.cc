@@ -44,7 +44,8 @@ TEST(ControlStats, ShouldCountFailuresByStatusAndSampleLatency) {
   // (the 3 unknown functions are refused at accept, before sampling).
   const auto& h = s.continuation_latency();
   EXPECT_GE(h.count(), 3u);
-  EXPECT_EQ(static_cast<std::size_t>(h.counts_size()), static_cast<std::size_t>(h.bounds_ns_size()) + 1);
+  EXPECT_EQ(static_cast<std::size_t>(h.counts_size()),
+            static_cast<std::size_t>(h.bounds_ns_size()) + 1);
   std::uint64_t sum = 0;
   for (auto n : h.counts()) sum += n;
   EXPECT_EQ(sum, h.count());

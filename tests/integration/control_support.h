@@ -3,6 +3,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <grpcpp/grpcpp.h>
 #include <poll.h>
 #include <sched.h>
 #include <sys/wait.h>
@@ -15,19 +16,18 @@
 #include <string>
 #include <vector>
 
-#include <grpcpp/grpcpp.h>
-
 #include "insideout/v1/scheduler.grpc.pb.h"
 #include "support/daemon_process.h"
 
 namespace insideout::testing {
 
 inline std::unique_ptr<v1::Scheduler::Stub> control_stub(const std::string& runtime_dir) {
-  return v1::Scheduler::NewStub(
-      grpc::CreateChannel("unix:" + runtime_dir + "/control.sock", grpc::InsecureChannelCredentials()));
+  return v1::Scheduler::NewStub(grpc::CreateChannel("unix:" + runtime_dir + "/control.sock",
+                                                    grpc::InsecureChannelCredentials()));
 }
 
-inline std::unique_ptr<grpc::ClientContext> ctx(std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+inline std::unique_ptr<grpc::ClientContext> ctx(
+    std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
   auto c = std::make_unique<grpc::ClientContext>();
   c->set_deadline(std::chrono::system_clock::now() + timeout);
   return c;
@@ -63,8 +63,8 @@ inline Command run_command(const std::vector<std::string>& args,
   bool open_out = true, open_err = true;
   char buf[4096];
   while (open_out || open_err) {
-    const auto left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) break;
     pollfd p[2] = {{open_out ? out[0] : -1, POLLIN, 0}, {open_err ? err[0] : -1, POLLIN, 0}};
     if (::poll(p, 2, static_cast<int>(left.count())) <= 0) continue;
@@ -80,7 +80,8 @@ inline Command run_command(const std::vector<std::string>& args,
   }
   ::close(out[0]);
   ::close(err[0]);
-  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      deadline - std::chrono::steady_clock::now());
   r.exit_code = wait_child(pid, std::max(left, std::chrono::milliseconds(100)));
   return r;
 }

@@ -48,7 +48,8 @@ TEST(ControlThreads, ShouldPinAWorkerAndThenAPoolAsTheKernelReports) {
   auto st = stub->SetAffinity(ctx().get(), one, &r);
   ASSERT_TRUE(st.ok()) << st.error_message();
   EXPECT_EQ(kernel_affinity(ws[1].tid()), std::vector<int>{last});
-  EXPECT_EQ(proc_status_field(daemon.pid(), ws[1].tid(), "Cpus_allowed_list"), std::to_string(last));
+  EXPECT_EQ(proc_status_field(daemon.pid(), ws[1].tid(), "Cpus_allowed_list"),
+            std::to_string(last));
   ASSERT_EQ(r.workers_size(), 1);
   EXPECT_EQ(r.workers(0).cpus(), std::to_string(last));
 
@@ -201,7 +202,8 @@ TEST(ControlThreads, ShouldLetAPeerOutsideTheAdminGroupReadButChangeNothing) {
   const auto ws = list_workers(*stub);
   const auto before = views(daemon, ws);
   auto as_nobody = [&](std::vector<std::string> args) {
-    std::vector<std::string> a = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"};
+    std::vector<std::string> a = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                  "--"};
     auto rest = ctl_args(daemon.runtime_dir(), std::move(args));
     a.insert(a.end(), rest.begin(), rest.end());
     return run_command(a);
@@ -209,13 +211,14 @@ TEST(ControlThreads, ShouldLetAPeerOutsideTheAdminGroupReadButChangeNothing) {
   auto r = as_nobody({"workers", "--json"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("\"tid\""), std::string::npos) << r.out;
-  for (auto args : std::vector<std::vector<std::string>>{{"pin", "0", std::to_string(allowed().front())},
-                                                         {"pin", "default", std::to_string(allowed().front())},
-                                                         {"attr", "default", "--nice", "5"},
-                                                         {"attr", "1", "--policy", "batch"},
-                                                         {"evict", std::to_string(::getpid())},
-                                                         {"drain", "--timeout-ms", "10"},
-                                                         {"shutdown"}}) {
+  for (auto args :
+       std::vector<std::vector<std::string>>{{"pin", "0", std::to_string(allowed().front())},
+                                             {"pin", "default", std::to_string(allowed().front())},
+                                             {"attr", "default", "--nice", "5"},
+                                             {"attr", "1", "--policy", "batch"},
+                                             {"evict", std::to_string(::getpid())},
+                                             {"drain", "--timeout-ms", "10"},
+                                             {"shutdown"}}) {
     SCOPED_TRACE(args[0]);
     r = as_nobody(args);
     EXPECT_EQ(r.exit_code, 1) << r.out << r.err;

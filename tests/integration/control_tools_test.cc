@@ -2,20 +2,18 @@
 // insideoutctl's exit codes, JSON and the counters area read directly (and as
 // Prometheus text), health and shutdown, a Python client generated from the .proto by
 // stock tooling, and `insideoutctl top` in a real terminal (tmux).
+#include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <thread>
-
-#include <grpcpp/generic/generic_stub.h>
-
-#include <condition_variable>
 #include <mutex>
+#include <thread>
 
 #include "insideout/client.hpp"
 #include "integration/control_support.h"
@@ -54,7 +52,8 @@ TEST(ControlTools, ShouldListAClientAndEvictIt) {
   ASSERT_TRUE(st.ok()) << st.error_message();
   EXPECT_EQ(er.evicted(), 1u);
   const auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (!(*client)->daemon_lost() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(5ms);
+  while (!(*client)->daemon_lost() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(5ms);
   EXPECT_TRUE((*client)->daemon_lost()) << "the evicted client did not notice";
   ASSERT_TRUE(stub->ListClients(ctx().get(), {}, &lr).ok());
   EXPECT_EQ(lr.clients_size(), 0);
@@ -80,7 +79,8 @@ TEST(ControlTools, ShouldRegisterClientsOnlyInAPoolThatExists) {
       EXPECT_TRUE(m.has_welcome()) << m.DebugString();
     } else {
       ASSERT_TRUE(m.has_refused()) << m.DebugString();
-      EXPECT_NE(m.refused().reason().find("unknown pool 'no-such-pool'"), std::string::npos) << m.DebugString();
+      EXPECT_NE(m.refused().reason().find("unknown pool 'no-such-pool'"), std::string::npos)
+          << m.DebugString();
     }
   }
 }
@@ -199,7 +199,8 @@ TEST(ControlTools, ShouldServeHealthAndRemoveItsFilesOnShutdown) {
   EXPECT_TRUE(S_ISSOCK(st.st_mode));
   EXPECT_EQ(st.st_mode & 0777, 0660u);
   // grpc.health.v1.Health, called by its generic method name (no generated stub here).
-  auto ch = grpc::CreateChannel("unix:" + dir + "/control.sock", grpc::InsecureChannelCredentials());
+  auto ch =
+      grpc::CreateChannel("unix:" + dir + "/control.sock", grpc::InsecureChannelCredentials());
   grpc::GenericStub generic(ch);
   // An empty HealthCheckRequest is zero bytes; SERVING is field 1 = 1: 08 01.
   grpc::ByteBuffer req, resp;
@@ -211,12 +212,13 @@ TEST(ControlTools, ShouldServeHealthAndRemoveItsFilesOnShutdown) {
   std::condition_variable cv;
   bool done = false;
   grpc::Status hs;
-  generic.UnaryCall(&hc, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &req, &resp, [&](grpc::Status s) {
-    std::lock_guard l(mu);
-    hs = s;
-    done = true;
-    cv.notify_all();
-  });
+  generic.UnaryCall(&hc, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &req, &resp,
+                    [&](grpc::Status s) {
+                      std::lock_guard l(mu);
+                      hs = s;
+                      done = true;
+                      cv.notify_all();
+                    });
   {
     std::unique_lock l(mu);
     ASSERT_TRUE(cv.wait_for(l, 10s, [&] { return done; }));
@@ -231,7 +233,8 @@ TEST(ControlTools, ShouldServeHealthAndRemoveItsFilesOnShutdown) {
   auto r = run_command(ctl_args(dir, {"shutdown"}));
   EXPECT_EQ(r.exit_code, 0) << r.err;
   const auto deadline = std::chrono::steady_clock::now() + 15s;
-  while (daemon.alive() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(10ms);
+  while (daemon.alive() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(10ms);
   ASSERT_FALSE(daemon.alive()) << daemon.log();
   EXPECT_EQ(daemon.exit_status(), 0) << daemon.log();
   EXPECT_TRUE(list_dir(dir).empty()) << ::testing::PrintToString(list_dir(dir));
@@ -242,8 +245,8 @@ TEST(ControlTools, ShouldServeAPythonClientGeneratedFromTheProtoByStockTools) {
   ASSERT_TRUE(daemon.ready()) << daemon.log();
   const std::string gen = daemon.runtime_dir() + "-py";
   std::filesystem::create_directories(gen);
-  auto r = run_command({"protoc", "-I", INSIDEOUT_PROTO_DIR, "--python_out=" + gen, "--grpc_out=" + gen,
-                        "--plugin=protoc-gen-grpc=/usr/bin/grpc_python_plugin",
+  auto r = run_command({"protoc", "-I", INSIDEOUT_PROTO_DIR, "--python_out=" + gen,
+                        "--grpc_out=" + gen, "--plugin=protoc-gen-grpc=/usr/bin/grpc_python_plugin",
                         std::string(INSIDEOUT_PROTO_DIR) + "/insideout/v1/scheduler.proto"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   // Debian's python3 (python3-grpcio, python3-protobuf), whatever else is on PATH.
@@ -257,8 +260,8 @@ TEST(ControlTools, ShouldServeAPythonClientGeneratedFromTheProtoByStockTools) {
     }
     return last;
   }();
-  r = run_command({"/usr/bin/python3", INSIDEOUT_PY_CLIENT, gen, daemon.runtime_dir() + "/control.sock", "1",
-                   std::to_string(cpu)},
+  r = run_command({"/usr/bin/python3", INSIDEOUT_PY_CLIENT, gen,
+                   daemon.runtime_dir() + "/control.sock", "1", std::to_string(cpu)},
                   30s);
   std::filesystem::remove_all(gen);
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
@@ -269,7 +272,8 @@ TEST(ControlTools, ShouldServeAPythonClientGeneratedFromTheProtoByStockTools) {
   ASSERT_TRUE(stub->ListWorkers(ctx().get(), {}, &lw).ok());
   ASSERT_EQ(lw.workers_size(), 2);
   EXPECT_EQ(kernel_affinity(lw.workers(1).tid()), std::vector<int>{cpu});
-  EXPECT_NE(r.out.find("pinned tid " + std::to_string(lw.workers(1).tid())), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("pinned tid " + std::to_string(lw.workers(1).tid())), std::string::npos)
+      << r.out;
 }
 
 TEST(ControlTools, ShouldShowTheWorkersInTopInARealTerminalAndQuitOnQ) {
@@ -280,9 +284,10 @@ TEST(ControlTools, ShouldShowTheWorkersInTopInARealTerminalAndQuitOnQ) {
   ASSERT_TRUE(stub->ListWorkers(ctx().get(), {}, &lw).ok());
   ASSERT_EQ(lw.workers_size(), 2);
   const std::string sock = "io-top-" + std::to_string(::getpid());  // a tmux server of our own
-  const std::string cmd = std::string(INSIDEOUTCTL_PATH) + " --runtime-dir " + daemon.runtime_dir() + " top";
-  auto r = run_command({"tmux", "-L", sock, "-f", "/dev/null", "new-session", "-d", "-s", "top", "-x", "150", "-y",
-                        "40", cmd});
+  const std::string cmd =
+      std::string(INSIDEOUTCTL_PATH) + " --runtime-dir " + daemon.runtime_dir() + " top";
+  auto r = run_command({"tmux", "-L", sock, "-f", "/dev/null", "new-session", "-d", "-s", "top",
+                        "-x", "150", "-y", "40", cmd});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::string screen;
   const auto deadline = std::chrono::steady_clock::now() + 10s;

@@ -21,7 +21,8 @@ using Clock = std::chrono::steady_clock;
 constexpr std::uint64_t kTenSeconds = 10'000'000'000;
 
 // Kills the daemon after `delay`, from another thread; `killed_at` says when.
-std::thread kill_later(DaemonProcess& daemon, std::chrono::milliseconds delay, std::promise<Clock::time_point>& killed_at) {
+std::thread kill_later(DaemonProcess& daemon, std::chrono::milliseconds delay,
+                       std::promise<Clock::time_point>& killed_at) {
   return std::thread([&daemon, delay, &killed_at] {
     std::this_thread::sleep_for(delay);
     const auto t = Clock::now();
@@ -120,7 +121,8 @@ TEST(DaemonLost, ShouldFailWaitingSerializedCallsWithDaemonLostWithinOneSecond) 
       EXPECT_EQ(o.result->status, Status::kDaemonLost) << o.result->error;
       EXPECT_NE(o.result->error.find("daemon lost"), std::string::npos) << o.result->error;
     } else {
-      EXPECT_NE(o.result.status().message().find("daemon lost"), std::string::npos) << o.result.status();
+      EXPECT_NE(o.result.status().message().find("daemon lost"), std::string::npos)
+          << o.result.status();
     }
     EXPECT_TRUE(clients[i]->daemon_lost());
     // Later calls fail at once.

@@ -64,7 +64,8 @@ TEST(Fairness, ShouldServeAQuietClientWhileAnotherFloods) {
     auto st = h->wait_for(10s);
     ASSERT_TRUE(st.has_value()) << "the quiet client starved";
     EXPECT_EQ(*st, Status::kOk);
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   const std::size_t still_flooding = flood_inflight.load();
   stop = true;

@@ -40,14 +40,16 @@ std::unique_ptr<Client> connect_or_die(const std::string& dir, const std::string
   co.name = name;
   auto c = Client::connect(co);
   if (!c.ok()) {
-    std::fprintf(stderr, "%s: connect: %s\n", name.c_str(), std::string(c.status().message()).c_str());
+    std::fprintf(stderr, "%s: connect: %s\n", name.c_str(),
+                 std::string(c.status().message()).c_str());
     return nullptr;
   }
   return std::move(*c);
 }
 
 // A well-behaved client that checks every result until told to stop.
-int good_main(const std::string& dir, std::atomic<bool>* stop, std::atomic<std::uint64_t>* progress) {
+int good_main(const std::string& dir, std::atomic<bool>* stop,
+              std::atomic<std::uint64_t>* progress) {
   auto c = connect_or_die(dir, "good");
   if (!c) return 2;
   WorkloadOptions o;
@@ -103,8 +105,9 @@ int attacker_main(const std::string& dir, std::chrono::milliseconds duration, At
     shm::RingView sub(base + g.submit_ring_off, cap);
     shm::RingView comp(base + g.completion_ring_off, cap);
     auto* doorbells = reinterpret_cast<shm::Doorbells*>(base + g.doorbells_off);
-    std::uint64_t pos = sub.header()->tail.load();  // the daemon's next position once it took the batch
-    std::uint64_t comp_head = 0;                     // ours: completions taken so far
+    std::uint64_t pos =
+        sub.header()->tail.load();  // the daemon's next position once it took the batch
+    std::uint64_t comp_head = 0;    // ours: completions taken so far
     for (int it = 0; it < 16 && Clock::now() < end; ++it) {
       // Let the daemon take what was published and finish it (bounded), then take the
       // completions, so the daemon's positions are known when the rings are repaired.
@@ -113,8 +116,8 @@ int attacker_main(const std::string& dir, std::chrono::milliseconds duration, At
         std::this_thread::sleep_for(50us);
       }
       std::this_thread::sleep_for(200us);
-      for (std::uint64_t word; ((word = comp.slot(comp_head).load(std::memory_order_acquire)) >> 32) ==
-                               static_cast<std::uint32_t>(comp_head + 1);
+      for (std::uint64_t word; ((word = comp.slot(comp_head).load(std::memory_order_acquire)) >>
+                                32) == static_cast<std::uint32_t>(comp_head + 1);
            ++comp_head) {
         const auto off = static_cast<std::uint32_t>(word);
         if (it == 0 || !g.frame_offset_valid(off)) continue;
@@ -129,7 +132,8 @@ int attacker_main(const std::string& dir, std::chrono::milliseconds duration, At
         std::memcpy(base + off, &v, 8);
       }
       // Repair the ring slots the daemon reads and writes next.
-      for (std::uint64_t p = pos; p < pos + cap; ++p) sub.slot(p).store(make_word(p, 0), std::memory_order_relaxed);
+      for (std::uint64_t p = pos; p < pos + cap; ++p)
+        sub.slot(p).store(make_word(p, 0), std::memory_order_relaxed);
       for (std::uint64_t p = comp_head; p < comp_head + cap; ++p) {
         comp.slot(p).store(make_word(p, 0), std::memory_order_relaxed);
       }
@@ -139,17 +143,19 @@ int attacker_main(const std::string& dir, std::chrono::milliseconds duration, At
         if (rng() % 4 != 0) {
           value = g.frames_off + static_cast<std::uint32_t>(rng() % g.frame_count) * sizeof(Frame);
           auto* f = reinterpret_cast<Frame*>(base + value);
-          const std::uint16_t flag_choices[] = {0, shm::kFrameEnvInline, shm::kFrameResultInline, 0x8000,
-                                                static_cast<std::uint16_t>(rng())};
+          const std::uint16_t flag_choices[] = {0, shm::kFrameEnvInline, shm::kFrameResultInline,
+                                                0x8000, static_cast<std::uint16_t>(rng())};
           f->fn = static_cast<std::uint32_t>(rng() % 9);
           f->flags = flag_choices[rng() % 5];
           const std::uint32_t off_choices[] = {
               static_cast<std::uint32_t>(rng()),
-              g.buffers_off + static_cast<std::uint32_t>(rng() % (g.buffer_block_size * g.buffer_block_count)), 0};
+              g.buffers_off +
+                  static_cast<std::uint32_t>(rng() % (g.buffer_block_size * g.buffer_block_count)),
+              0};
           f->env_off = off_choices[rng() % 3];
-          const std::uint32_t len_choices[] = {static_cast<std::uint32_t>(rng() % 17),
-                                               static_cast<std::uint32_t>(rng() % 64),
-                                               static_cast<std::uint32_t>(rng() % 8192), static_cast<std::uint32_t>(rng())};
+          const std::uint32_t len_choices[] = {
+              static_cast<std::uint32_t>(rng() % 17), static_cast<std::uint32_t>(rng() % 64),
+              static_cast<std::uint32_t>(rng() % 8192), static_cast<std::uint32_t>(rng())};
           f->env_len = len_choices[rng() % 4];
           f->arg = rng() % 2 == 0 ? rng() % 100 : rng();
         }
@@ -161,7 +167,8 @@ int attacker_main(const std::string& dir, std::chrono::milliseconds duration, At
       shm::futex_wake(&doorbells->submit.seq, INT_MAX);
       // Scribble over frames while the daemon reads them.
       for (auto until = Clock::now() + 1ms; Clock::now() < until;) {
-        const std::uint32_t off = g.frames_off + static_cast<std::uint32_t>(rng() % g.frame_count) * sizeof(Frame);
+        const std::uint32_t off =
+            g.frames_off + static_cast<std::uint32_t>(rng() % g.frame_count) * sizeof(Frame);
         const std::uint64_t v = rng();
         std::memcpy(base + off + (rng() % 7) * 8, &v, 8);
       }
@@ -181,14 +188,18 @@ TEST(HostileClient, ShouldCarryOnWhileAClientOverwritesItsSegmentWithRandomBytes
   };
   Shared* shared = map_shared<Shared>();
   ASSERT_NE(shared, nullptr);
-  const pid_t good = fork_child([&] { return good_main(daemon.runtime_dir(), &shared->stop, &shared->progress); });
+  const pid_t good =
+      fork_child([&] { return good_main(daemon.runtime_dir(), &shared->stop, &shared->progress); });
   ASSERT_GT(good, 0);
-  const pid_t attacker = fork_child([&] { return attacker_main(daemon.runtime_dir(), 1000ms, &shared->attack); });
+  const pid_t attacker =
+      fork_child([&] { return attacker_main(daemon.runtime_dir(), 1000ms, &shared->attack); });
   ASSERT_GT(attacker, 0);
 
   EXPECT_EQ(wait_child(attacker, 30s), 0);
-  EXPECT_GT(shared->attack.rounds.load(), 1u) << "the attacker should have reconnected and attacked again";
-  EXPECT_GT(shared->attack.refused.load(), 0u) << "the daemon never got to validate the attacker's garbage";
+  EXPECT_GT(shared->attack.rounds.load(), 1u)
+      << "the attacker should have reconnected and attacked again";
+  EXPECT_GT(shared->attack.refused.load(), 0u)
+      << "the daemon never got to validate the attacker's garbage";
   const std::uint64_t during = shared->progress.load();
   shared->stop.store(true);
   EXPECT_EQ(wait_child(good, 30s), 0) << "the well-behaved client lost or got wrong results";
@@ -201,7 +212,9 @@ TEST(HostileClient, ShouldCarryOnWhileAClientOverwritesItsSegmentWithRandomBytes
   auto h = c->submit("echo", std::as_bytes(std::span(text)));
   ASSERT_TRUE(h.ok()) << h.status();
   ASSERT_EQ(h->wait_for(5s), Status::kOk);
-  EXPECT_EQ(std::string(reinterpret_cast<const char*>(h->result().data.data()), h->result().data.size()), text);
+  EXPECT_EQ(
+      std::string(reinterpret_cast<const char*>(h->result().data.data()), h->result().data.size()),
+      text);
   // The attacker's segments are gone too, once its continuations ended.
   int mapped = -1;
   for (auto until = Clock::now() + 5s; Clock::now() < until;) {
@@ -224,45 +237,56 @@ TEST(HostileClient, ShouldFailEachBadFrameAloneWithTheRightStatusAndDetail) {
   auto c = connect_or_die(daemon.runtime_dir(), "bad-frames");
   ASSERT_NE(c, nullptr);
   const shm::SegmentGeometry g = default_geometry();
-  const std::uint32_t noop = c->function_id("noop").value(), checksum = c->function_id("checksum").value(),
-                      echo = c->function_id("echo").value(), fanout = c->function_id("fanout").value(),
-                      chain = c->function_id("chain").value(), sleep = c->function_id("sleep").value();
+  const std::uint32_t noop = c->function_id("noop").value(),
+                      checksum = c->function_id("checksum").value(),
+                      echo = c->function_id("echo").value(),
+                      fanout = c->function_id("fanout").value(),
+                      chain = c->function_id("chain").value(),
+                      sleep = c->function_id("sleep").value();
   const std::uint32_t buffers_end = g.buffers_off + g.buffer_block_size * g.buffer_block_count;
   const std::vector<BadFrame> cases = {
-      {"function id 0", [](Frame* f, auto&) { f->fn = 0; }, Status::kUnknownFunction, ErrorDetail::kUnknownFunction},
+      {"function id 0", [](Frame* f, auto&) { f->fn = 0; }, Status::kUnknownFunction,
+       ErrorDetail::kUnknownFunction},
       {"function id 9999", [](Frame* f, auto&) { f->fn = 9999; }, Status::kUnknownFunction,
        ErrorDetail::kUnknownFunction},
-      {"unknown flag 0x8000", [&](Frame* f, auto&) { f->fn = noop, f->flags = 0x8000; }, Status::kInvalidArgument,
-       ErrorDetail::kUnknownFlags},
-      {"kFrameResultInline set by the client", [&](Frame* f, auto&) { f->fn = noop, f->flags = shm::kFrameResultInline; },
+      {"unknown flag 0x8000", [&](Frame* f, auto&) { f->fn = noop, f->flags = 0x8000; },
        Status::kInvalidArgument, ErrorDetail::kUnknownFlags},
-      {"env in the segment header", [&](Frame* f, auto&) { f->fn = checksum, f->env_off = 0, f->env_len = 64; },
+      {"kFrameResultInline set by the client",
+       [&](Frame* f, auto&) { f->fn = noop, f->flags = shm::kFrameResultInline; },
+       Status::kInvalidArgument, ErrorDetail::kUnknownFlags},
+      {"env in the segment header",
+       [&](Frame* f, auto&) { f->fn = checksum, f->env_off = 0, f->env_len = 64; },
        Status::kInvalidArgument, ErrorDetail::kEnvOutOfSegment},
       {"env in the frame arena",
        [&](Frame* f, auto& geo) { f->fn = checksum, f->env_off = geo.frames_off, f->env_len = 64; },
        Status::kInvalidArgument, ErrorDetail::kEnvOutOfSegment},
-      {"env running past the buffers", [&](Frame* f, auto&) { f->fn = echo, f->env_off = buffers_end - 10, f->env_len = 64; },
+      {"env running past the buffers",
+       [&](Frame* f, auto&) { f->fn = echo, f->env_off = buffers_end - 10, f->env_len = 64; },
        Status::kInvalidArgument, ErrorDetail::kEnvOutOfSegment},
-      {"env past the segment", [&](Frame* f, auto&) { f->fn = checksum, f->env_off = buffers_end + 4096, f->env_len = 1; },
+      {"env past the segment",
+       [&](Frame* f, auto&) { f->fn = checksum, f->env_off = buffers_end + 4096, f->env_len = 1; },
        Status::kInvalidArgument, ErrorDetail::kEnvOutOfSegment},
       {"env offset + length overflowing 32 bits",
-       [&](Frame* f, auto&) { f->fn = checksum, f->env_off = 0xFFFFFFF0u, f->env_len = 0x20; }, Status::kInvalidArgument,
-       ErrorDetail::kEnvOutOfSegment},
+       [&](Frame* f, auto&) { f->fn = checksum, f->env_off = 0xFFFFFFF0u, f->env_len = 0x20; },
+       Status::kInvalidArgument, ErrorDetail::kEnvOutOfSegment},
       {"inline env_len 17",
        [&](Frame* f, auto&) { f->fn = echo, f->flags = shm::kFrameEnvInline, f->env_len = 17; },
        Status::kInvalidArgument, ErrorDetail::kInlineTooLong},
       {"inline env_len 2^32-1",
-       [&](Frame* f, auto&) { f->fn = echo, f->flags = shm::kFrameEnvInline, f->env_len = 0xFFFFFFFFu; },
+       [&](Frame* f, auto&) {
+         f->fn = echo, f->flags = shm::kFrameEnvInline, f->env_len = 0xFFFFFFFFu;
+       },
        Status::kInvalidArgument, ErrorDetail::kInlineTooLong},
-      {"fanout 2^32", [&](Frame* f, auto&) { f->fn = fanout, f->arg = 1ull << 32; }, Status::kInvalidArgument,
-       ErrorDetail::kArgumentOutOfRange},
-      {"fanout 2^64-1", [&](Frame* f, auto&) { f->fn = fanout, f->arg = ~0ull; }, Status::kInvalidArgument,
-       ErrorDetail::kArgumentOutOfRange},
-      {"chain 2^40+1", [&](Frame* f, auto&) { f->fn = chain, f->arg = (1ull << 40) + 1; }, Status::kInvalidArgument,
-       ErrorDetail::kArgumentOutOfRange},
+      {"fanout 2^32", [&](Frame* f, auto&) { f->fn = fanout, f->arg = 1ull << 32; },
+       Status::kInvalidArgument, ErrorDetail::kArgumentOutOfRange},
+      {"fanout 2^64-1", [&](Frame* f, auto&) { f->fn = fanout, f->arg = ~0ull; },
+       Status::kInvalidArgument, ErrorDetail::kArgumentOutOfRange},
+      {"chain 2^40+1", [&](Frame* f, auto&) { f->fn = chain, f->arg = (1ull << 40) + 1; },
+       Status::kInvalidArgument, ErrorDetail::kArgumentOutOfRange},
       {"chain 0", [&](Frame* f, auto&) { f->fn = chain, f->arg = 0; }, Status::kInvalidArgument,
        ErrorDetail::kArgumentOutOfRange},
-      {"sleep over an hour", [&](Frame* f, auto&) { f->fn = sleep, f->arg = 3600ull * 1'000'000'000 + 1; },
+      {"sleep over an hour",
+       [&](Frame* f, auto&) { f->fn = sleep, f->arg = 3600ull * 1'000'000'000 + 1; },
        Status::kInvalidArgument, ErrorDetail::kArgumentOutOfRange},
   };
   const std::string text = "a good one between bad ones";
@@ -291,7 +315,7 @@ TEST(HostileClient, ShouldFailEachBadFrameAloneWithTheRightStatusAndDetail) {
 // The daemon's counters in the client's segment, refreshed on its heartbeat (250 ms).
 const shm::ClientCounters& counters_of(const Client& c) {
   return *reinterpret_cast<const shm::ClientCounters*>(static_cast<const char*>(c.segment_base()) +
-                                                      default_geometry().counters_off);
+                                                       default_geometry().counters_off);
 }
 
 bool wait_for_counter(const std::atomic<std::uint64_t>& counter, std::uint64_t want) {
@@ -309,17 +333,19 @@ TEST(HostileClient, ShouldCountAndDropOffsetsThatAreNotFrames) {
   ASSERT_NE(c, nullptr);
   const shm::SegmentGeometry g = default_geometry();
   // Pushed straight into the submit ring, as a client that bypasses the library would.
-  shm::RingProducer raw(shm::RingView(static_cast<char*>(c->segment_base()) + g.submit_ring_off, g.ring_capacity));
-  const std::uint32_t not_frames[] = {0,
-                                      1,
-                                      g.submit_ring_off,
-                                      g.frames_off - 64,
-                                      g.frames_off + 1,
-                                      g.frames_off + 32,
-                                      g.frames_off + g.frame_count * static_cast<std::uint32_t>(sizeof(Frame)),
-                                      g.buffers_off,
-                                      0xFFFFFFC0u,
-                                      0xFFFFFFFFu};
+  shm::RingProducer raw(
+      shm::RingView(static_cast<char*>(c->segment_base()) + g.submit_ring_off, g.ring_capacity));
+  const std::uint32_t not_frames[] = {
+      0,
+      1,
+      g.submit_ring_off,
+      g.frames_off - 64,
+      g.frames_off + 1,
+      g.frames_off + 32,
+      g.frames_off + g.frame_count * static_cast<std::uint32_t>(sizeof(Frame)),
+      g.buffers_off,
+      0xFFFFFFC0u,
+      0xFFFFFFFFu};
   for (std::uint32_t off : not_frames) ASSERT_TRUE(raw.try_push(off));
   // A real frame behind them completes; nothing else does.
   auto h = c->submit("noop");

@@ -75,12 +75,14 @@ int victim_main(const std::string& dir, int ready_fd, int i) {
   co.on_full = OnFull::kFailFast;
   auto connected = Client::connect(co);
   if (!connected.ok()) {
-    std::fprintf(stderr, "victim %d: connect: %s\n", i, std::string(connected.status().message()).c_str());
+    std::fprintf(stderr, "victim %d: connect: %s\n", i,
+                 std::string(connected.status().message()).c_str());
     return 2;
   }
   Client& c = **connected;
   const std::uint32_t noop = c.function_id("noop").value(), sleep = c.function_id("sleep").value(),
-                      chain = c.function_id("chain").value(), fanout = c.function_id("fanout").value();
+                      chain = c.function_id("chain").value(),
+                      fanout = c.function_id("fanout").value();
   std::mt19937_64 rng(static_cast<std::uint64_t>(i) * 7919);
   std::vector<Frame*> frames;
   std::vector<Handle> handles;
@@ -93,12 +95,24 @@ int victim_main(const std::string& dir, int ready_fd, int i) {
       Frame* f = c.allocate_frame();
       if (f == nullptr) break;
       switch (rng() % 6) {
-        case 0: f->fn = noop; break;
-        case 1: f->fn = sleep, f->arg = 1'000'000 + rng() % 2'000'000'000; break;  // 1 ms - 2 s
-        case 2: f->fn = sleep, f->arg = 10'000'000'000; break;                       // 10 s
-        case 3: f->fn = chain, f->arg = 1000 + rng() % 200'000; break;
-        case 4: f->fn = fanout, f->arg = 100 + rng() % 50'000; break;
-        default: f->fn = chain, f->arg = 1 + rng() % 16; break;
+        case 0:
+          f->fn = noop;
+          break;
+        case 1:
+          f->fn = sleep, f->arg = 1'000'000 + rng() % 2'000'000'000;
+          break;  // 1 ms - 2 s
+        case 2:
+          f->fn = sleep, f->arg = 10'000'000'000;
+          break;  // 10 s
+        case 3:
+          f->fn = chain, f->arg = 1000 + rng() % 200'000;
+          break;
+        case 4:
+          f->fn = fanout, f->arg = 100 + rng() % 50'000;
+          break;
+        default:
+          f->fn = chain, f->arg = 1 + rng() % 16;
+          break;
       }
       frames.push_back(f);
     }
@@ -139,7 +153,8 @@ TEST(KilledClients, ShouldCarryOnAndUnmapEverySegmentWhenFiftyClientsAreKilledMi
     if (all) break;
     std::this_thread::sleep_for(1ms);
   }
-  for (int i = 0; i < kGoodClients; ++i) ASSERT_GT(shared->ok[i].load(), 0u) << "good client " << i << " never got going";
+  for (int i = 0; i < kGoodClients; ++i)
+    ASSERT_GT(shared->ok[i].load(), 0u) << "good client " << i << " never got going";
 
   struct Victim {
     pid_t pid;
@@ -222,7 +237,8 @@ TEST(KilledClients, ShouldCarryOnAndUnmapEverySegmentWhenFiftyClientsAreKilledMi
     if (mapped == 1) break;
     std::this_thread::sleep_for(10ms);
   }
-  EXPECT_EQ(mapped, 1) << "segments still mapped by the daemon:\n" << mapped_segment_lines(daemon.pid()) << daemon.log();
+  EXPECT_EQ(mapped, 1) << "segments still mapped by the daemon:\n"
+                       << mapped_segment_lines(daemon.pid()) << daemon.log();
 }
 
 }  // namespace

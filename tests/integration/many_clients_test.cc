@@ -32,7 +32,8 @@ int client_main(const std::string& runtime_dir, const WorkloadOptions& o, const 
   }
   for (std::size_t k = 0; k < kKinds; ++k) {
     if (rep.ok_by_kind[k] != o.counts[k]) {
-      std::fprintf(stderr, "%s: %s: %llu ok, expected %llu\n", name, kind_name(static_cast<Kind>(k)),
+      std::fprintf(stderr, "%s: %s: %llu ok, expected %llu\n", name,
+                   kind_name(static_cast<Kind>(k)),
                    static_cast<unsigned long long>(rep.ok_by_kind[k]),
                    static_cast<unsigned long long>(o.counts[k]));
       return 1;
@@ -64,7 +65,8 @@ TEST(ManyClients, ShouldCompleteEveryContinuationOfFourClients) {
     WorkloadOptions mine = o;
     mine.seed = 1000 + static_cast<std::uint64_t>(i);
     const std::string name = "load-" + std::to_string(i);
-    children.push_back(fork_child([&, mine, name] { return client_main(daemon.runtime_dir(), mine, name.c_str()); }));
+    children.push_back(fork_child(
+        [&, mine, name] { return client_main(daemon.runtime_dir(), mine, name.c_str()); }));
     ASSERT_GT(children.back(), 0);
   }
   for (int i = 0; i < kClients; ++i) {

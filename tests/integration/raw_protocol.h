@@ -68,7 +68,8 @@ class RawConnection {
 };
 
 inline v1::ClientMessage hello_message(std::uint32_t protocol = shm::kProtocolVersion,
-                                       std::uint32_t layout = shm::kLayoutVersion, bool want_segment = false) {
+                                       std::uint32_t layout = shm::kLayoutVersion,
+                                       bool want_segment = false) {
   v1::ClientMessage m;
   auto* h = m.mutable_hello();
   h->set_protocol_version(protocol);
@@ -78,8 +79,8 @@ inline v1::ClientMessage hello_message(std::uint32_t protocol = shm::kProtocolVe
   return m;
 }
 
-inline v1::ClientMessage submit_message(const std::string& function, const std::string& env, std::uint64_t arg,
-                                        std::uint64_t tag) {
+inline v1::ClientMessage submit_message(const std::string& function, const std::string& env,
+                                        std::uint64_t arg, std::uint64_t tag) {
   v1::ClientMessage m;
   auto* c = m.mutable_submit();
   c->set_function(function);

@@ -61,7 +61,8 @@ TEST(SerializedProtocol, ShouldServeContinuationsToAProcessThatSpeaksTheProtocol
     std::string error_has;
   };
   std::map<std::uint64_t, Want> want;
-  auto submit = [&](std::uint64_t tag, const std::string& fn, const std::string& env, std::uint64_t arg, Want w) {
+  auto submit = [&](std::uint64_t tag, const std::string& fn, const std::string& env,
+                    std::uint64_t arg, Want w) {
     ASSERT_EQ(conn.send(submit_message(fn, env, arg, tag)), 0);
     want[tag] = std::move(w);
   };
@@ -71,7 +72,8 @@ TEST(SerializedProtocol, ShouldServeContinuationsToAProcessThatSpeaksTheProtocol
   submit(3, "no-such-function", "x", 0, {v1::STATUS_UNKNOWN_FUNCTION, 0, "", "no-such-function"});
   submit(4, "echo", "", 0, {v1::STATUS_OK, 0, "", ""});
   submit(5, "checksum", "", 0, {v1::STATUS_OK, XXH3_64bits(nullptr, 0), "", ""});
-  submit(6, "fanout", "", 1ull << 32, {v1::STATUS_INVALID_ARGUMENT, 0, "", "argument out of range"});
+  submit(6, "fanout", "", 1ull << 32,
+         {v1::STATUS_INVALID_ARGUMENT, 0, "", "argument out of range"});
   submit(7, "chain", "", 1000, {v1::STATUS_OK, 1000, "", ""});
   submit(8, "fanout", "", 5000, {v1::STATUS_OK, 5000, "", ""});
   submit(9, "sleep", "", 1'000'000, {v1::STATUS_OK, 0, "", ""});
@@ -116,7 +118,8 @@ TEST(SerializedProtocol, ShouldRefuseAMismatchedProtocolVersionNamingBothVersion
     std::uint32_t protocol, layout;
     std::string client_says, daemon_says;
   };
-  const std::string dp = std::to_string(shm::kProtocolVersion), dl = std::to_string(shm::kLayoutVersion);
+  const std::string dp = std::to_string(shm::kProtocolVersion),
+                    dl = std::to_string(shm::kLayoutVersion);
   for (const Case& c : {Case{99, shm::kLayoutVersion, "protocol 99", "protocol " + dp},
                         Case{shm::kProtocolVersion, 77, "layout 77", "layout " + dl}}) {
     SCOPED_TRACE(c.client_says);

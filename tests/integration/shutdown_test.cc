@@ -9,9 +9,9 @@
 #include <vector>
 
 #include "insideout/client.hpp"
+#include "insideout/shm/layout.h"
 #include "integration/raw_protocol.h"
 #include "integration/workload.h"
-#include "insideout/shm/layout.h"
 #include "support/daemon_process.h"
 
 namespace insideout::testing {
@@ -48,8 +48,10 @@ TEST(Shutdown, ShouldDrainSayGoodbyeExitZeroAndLeaveNothingBehindOnSigterm) {
   };
   std::vector<Expect> work;
   for (auto& c : clients) {
-    for (int k = 0; k < 3; ++k) work.push_back({c->submit("sleep", {}, kTenSeconds).value(), "sleep", Status::kCancelled, 0});
-    work.push_back({c->submit("chain", {}, kChainSteps).value(), "chain", Status::kOk, kChainSteps});
+    for (int k = 0; k < 3; ++k)
+      work.push_back({c->submit("sleep", {}, kTenSeconds).value(), "sleep", Status::kCancelled, 0});
+    work.push_back(
+        {c->submit("chain", {}, kChainSteps).value(), "chain", Status::kOk, kChainSteps});
     work.push_back({c->submit("fanout", {}, kFanout).value(), "fanout", Status::kOk, kFanout});
     // The daemon takes a ring in order: once this noop has completed, everything before
     // it was accepted and is the daemon's to finish (none of it may end as "daemon lost").
@@ -102,7 +104,8 @@ TEST(Shutdown, ShouldDrainSayGoodbyeExitZeroAndLeaveNothingBehindOnSigterm) {
     EXPECT_EQ(static_cast<const shm::SegmentHeader*>(c->segment_base())->state.load(),
               static_cast<std::uint32_t>(shm::SegmentState::kClosed));
   }
-  EXPECT_TRUE(list_dir(dir).empty()) << "left in " << dir << ": " << ::testing::PrintToString(list_dir(dir));
+  EXPECT_TRUE(list_dir(dir).empty())
+      << "left in " << dir << ": " << ::testing::PrintToString(list_dir(dir));
   std::vector<std::string> shm_left;
   for (const auto& name : list_dir("/dev/shm")) {
     if (name.find("insideout") != std::string::npos) shm_left.push_back(name);

@@ -21,14 +21,16 @@ TEST(SingleInstance, ShouldRefuseASecondDaemonOnTheSameRuntimeDirNamingTheFirstO
   const CommandResult second = run_insideoutd({"--runtime-dir", first.runtime_dir()}, 30s);
   EXPECT_NE(second.exit_code, 0) << second.output;
   EXPECT_NE(second.exit_code, -1) << "the second daemon did not exit: " << second.output;
-  EXPECT_NE(second.output.find("pid " + std::to_string(first.pid())), std::string::npos) << second.output;
+  EXPECT_NE(second.output.find("pid " + std::to_string(first.pid())), std::string::npos)
+      << second.output;
   EXPECT_NE(second.output.find(first.runtime_dir()), std::string::npos) << second.output;
 
   // The first one is untouched: alive, its sockets, lock and counters area in place, serving.
   EXPECT_TRUE(first.alive());
   auto files = list_dir(first.runtime_dir());
   std::sort(files.begin(), files.end());
-  EXPECT_EQ(files, (std::vector<std::string>{"control.sock", "daemon.sock", "insideoutd.lock", "stats"}));
+  EXPECT_EQ(files,
+            (std::vector<std::string>{"control.sock", "daemon.sock", "insideoutd.lock", "stats"}));
   ClientOptions co;
   co.runtime_dir = first.runtime_dir();
   auto c = Client::connect(co);
@@ -66,7 +68,8 @@ TEST(CommandLine, ShouldPrintVersionAndExitZero) {
   const CommandResult r = run_insideoutd({"--version"});
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("insideoutd 0."), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("layout " + std::to_string(shm::kLayoutVersion)), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("layout " + std::to_string(shm::kLayoutVersion)), std::string::npos)
+      << r.output;
 }
 
 TEST(CommandLine, ShouldExitNonZeroOnAnUnknownOption) {

@@ -69,8 +69,9 @@ TEST(TimerStarvation, ShouldRunTimerAndSerializedWorkWhileOtherClientsKeepEveryW
   t.join();
 
   EXPECT_EQ(noop_status, Status::kOk) << "ring submissions starved too";
-  EXPECT_EQ(nap_status, Status::kOk) << "a 1 ms sleep did not complete within 10 s while another client's chains "
-                                        "kept the workers busy (its timer fired; its task was never taken)";
+  EXPECT_EQ(nap_status, Status::kOk)
+      << "a 1 ms sleep did not complete within 10 s while another client's chains "
+         "kept the workers busy (its timer fired; its task was never taken)";
   ASSERT_TRUE(call.ok()) << call.status() << " (a serialized noop starved behind the same flood)";
   EXPECT_EQ(call->status, Status::kOk) << call->error;
 }

@@ -26,10 +26,20 @@
 
 namespace insideout::testing {
 
-enum class Kind : std::uint8_t { kNoop, kEchoInline, kEchoBuffer, kChecksum, kFanout, kChain, kSleep, kCount };
+enum class Kind : std::uint8_t {
+  kNoop,
+  kEchoInline,
+  kEchoBuffer,
+  kChecksum,
+  kFanout,
+  kChain,
+  kSleep,
+  kCount
+};
 inline constexpr std::size_t kKinds = static_cast<std::size_t>(Kind::kCount);
 inline const char* kind_name(Kind k) {
-  static constexpr const char* names[] = {"noop", "echo(inline)", "echo(buffer)", "checksum", "fanout", "chain", "sleep"};
+  static constexpr const char* names[] = {"noop",   "echo(inline)", "echo(buffer)", "checksum",
+                                          "fanout", "chain",        "sleep"};
   return names[static_cast<std::size_t>(k)];
 }
 
@@ -63,8 +73,8 @@ struct WorkloadReport {
   }
   bool clean() const { return failures == 0 && ok == submitted; }
   std::string summary() const {
-    std::string s = std::to_string(ok) + "/" + std::to_string(submitted) + " ok, " + std::to_string(failures) +
-                    " failures";
+    std::string s = std::to_string(ok) + "/" + std::to_string(submitted) + " ok, " +
+                    std::to_string(failures) + " failures";
     if (failures != 0) s += " (first: " + first_failure + ")";
     return s;
   }
@@ -113,7 +123,8 @@ inline WorkloadReport run_workload(Client& client, const WorkloadOptions& o) {
   }
   std::mt19937_64 rng(o.seed);
   std::vector<Kind> kinds;
-  for (std::size_t k = 0; k < kKinds; ++k) kinds.insert(kinds.end(), o.counts[k], static_cast<Kind>(k));
+  for (std::size_t k = 0; k < kKinds; ++k)
+    kinds.insert(kinds.end(), o.counts[k], static_cast<Kind>(k));
   std::shuffle(kinds.begin(), kinds.end(), rng);
   if (kinds.empty()) return rep;
 
@@ -138,7 +149,8 @@ inline WorkloadReport run_workload(Client& client, const WorkloadOptions& o) {
       why = "value " + std::to_string(r.value) + ", expected " + std::to_string(p.expect);
     } else if (p.kind == Kind::kEchoInline || p.kind == Kind::kEchoBuffer) {
       if (r.data.size() != p.len) {
-        why = "result of " + std::to_string(r.data.size()) + " bytes, expected " + std::to_string(p.len);
+        why = "result of " + std::to_string(r.data.size()) + " bytes, expected " +
+              std::to_string(p.len);
       } else if (!matches_pattern(r.data, p.tag)) {
         why = "result bytes differ from the environment";
       } else if (p.kind == Kind::kEchoBuffer && r.data.data() != p.buffer.data()) {
@@ -167,8 +179,9 @@ inline WorkloadReport run_workload(Client& client, const WorkloadOptions& o) {
       if (!p.handle.poll()) {
         if (!block) return true;
         if (!p.handle.wait_for(o.completion_timeout)) {
-          rep.fail(std::string(kind_name(p.kind)) + " tag " + std::to_string(p.tag) + " did not complete within " +
-                   std::to_string(o.completion_timeout.count()) + " ms");
+          rep.fail(std::string(kind_name(p.kind)) + " tag " + std::to_string(p.tag) +
+                   " did not complete within " + std::to_string(o.completion_timeout.count()) +
+                   " ms");
           return false;
         }
       }
@@ -193,7 +206,8 @@ inline WorkloadReport run_workload(Client& client, const WorkloadOptions& o) {
       f->tag = p.tag;
       f->fn = fn[static_cast<std::size_t>(kind)];
       switch (kind) {
-        case Kind::kNoop: break;
+        case Kind::kNoop:
+          break;
         case Kind::kEchoInline: {
           p.len = static_cast<std::uint32_t>(rng() % (shm::kInlineCapacity + 1));
           f->flags = shm::kFrameEnvInline;
@@ -219,10 +233,17 @@ inline WorkloadReport run_workload(Client& client, const WorkloadOptions& o) {
           p.expect = kind == Kind::kEchoBuffer ? p.len : XXH3_64bits(p.buffer.data(), p.len);
           break;
         }
-        case Kind::kFanout: f->arg = p.expect = 1 + rng() % o.max_fanout; break;
-        case Kind::kChain: f->arg = p.expect = 1 + rng() % o.max_chain; break;
-        case Kind::kSleep: f->arg = rng() % (std::uint64_t{o.max_sleep_ns} + 1); break;
-        case Kind::kCount: break;
+        case Kind::kFanout:
+          f->arg = p.expect = 1 + rng() % o.max_fanout;
+          break;
+        case Kind::kChain:
+          f->arg = p.expect = 1 + rng() % o.max_chain;
+          break;
+        case Kind::kSleep:
+          f->arg = rng() % (std::uint64_t{o.max_sleep_ns} + 1);
+          break;
+        case Kind::kCount:
+          break;
       }
       if (f == nullptr) break;  // no buffer free: reap first
       ++next;
@@ -273,6 +294,10 @@ T* map_shared() {
 
 namespace insideout::shm {
 // Readable gtest output for statuses and details.
-inline void PrintTo(Status s, std::ostream* os) { *os << status_name(s) << " (" << static_cast<int>(s) << ")"; }
-inline void PrintTo(ErrorDetail d, std::ostream* os) { *os << detail_name(d) << " (" << static_cast<int>(d) << ")"; }
+inline void PrintTo(Status s, std::ostream* os) {
+  *os << status_name(s) << " (" << static_cast<int>(s) << ")";
+}
+inline void PrintTo(ErrorDetail d, std::ostream* os) {
+  *os << detail_name(d) << " (" << static_cast<int>(d) << ")";
+}
 }  // namespace insideout::shm

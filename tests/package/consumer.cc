@@ -1,6 +1,5 @@
-#include <insideout/client.hpp>
-
 #include <cstdio>
+#include <insideout/client.hpp>
 
 int main() {
   insideout::ClientOptions o;

@@ -42,7 +42,8 @@ void consume(RingView view, Shared& s, std::uint32_t count) {
     }
     s.sleeps.fetch_add(1, std::memory_order_relaxed);
     const auto t0 = std::chrono::steady_clock::now();
-    const bool ok = event_wait(s.ev, [&] { return c.ready(); }, 2s);
+    const bool ok = event_wait(
+        s.ev, [&] { return c.ready(); }, 2s);
     // A false return may be an early (spurious) one; only a sleep that ran its whole
     // timeout while a value sat in the ring is a lost wake-up.
     if (!ok && std::chrono::steady_clock::now() - t0 >= 2s && c.ready()) s.lost.fetch_add(1);
@@ -67,7 +68,8 @@ TEST(LostWakeup, ShouldNeverSleepOnANonEmptyRingBetweenThreads) {
   constexpr std::uint32_t kCount = 200'000;
   auto shared = std::make_unique<Shared>();
   std::vector<char> mem(ring_bytes(64) + 64);
-  void* ring = reinterpret_cast<void*>((reinterpret_cast<std::uintptr_t>(mem.data()) + 63) & ~std::uintptr_t{63});
+  void* ring = reinterpret_cast<void*>((reinterpret_cast<std::uintptr_t>(mem.data()) + 63) &
+                                       ~std::uintptr_t{63});
   ring_initialize(ring, 64);
   std::thread consumer([&] { consume(RingView(ring, 64), *shared, kCount); });
   produce(RingView(ring, 64), *shared, kCount);

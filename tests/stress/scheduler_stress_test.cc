@@ -19,7 +19,8 @@ using testing::InProcessDaemon;
 
 void run_mixed(shm::IdleStrategy idle, int total) {
   InProcessDaemon d(2, {}, idle);
-  const std::uint32_t fns[] = {d.fn("noop"), d.fn("chain"), d.fn("fanout"), d.fn("echo"), d.fn("sleep")};
+  const std::uint32_t fns[] = {d.fn("noop"), d.fn("chain"), d.fn("fanout"), d.fn("echo"),
+                               d.fn("sleep")};
   std::mutex mu;  // one consumer of the completion ring at a time
   std::atomic<int> submitted{0}, completed{0}, bad{0};
   std::vector<std::thread> threads;

@@ -26,7 +26,8 @@ DaemonProcess::DaemonProcess(std::vector<std::string> args, std::string runtime_
   log_path_ = dir_ + ".log";
   pid_ = ::fork();
   if (pid_ == 0) {
-    std::vector<std::string> argv_s = {INSIDEOUTD_PATH, "--runtime-dir", dir_, "--log-level", "debug"};
+    std::vector<std::string> argv_s = {INSIDEOUTD_PATH, "--runtime-dir", dir_, "--log-level",
+                                       "debug"};
     argv_s.insert(argv_s.end(), args.begin(), args.end());
     std::vector<char*> argv;
     for (auto& a : argv_s) argv.push_back(a.data());
@@ -99,7 +100,8 @@ bool DaemonProcess::alive() {
   return true;
 }
 
-CommandResult run_insideoutd(const std::vector<std::string>& args, std::chrono::milliseconds timeout) {
+CommandResult run_insideoutd(const std::vector<std::string>& args,
+                             std::chrono::milliseconds timeout) {
   CommandResult r;
   int out[2];
   if (::pipe2(out, O_CLOEXEC) != 0) return r;
@@ -119,7 +121,8 @@ CommandResult run_insideoutd(const std::vector<std::string>& args, std::chrono::
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   char buf[4096];
   for (;;) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) break;
     pollfd p{out[0], POLLIN, 0};
     if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
@@ -128,9 +131,10 @@ CommandResult run_insideoutd(const std::vector<std::string>& args, std::chrono::
     r.output.append(buf, static_cast<std::size_t>(n));
   }
   ::close(out[0]);
-  r.exit_code = wait_child(pid, std::chrono::duration_cast<std::chrono::milliseconds>(
-                                    std::max(deadline - std::chrono::steady_clock::now(),
-                                             std::chrono::steady_clock::duration(std::chrono::milliseconds(100)))));
+  r.exit_code =
+      wait_child(pid, std::chrono::duration_cast<std::chrono::milliseconds>(std::max(
+                          deadline - std::chrono::steady_clock::now(),
+                          std::chrono::steady_clock::duration(std::chrono::milliseconds(100)))));
   return r;
 }
 
@@ -167,7 +171,8 @@ int wait_child(pid_t pid, std::chrono::milliseconds timeout) {
 std::vector<std::string> list_dir(const std::string& dir) {
   std::vector<std::string> out;
   std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) out.push_back(e.path().filename().string());
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec))
+    out.push_back(e.path().filename().string());
   return out;
 }
 

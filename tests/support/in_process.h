@@ -41,7 +41,8 @@ class InProcessDaemon {
     base_ = static_cast<char*>(slot_->segment.base());
     arena_ = shm::FrameArena(base_, geom_);
     submit_ = shm::RingProducer(shm::RingView(base_ + geom_.submit_ring_off, geom_.ring_capacity));
-    completion_ = shm::RingConsumer(shm::RingView(base_ + geom_.completion_ring_off, geom_.ring_capacity));
+    completion_ =
+        shm::RingConsumer(shm::RingView(base_ + geom_.completion_ring_off, geom_.ring_capacity));
     scheduler_->start();
   }
   ~InProcessDaemon() {
@@ -55,8 +56,12 @@ class InProcessDaemon {
     if (f != nullptr) std::memset(static_cast<void*>(f), 0, sizeof(*f));
     return f;
   }
-  std::uint32_t offset(const void* p) const { return static_cast<std::uint32_t>(static_cast<const char*>(p) - base_); }
-  char* buffer(std::uint32_t index) const { return base_ + geom_.buffers_off + index * geom_.buffer_block_size; }
+  std::uint32_t offset(const void* p) const {
+    return static_cast<std::uint32_t>(static_cast<const char*>(p) - base_);
+  }
+  char* buffer(std::uint32_t index) const {
+    return base_ + geom_.buffers_off + index * geom_.buffer_block_size;
+  }
   bool push(std::uint32_t off) {
     if (!submit_.try_push(off)) return false;
     shm::event_notify(doorbells()->submit, 1);
@@ -71,8 +76,9 @@ class InProcessDaemon {
       if (completion_.try_pop(&off)) return reinterpret_cast<shm::Frame*>(base_ + off);
       const auto now = std::chrono::steady_clock::now();
       if (now >= deadline) return nullptr;
-      shm::event_wait(doorbells()->completion, [&] { return completion_.ready(); },
-                      std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - now));
+      shm::event_wait(
+          doorbells()->completion, [&] { return completion_.ready(); },
+          std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - now));
     }
   }
   void release(shm::Frame* f) { arena_.free(f); }

@@ -1,3 +1,5 @@
+#include "insideout/shm/arena.h"
+
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -8,15 +10,15 @@
 #include <thread>
 #include <vector>
 
-#include "insideout/shm/arena.h"
-
 namespace insideout::shm {
 namespace {
 
 struct SharedArena {
   explicit SharedArena(std::uint32_t frames) {
-    EXPECT_TRUE(SegmentGeometry::compute({.ring_capacity = 1u << 12, .frame_count = frames,
-                                          .buffer_block_size = 64, .buffer_block_count = 1},
+    EXPECT_TRUE(SegmentGeometry::compute({.ring_capacity = 1u << 12,
+                                          .frame_count = frames,
+                                          .buffer_block_size = 64,
+                                          .buffer_block_count = 1},
                                          &g));
     mem = ::mmap(nullptr, g.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     arena = FrameArena(mem, g);

@@ -1,3 +1,5 @@
+#include "insideout/shm/futex.h"
+
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -6,8 +8,6 @@
 #include <atomic>
 #include <chrono>
 #include <thread>
-
-#include "insideout/shm/futex.h"
 
 namespace insideout::shm {
 namespace {
@@ -56,15 +56,18 @@ TEST(Futex, ShouldWakeOnAnyOfSeveralWords) {
 }
 
 TEST(Futex, ShouldWakeAcrossProcesses) {
-  auto* ev = static_cast<EventWord*>(
-      ::mmap(nullptr, sizeof(EventWord), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  auto* ev = static_cast<EventWord*>(::mmap(nullptr, sizeof(EventWord), PROT_READ | PROT_WRITE,
+                                            MAP_SHARED | MAP_ANONYMOUS, -1, 0));
   auto* flag = reinterpret_cast<std::atomic<std::uint32_t>*>(reinterpret_cast<char*>(ev) + 32);
   const pid_t child = ::fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
     // Sleeps (announced) until the parent sets the flag.
-    bool ok = event_wait(*ev, [&] { return flag->load() != 0; }, 10s);
-    while (!ok) ok = event_wait(*ev, [&] { return flag->load() != 0; }, 10s);
+    bool ok = event_wait(
+        *ev, [&] { return flag->load() != 0; }, 10s);
+    while (!ok)
+      ok = event_wait(
+          *ev, [&] { return flag->load() != 0; }, 10s);
     ::_exit(0);
   }
   while (ev->waiters.load() == 0) std::this_thread::sleep_for(1ms);

@@ -1,10 +1,11 @@
+#include "insideout/shm/layout.h"
+
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 
 #include <cstddef>
 #include <string>
-#include <sys/mman.h>
 
-#include "insideout/shm/layout.h"
 #include "insideout/shm/segment.h"
 
 namespace insideout::shm {
@@ -84,10 +85,15 @@ TEST(Layout, ShouldRefuseImpossibleRequests) {
   SegmentGeometry g;
   EXPECT_FALSE(SegmentGeometry::compute({.ring_capacity = 1000}, &g));  // not a power of two
   EXPECT_FALSE(SegmentGeometry::compute({.ring_capacity = 0}, &g));
-  EXPECT_FALSE(SegmentGeometry::compute({.ring_capacity = 64, .frame_count = 65}, &g));  // frames > ring
-  EXPECT_FALSE(SegmentGeometry::compute({.ring_capacity = 64, .frame_count = 64, .buffer_block_size = 100}, &g));
+  EXPECT_FALSE(
+      SegmentGeometry::compute({.ring_capacity = 64, .frame_count = 65}, &g));  // frames > ring
   EXPECT_FALSE(SegmentGeometry::compute(
-      {.ring_capacity = 64, .frame_count = 64, .buffer_block_size = 1u << 16, .buffer_block_count = 1u << 16}, &g));
+      {.ring_capacity = 64, .frame_count = 64, .buffer_block_size = 100}, &g));
+  EXPECT_FALSE(SegmentGeometry::compute({.ring_capacity = 64,
+                                         .frame_count = 64,
+                                         .buffer_block_size = 1u << 16,
+                                         .buffer_block_count = 1u << 16},
+                                        &g));
 }
 
 TEST(Layout, ShouldRejectOffsetOutsideArena) {
@@ -104,9 +110,9 @@ TEST(Layout, ShouldRejectOffsetOutsideArena) {
 
 TEST(Layout, ShouldRejectBufferRangesOutsideTheBufferArea) {
   SegmentGeometry g;
-  ASSERT_TRUE(SegmentGeometry::compute({.ring_capacity = 64, .frame_count = 64, .buffer_block_size = 64,
-                                        .buffer_block_count = 16},
-                                       &g));
+  ASSERT_TRUE(SegmentGeometry::compute(
+      {.ring_capacity = 64, .frame_count = 64, .buffer_block_size = 64, .buffer_block_count = 16},
+      &g));
   const std::uint32_t end = g.buffers_off + 64 * 16;
   EXPECT_TRUE(g.buffer_range_valid(g.buffers_off, 64 * 16));
   EXPECT_TRUE(g.buffer_range_valid(end - 1, 1));

@@ -1,3 +1,5 @@
+#include "insideout/shm/ring.h"
+
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -7,8 +9,6 @@
 #include <memory>
 #include <thread>
 #include <vector>
-
-#include "insideout/shm/ring.h"
 
 namespace insideout::shm {
 namespace {
@@ -69,7 +69,8 @@ TEST(Ring, ShouldPushAndPopInBatches) {
   for (std::uint32_t i = 0; i < 100; ++i) in[i] = i;
   std::size_t pushed = 0;
   while (pushed < 64) {
-    const std::size_t n = p.try_push_batch(std::span<const std::uint32_t>(in).subspan(pushed, 64 - pushed + 10));
+    const std::size_t n =
+        p.try_push_batch(std::span<const std::uint32_t>(in).subspan(pushed, 64 - pushed + 10));
     ASSERT_GT(n, 0u);
     pushed += n;
   }
@@ -90,7 +91,8 @@ TEST(Ring, ShouldIgnoreGarbageThatDoesNotCarryTheExpectedTag) {
   RingConsumer c(r.view());
   // A hostile producer scribbles over every slot: values whose tags do not match the
   // consumer's position are "nothing ready", never a wild position.
-  for (std::uint32_t i = 0; i < 16; ++i) r.view().slot(i).store(0xDEADBEEFCAFEBABEull ^ (i * 0x9E3779B97F4A7C15ull));
+  for (std::uint32_t i = 0; i < 16; ++i)
+    r.view().slot(i).store(0xDEADBEEFCAFEBABEull ^ (i * 0x9E3779B97F4A7C15ull));
   std::uint32_t v;
   EXPECT_FALSE(c.try_pop(&v));
   EXPECT_EQ(c.head(), 0u);

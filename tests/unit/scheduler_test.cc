@@ -108,8 +108,8 @@ struct BadCase {
 
 TEST(Scheduler, ShouldFailEachKindOfBadInputWithAClearError) {
   const BadCase cases[] = {
-      {"unknown function", [](Frame* f, InProcessDaemon&) { f->fn = 999; }, Status::kUnknownFunction,
-       ErrorDetail::kUnknownFunction},
+      {"unknown function", [](Frame* f, InProcessDaemon&) { f->fn = 999; },
+       Status::kUnknownFunction, ErrorDetail::kUnknownFunction},
       {"function id zero", [](Frame* f, InProcessDaemon&) { f->fn = 0; }, Status::kUnknownFunction,
        ErrorDetail::kUnknownFunction},
       {"unknown flags",
@@ -178,7 +178,8 @@ TEST(Scheduler, ShouldFailEachKindOfBadInputWithAClearError) {
 
 TEST(Scheduler, ShouldCountAndDropOffsetsThatAreNotFrames) {
   InProcessDaemon d;
-  for (std::uint32_t off : {0u, 1u, d.geometry().frames_off + 1, d.geometry().buffers_off, 0xFFFFFFFFu}) {
+  for (std::uint32_t off :
+       {0u, 1u, d.geometry().frames_off + 1, d.geometry().buffers_off, 0xFFFFFFFFu}) {
     ASSERT_TRUE(d.push(off));
   }
   Frame* f = d.frame();

@@ -1,3 +1,5 @@
+#include "work_queue.h"
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -8,7 +10,6 @@
 #include "config.h"
 #include "registry.h"
 #include "task.h"
-#include "work_queue.h"
 
 namespace insideout::daemon {
 namespace {

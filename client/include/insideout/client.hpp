@@ -44,10 +44,11 @@ enum class OnFull : std::uint8_t {
 };
 
 struct ClientOptions {
-  std::string runtime_dir;  // empty: $INSIDEOUT_RUNTIME_DIR, /run/insideout or $XDG_RUNTIME_DIR/insideout
-  std::string socket_path;  // overrides runtime_dir
-  std::string name;         // shown by the daemon's logs and insideoutctl
-  std::string pool;         // the pool whose workers run this client's work; empty: "default"
+  std::string
+      runtime_dir;  // empty: $INSIDEOUT_RUNTIME_DIR, /run/insideout or $XDG_RUNTIME_DIR/insideout
+  std::string socket_path;   // overrides runtime_dir
+  std::string name;          // shown by the daemon's logs and insideoutctl
+  std::string pool;          // the pool whose workers run this client's work; empty: "default"
   bool want_segment = true;  // false: the serialized path only
   shm::SegmentRequest segment{};
   shm::IdleStrategy idle = shm::IdleStrategy::kSpinThenBlock;
@@ -175,8 +176,9 @@ class Client {
                  std::optional<std::chrono::nanoseconds> timeout = std::nullopt);
 
   // The serialized path: a protobuf Continuation over the registration socket.
-  absl::StatusOr<SerialResult> call(std::string_view function, std::string_view env = {}, std::uint64_t arg = 0,
-                                    std::chrono::milliseconds timeout = std::chrono::milliseconds(10000));
+  absl::StatusOr<SerialResult> call(
+      std::string_view function, std::string_view env = {}, std::uint64_t arg = 0,
+      std::chrono::milliseconds timeout = std::chrono::milliseconds(10000));
 
   bool daemon_lost() const noexcept;
   std::string lost_reason() const;

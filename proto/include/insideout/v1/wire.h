@@ -2,10 +2,10 @@
 // SCM_RIGHTS ancillary data: the framing of the registration socket.
 #pragma once
 
+#include <google/protobuf/message_lite.h>
+
 #include <cstddef>
 #include <string>
-
-#include <google/protobuf/message_lite.h>
 
 namespace insideout::v1 {
 
@@ -16,6 +16,7 @@ int send_message(int sock, const google::protobuf::MessageLite& msg, int fd = -1
 
 enum class RecvStatus { kOk, kClosed, kWouldBlock, kError, kMalformed };
 // Receives one packet into `msg`; a passed descriptor lands in *fd (else -1).
-RecvStatus recv_message(int sock, google::protobuf::MessageLite* msg, int* fd = nullptr, int* err = nullptr);
+RecvStatus recv_message(int sock, google::protobuf::MessageLite* msg, int* fd = nullptr,
+                        int* err = nullptr);
 
 }  // namespace insideout::v1

@@ -33,15 +33,15 @@ enum class SegmentState : std::uint32_t {
 };
 
 struct SegmentHeader {
-  std::uint64_t magic;                       // kSegmentMagic, written first
+  std::uint64_t magic;                        // kSegmentMagic, written first
   std::atomic<std::uint32_t> layout_version;  // written last with release; 0 = not ready
   std::uint32_t header_size;
   std::uint64_t segment_size;
   std::uint32_t daemon_pid;
   std::uint32_t client_id;
-  std::uint64_t daemon_start_ns;             // CLOCK_REALTIME at daemon start
-  std::atomic<std::uint64_t> heartbeat_ns;   // CLOCK_MONOTONIC, refreshed by the daemon
-  std::atomic<std::uint32_t> state;          // SegmentState
+  std::uint64_t daemon_start_ns;            // CLOCK_REALTIME at daemon start
+  std::atomic<std::uint64_t> heartbeat_ns;  // CLOCK_MONOTONIC, refreshed by the daemon
+  std::atomic<std::uint32_t> state;         // SegmentState
   std::uint32_t doorbells_off;
   std::uint32_t counters_off;
   std::uint32_t submit_ring_off;
@@ -88,13 +88,13 @@ struct alignas(kCacheLine) ClientCounters {
   std::atomic<std::uint64_t> rejected_function;  // unknown function id
   std::atomic<std::uint64_t> backpressure;       // times the daemon held back a full client
   std::atomic<std::uint64_t> steps;
-  std::atomic<std::uint64_t> wakes;              // futex wakes the daemon issued to the client
+  std::atomic<std::uint64_t> wakes;  // futex wakes the daemon issued to the client
 };
 static_assert(sizeof(ClientCounters) == kCacheLine);
 
 // Frame flags (Frame::flags), set by the client.
 enum FrameFlags : std::uint16_t {
-  kFrameEnvInline = 1u << 0,  // the environment is in Frame::inline_data (env_len <= 16)
+  kFrameEnvInline = 1u << 0,     // the environment is in Frame::inline_data (env_len <= 16)
   kFrameResultInline = 1u << 1,  // set by the daemon: the result is in Frame::inline_data
 };
 inline constexpr std::uint16_t kFrameKnownFlags = kFrameEnvInline;
@@ -171,7 +171,7 @@ static_assert(sizeof(ArenaHeader) == kCacheLine);
 // ring_capacity: an honest client then can never fill its completion ring, since every
 // completion in it holds a frame the client has not freed yet.
 struct SegmentRequest {
-  std::uint32_t ring_capacity = 4096;    // power of two, both rings
+  std::uint32_t ring_capacity = 4096;  // power of two, both rings
   std::uint32_t frame_count = 4096;
   std::uint32_t buffer_block_size = 256;
   std::uint32_t buffer_block_count = 4096;  // 1 MiB of buffers by default
@@ -202,8 +202,8 @@ struct SegmentGeometry {
   }
   [[nodiscard]] bool buffer_range_valid(std::uint32_t off, std::uint32_t len) const noexcept {
     const std::uint64_t end = std::uint64_t{off} + len;
-    return off >= buffers_off &&
-           end <= std::uint64_t{buffers_off} + std::uint64_t{buffer_block_size} * buffer_block_count;
+    return off >= buffers_off && end <= std::uint64_t{buffers_off} +
+                                            std::uint64_t{buffer_block_size} * buffer_block_count;
   }
 };
 
@@ -215,6 +215,7 @@ void initialize_segment(void* base, const SegmentGeometry& g, std::uint32_t daem
 enum class CheckResult { kOk, kNotReady, kBadMagic, kVersionMismatch, kGeometryMismatch };
 // The client's check of a segment it was handed: magic, then version (acquire), then
 // that the header agrees with the geometry it expects.
-CheckResult check_segment(const void* base, std::size_t size, SegmentGeometry* geometry_out) noexcept;
+CheckResult check_segment(const void* base, std::size_t size,
+                          SegmentGeometry* geometry_out) noexcept;
 
 }  // namespace insideout::shm

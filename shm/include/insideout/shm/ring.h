@@ -46,7 +46,7 @@ class RingView {
   RingView(void* ring_base, std::uint32_t capacity) noexcept
       : header_(static_cast<RingHeader*>(ring_base)),
         slots_(reinterpret_cast<std::atomic<std::uint64_t>*>(static_cast<char*>(ring_base) +
-                                                            sizeof(RingHeader))),
+                                                             sizeof(RingHeader))),
         capacity_(capacity),
         mask_(capacity - 1) {}
 
@@ -67,7 +67,8 @@ class RingView {
 class RingProducer {
  public:
   RingProducer() = default;
-  RingProducer(RingView view, std::atomic<std::uint64_t>* tail) noexcept : view_(view), tail_(tail) {}
+  RingProducer(RingView view, std::atomic<std::uint64_t>* tail) noexcept
+      : view_(view), tail_(tail) {}
   explicit RingProducer(RingView view) noexcept : RingProducer(view, &view.header()->tail) {}
 
   // Pushes one value; false when the ring is full.
@@ -88,7 +89,8 @@ class RingProducer {
 class RingConsumer {
  public:
   RingConsumer() = default;
-  explicit RingConsumer(RingView view, std::uint64_t head = 0) noexcept : view_(view), head_(head) {}
+  explicit RingConsumer(RingView view, std::uint64_t head = 0) noexcept
+      : view_(view), head_(head) {}
 
   [[nodiscard]] bool try_pop(std::uint32_t* value) noexcept;
   // Pops up to out.size() ready values; returns how many.
@@ -106,7 +108,9 @@ class RingConsumer {
 // ---- inline implementation (hot path) ----
 
 namespace ring_detail {
-constexpr std::uint32_t tag_of(std::uint64_t word) noexcept { return static_cast<std::uint32_t>(word >> 32); }
+constexpr std::uint32_t tag_of(std::uint64_t word) noexcept {
+  return static_cast<std::uint32_t>(word >> 32);
+}
 constexpr std::uint64_t make_word(std::uint64_t tag_pos, std::uint32_t value) noexcept {
   return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(tag_pos)) << 32) | value;
 }

@@ -6,10 +6,9 @@
 // descriptor to the client over the registration socket; the client maps the same fd.
 #pragma once
 
+#include <boost/interprocess/mapped_region.hpp>
 #include <cstddef>
 #include <string>
-
-#include <boost/interprocess/mapped_region.hpp>
 
 #include "insideout/shm/layout.h"
 
