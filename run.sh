@@ -6,5 +6,5 @@ cd "$(dirname "$0")"
 source deploy/install-deps.sh
 insideout_install_deps
 cmake --preset release >/dev/null
-cmake --build --preset release --target insideoutd insideout_tour
+cmake --build --preset release --target insideoutd insideoutctl insideout_tour
 exec build/release/bin/insideoutd "$@"
