@@ -379,7 +379,8 @@ std::vector<std::uint64_t> Scheduler::epochs() const {
 }
 
 bool Scheduler::quiescent_since(const std::vector<std::uint64_t>& snapshot) const {
-  if (stop_.load(std::memory_order_relaxed)) return true;
+  // Not "stop_ is set": a stopping pool's workers may still be leaving park() and
+  // touching the slots they watched; only a worker that has exited (alive false) is done.
   const std::uint32_t alloc =
       allocated_.load(std::memory_order_acquire);  // pairs with the release in resize()
   for (std::uint32_t i = 0; i < alloc; ++i) {

@@ -131,7 +131,7 @@ TEST(ControlPools, ShouldRunAPoolsClientOnWorkersPinnedToItsCpusAndDeleteIt) {
   while (!(st = remove(*stub, "batch")).ok() && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(20ms);
   }
-  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_TRUE(st.ok()) << st.error_message() << "\n" << daemon.log();
   EXPECT_EQ(list_pools(*stub).size(), 1u);
   ClientOptions co;
   co.runtime_dir = daemon.runtime_dir();
