@@ -1169,8 +1169,10 @@ void ControlServer::publish_loop() {
 void ControlServer::publish_once() {
   // Relaxed stores throughout: independent statistics (see stats_area.h).
   constexpr auto r = std::memory_order_relaxed;
-  Scheduler& s = daemon_.scheduler();
-  const auto t = s.totals();
+  // Every pool: totals summed, workers listed pool after pool (default first).
+  const auto pools = daemon_.pools();
+  SchedulerTotals t;
+  for (const auto& p : pools) t += p.scheduler->totals();
   auto& k = stats_->totals;
   k.submitted.store(t.accepted, r);
   k.completed.store(t.completed, r);
@@ -1182,18 +1184,21 @@ void ControlServer::publish_once() {
   k.timer_parks.store(t.timer_parks, r);
   k.backpressure.store(t.backpressure, r);
   k.spawned.store(t.spawned, r);
-  const std::uint32_t n = std::min(s.worker_count(), shm::kStatsMaxWorkers);
-  for (std::uint32_t i = 0; i < n; ++i) {
-    const Worker& w = s.worker(i);
-    auto& o = stats_->workers[i];
-    o.tid.store(static_cast<std::uint64_t>(w.tid.load(r)), r);
-    o.steps.store(w.stats.steps.load(r), r);
-    o.completed.store(w.stats.completed.load(r), r);
-    o.failed.store(w.stats.failed.load(r), r);
-    o.steals.store(w.stats.steals.load(r), r);
-    o.parks.store(w.stats.parks.load(r), r);
-    o.accepted.store(w.stats.accepted.load(r), r);
-    o.queue_depth.store(w.queue.size(), r);
+  std::uint32_t n = 0;
+  for (const auto& p : pools) {
+    const Scheduler& s = *p.scheduler;
+    for (std::uint32_t i = 0; i < s.worker_count() && n < shm::kStatsMaxWorkers; ++i, ++n) {
+      const Worker& w = s.worker(i);
+      auto& o = stats_->workers[n];
+      o.tid.store(static_cast<std::uint64_t>(w.tid.load(r)), r);
+      o.steps.store(w.stats.steps.load(r), r);
+      o.completed.store(w.stats.completed.load(r), r);
+      o.failed.store(w.stats.failed.load(r), r);
+      o.steals.store(w.stats.steals.load(r), r);
+      o.parks.store(w.stats.parks.load(r), r);
+      o.accepted.store(w.stats.accepted.load(r), r);
+      o.queue_depth.store(w.queue.size(), r);
+    }
   }
   stats_->header.workers.store(n, r);
   stats_->header.clients.store(daemon_.client_infos().size(), r);

@@ -1,6 +1,8 @@
 // GetStats counts failures by their status and measures continuations' latency.
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <thread>
 #include <vector>
 
 #include "insideout/client.hpp"
@@ -50,6 +52,31 @@ TEST(ControlStats, ShouldCountFailuresByStatusAndSampleLatency) {
   for (auto n : h.counts()) sum += n;
   EXPECT_EQ(sum, h.count());
   EXPECT_GT(h.sum_ns(), 0u);
+}
+
+TEST(ControlStats, ShouldPublishEveryPoolInTheCountersArea) {
+  using namespace std::chrono_literals;
+  DaemonProcess daemon({"--workers", "2"});
+  ASSERT_TRUE(daemon.ready()) << daemon.log();
+  auto stub = control_stub(daemon.runtime_dir());
+  v1::CreatePoolRequest req;
+  req.mutable_pool()->set_name("side");
+  req.mutable_pool()->set_size(1);
+  v1::CreatePoolResponse resp;
+  auto st = stub->CreatePool(ctx().get(), req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ClientOptions o;
+  o.runtime_dir = daemon.runtime_dir();
+  o.pool = "side";
+  auto c = Client::connect(o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  for (int i = 0; i < 100; ++i) ASSERT_EQ((*c)->submit("noop").value().wait(), Status::kOk);
+  std::this_thread::sleep_for(300ms);  // a refresh (every 100 ms) after the last completion
+  auto p = run_command(ctl_args(daemon.runtime_dir(), {"stats", "--prometheus"}), 10s);
+  EXPECT_EQ(p.exit_code, 0) << p.err;
+  // The side pool's work is in the totals, and its worker follows the default pool's two.
+  EXPECT_NE(p.out.find("insideout_completed_total 100\n"), std::string::npos) << p.out;
+  EXPECT_NE(p.out.find("insideout_queue_depth{worker=\"2\"}"), std::string::npos) << p.out;
 }
 
 }  // namespace
