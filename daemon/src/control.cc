@@ -14,7 +14,6 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -36,6 +35,7 @@
 #include "insideout/shm/stats_area.h"
 #include "insideout/v1/scheduler.grpc.pb.h"
 #include "scheduler.h"
+#include "unix_listener.h"
 
 namespace insideout::daemon {
 namespace {
@@ -1029,23 +1029,12 @@ absl::Status ControlServer::start() {
 
   // The socket: ours, so that SO_PEERCRED can be read for each connection.
   const std::string path = socket_path();
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(addr.sun_path))
-    return absl::InvalidArgumentError("socket path too long: " + path);
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  ::unlink(path.c_str());
-  listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (listen_fd_ < 0) return absl::InternalError(std::string("socket: ") + std::strerror(errno));
-  const mode_t old = ::umask(0777 & ~cfg.socket_mode);
-  const int rc = ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  ::umask(old);
-  if (rc != 0) return absl::InternalError("binding " + path + ": " + std::strerror(errno));
+  auto fd = listen_unix(path, SOCK_STREAM, cfg.socket_mode, 64);
+  if (!fd.ok()) return fd.status();
+  listen_fd_ = *fd;
   ::chmod(path.c_str(), cfg.socket_mode);
   if (client_gid_ != static_cast<gid_t>(-1))
     (void)!::chown(path.c_str(), static_cast<uid_t>(-1), client_gid_);
-  if (::listen(listen_fd_, 64) != 0)
-    return absl::InternalError("listen on " + path + ": " + std::strerror(errno));
   stop_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (stop_fd_ < 0) return absl::InternalError(std::string("eventfd: ") + std::strerror(errno));
 

@@ -8,7 +8,6 @@
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,6 +21,7 @@
 #include "insideout/shm/segment.h"
 #include "insideout/v1/continuation.pb.h"
 #include "insideout/v1/wire.h"
+#include "unix_listener.h"
 
 namespace insideout::daemon {
 namespace {
@@ -97,19 +97,9 @@ absl::Status Daemon::start() {
 
   // The registration socket; a stale one from a crashed daemon is ours to replace.
   const std::string path = socket_path();
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(addr.sun_path))
-    return absl::InvalidArgumentError("socket path too long: " + path);
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  ::unlink(path.c_str());
-  listen_fd_ = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (listen_fd_ < 0) return errno_status("socket");
-  const mode_t old = ::umask(0777 & ~config_.socket_mode);
-  const int rc = ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  ::umask(old);
-  if (rc != 0) return errno_status("binding " + path);
-  if (::listen(listen_fd_, 128) != 0) return errno_status("listen on " + path);
+  auto fd = listen_unix(path, SOCK_SEQPACKET, config_.socket_mode, 128);
+  if (!fd.ok()) return fd.status();
+  listen_fd_ = *fd;
 
   // Signals arrive as readable data; the caller blocked them in every thread.
   sigset_t mask;
