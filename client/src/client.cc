@@ -12,8 +12,10 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 
 #include "insideout/shm/arena.h"
+#include "insideout/shm/bell.h"
 #include "insideout/shm/paths.h"
 #include "insideout/shm/ring.h"
 #include "insideout/shm/segment.h"
@@ -106,6 +108,11 @@ struct Client::Impl {
   shm::Doorbells* doorbells = nullptr;
   shm::FrameArena arena;
   shm::RingProducer submit;
+  // Tells the pool that the submit ring has work (a syscall only while a worker sleeps).
+  shm::BellPage bell_page;
+  int bell_page_fd = -1;  // until bell_page maps it
+  int bell_fd = -1;
+  shm::SubmitBell bell;
   std::unique_ptr<FrameState[]> states;
   BlockAllocator buffers;
 
@@ -132,6 +139,14 @@ struct Client::Impl {
   std::atomic<bool> stop_dispatcher{false};
 
   std::atomic<std::uint64_t> submitted{0}, completed{0}, full_fail_fast{0}, full_waits{0};
+
+  Impl() = default;
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  ~Impl() {
+    if (bell_page_fd >= 0) ::close(bell_page_fd);
+    if (bell_fd >= 0) ::close(bell_fd);
+  }
 
   std::uint32_t index_of(std::uint32_t off) const {
     return (off - segment.geometry().frames_off) / static_cast<std::uint32_t>(sizeof(Frame));
@@ -518,8 +533,23 @@ absl::StatusOr<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
   timeval tv{5, 0};
   ::setsockopt(impl->sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   v1::DaemonMessage reply;
-  int fd = -1, err = 0;
-  if (v1::recv_message(impl->sock, &reply, &fd, &err) != v1::RecvStatus::kOk) {
+  std::vector<int> fds;
+  int err = 0;
+  // The segment, the pool's bell page and this client's bell eventfd (see shm/bell.h).
+  const v1::RecvStatus got = v1::recv_message_fds(impl->sock, &reply, &fds, &err);
+  int fd = -1;
+  for (std::size_t i = 0; i < fds.size(); ++i) {
+    if (i == 0) {
+      fd = fds[i];
+    } else if (i == 1) {
+      impl->bell_page_fd = fds[i];  // closed by ~Impl unless mapped
+    } else if (i == 2) {
+      impl->bell_fd = fds[i];  // closed by ~Impl
+    } else {
+      ::close(fds[i]);
+    }
+  }
+  if (got != v1::RecvStatus::kOk) {
     if (fd >= 0) ::close(fd);
     return fail(absl::UnavailableError("no answer to Hello from " + path + " within 5 s"));
   }
@@ -545,6 +575,13 @@ absl::StatusOr<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
     impl->segment = shm::Segment::attach(fd, &why);
     if (!impl->segment.valid())
       return fail(absl::FailedPreconditionError("segment from insideoutd: " + why));
+    if (impl->bell_page_fd < 0 || impl->bell_fd < 0)
+      return fail(absl::InternalError("the daemon sent no pool bell"));
+    // attach() takes the descriptor and closes it once mapped.
+    impl->bell_page = shm::BellPage::attach(std::exchange(impl->bell_page_fd, -1), &why);
+    if (!impl->bell_page.valid())
+      return fail(absl::FailedPreconditionError("pool bell from insideoutd: " + why));
+    impl->bell = shm::SubmitBell(impl->bell_page.page(), impl->bell_fd);
     const auto& g = impl->segment.geometry();
     impl->has_segment = true;
     impl->base = static_cast<char*>(impl->segment.base());
@@ -684,7 +721,7 @@ absl::StatusOr<Handle> Client::submit(Frame* f) {
   d.states[idx].state.store(kInFlight, std::memory_order_relaxed);
   if (d.submit.try_push(d.arena.offset_of(f))) {
     d.submitted.fetch_add(1, std::memory_order_relaxed);
-    shm::event_notify(d.doorbells->submit, 1);
+    d.bell.ring();
     return Handle(this, idx);
   }
   d.states[idx].state.store(kFree, std::memory_order_relaxed);
@@ -721,7 +758,7 @@ absl::Status Client::submit_batch(std::span<Frame* const> frames, std::vector<Ha
     }
     done += pushed;
     d.submitted.fetch_add(pushed, std::memory_order_relaxed);
-    if (pushed != 0) shm::event_notify(d.doorbells->submit, 1);
+    if (pushed != 0) d.bell.ring();
     if (done == frames.size()) break;
     // Full.
     if (d.options.on_full == OnFull::kFailFast) {
@@ -802,6 +839,8 @@ std::string Client::lost_reason() const {
 std::uint32_t Client::client_id() const noexcept { return impl_->client_id; }
 
 void* Client::segment_base() const noexcept { return impl_->base; }
+
+void Client::ring_bell() const noexcept { impl_->bell.ring(); }
 
 ClientStats Client::stats() const noexcept {
   const auto& d = *impl_;

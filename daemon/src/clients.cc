@@ -1,5 +1,7 @@
 #include "clients.h"
 
+#include <unistd.h>
+
 namespace insideout::daemon {
 
 std::uint32_t ClientSlot::new_job(std::uint64_t tag, std::string env) {
@@ -36,9 +38,9 @@ ClientSlot* ClientTable::reserve() {
     }
     s->draining.store(false, std::memory_order_relaxed);
     s->peek_head.store(0, std::memory_order_relaxed);
-    s->has_backlog.store(false, std::memory_order_relaxed);
+    s->faulted.store(false, std::memory_order_relaxed);
+    s->fault_reason.clear();
     s->completion_tail.store(0, std::memory_order_relaxed);
-    s->backlog.clear();
     s->jobs.clear();
     s->free_jobs.clear();
     s->accepted = s->completed = s->failed = s->rejected = s->rejected_function = s->backpressure =
@@ -71,6 +73,16 @@ void ClientTable::activate(ClientSlot& s) {
   s.state.store(SlotState::kActive, std::memory_order_release);
 }
 
+bool ClientTable::try_acquire(ClientSlot& s, std::uint32_t n) noexcept {
+  std::uint32_t refs = s.refs.load(std::memory_order_relaxed);
+  do {
+    if (refs == 0) return false;
+    // Relaxed: the reference only keeps the segment mapped; the caller saw the slot
+    // active (S2) before, and release()'s acq_rel orders the last user's writes.
+  } while (!s.refs.compare_exchange_weak(refs, refs + n, std::memory_order_relaxed));
+  return true;
+}
+
 void ClientTable::release(ClientSlot& s, std::uint32_t n) noexcept {
   // acq_rel: the last releaser sees every other user's writes before the slot goes.
   if (s.refs.fetch_sub(n, std::memory_order_acq_rel) != n) return;
@@ -85,6 +97,8 @@ void ClientTable::reclaim(ClientSlot& s) noexcept {
   s.base = nullptr;
   s.doorbells = nullptr;
   s.has_segment = false;
+  if (s.bell_fd >= 0) ::close(s.bell_fd);
+  s.bell_fd = -1;
   s.state.store(SlotState::kFree, std::memory_order_release);
 }
 

@@ -45,14 +45,14 @@ struct alignas(shm::kCacheLine) ClientSlot {
   std::atomic<std::uint32_t> refs{0};
   std::atomic<bool> draining{false};        // the drain lock: one consumer of the submit ring
   std::atomic<std::uint64_t> peek_head{0};  // consumer position, for peeks without the lock
-  std::atomic<bool> has_backlog{false};
+  // Set once (exchange) by the worker that found the client's rings unusable: no worker
+  // reads its rings or pushes to them again, and the daemon closes its connection.
+  std::atomic<bool> faulted{false};
+  std::string fault_reason;  // written by that worker before it tells the daemon
 
   shm::RingConsumer submit;                                                // under `draining`
   alignas(shm::kCacheLine) std::atomic<std::uint64_t> completion_tail{0};  // daemon-side, trusted
   shm::RingProducer completion;
-
-  std::mutex backlog_mu;
-  std::vector<std::uint32_t> backlog;  // completions that found the ring full (a lying client)
 
   std::mutex jobs_mu;
   std::vector<std::unique_ptr<SerialJob>> jobs;
@@ -70,6 +70,9 @@ struct alignas(shm::kCacheLine) ClientSlot {
   shm::SegmentGeometry geom{};
   char* base = nullptr;
   shm::Doorbells* doorbells = nullptr;
+  // The daemon's end of the client's eventfd (its "submit" bell, see shm/bell.h); closed
+  // when the slot is reclaimed.
+  int bell_fd = -1;
   std::uint32_t max_inflight = 0;
   std::uint32_t pool = 0;  // the pool (SchedulerConfig::pool) whose workers serve it
 
@@ -102,6 +105,9 @@ class ClientTable {
   ClientSlot* reserve();
   // Registry thread: publishes a reserved slot (S1).
   void activate(ClientSlot& s);
+  // Takes n references, but only while the slot still holds one (CAS from non-zero): a
+  // slot whose last reference is gone is a zombie on its way out, never revived.
+  [[nodiscard]] bool try_acquire(ClientSlot& s, std::uint32_t n) noexcept;
   // Drops one reference; the last one makes the slot a zombie and calls on_zombie.
   void release(ClientSlot& s, std::uint32_t n = 1) noexcept;
   // Registry thread, after the grace period: unmaps a zombie's segment and frees it.

@@ -168,6 +168,15 @@ std::shared_ptr<Scheduler> Daemon::make_scheduler(SchedulerConfig sc) {
   // Runs on a worker, before the job's reference on the slot is dropped: the result is
   // copied out here, so the loop never looks at a slot that may be gone.
   s->set_serial_sink([this](ClientSlot& slot, std::uint32_t job) { serial_done(slot, job); });
+  // Runs on a worker that found a client's rings unusable: the loop disconnects it.
+  s->set_fault_sink([this](ClientSlot& slot) {
+    {
+      std::lock_guard lock(evict_mu_);
+      faulted_.push_back({slot.index, slot.id, slot.fault_reason});
+    }
+    const std::uint64_t one = 1;
+    (void)!::write(event_fd_, &one, sizeof(one));
+  });
   return s;
 }
 
@@ -314,6 +323,20 @@ int Daemon::run() {
           }
           for (int fd : fds) close_conn(fd, "evicted by the control plane");
         }
+        std::vector<Faulted> faulted;
+        {
+          std::lock_guard lock(evict_mu_);
+          faulted.swap(faulted_);
+        }
+        for (const Faulted& f : faulted) {
+          auto it = slot_conn_.find(f.slot);
+          if (it == slot_conn_.end()) continue;  // gone already
+          auto cit = conns_.find(it->second);
+          if (cit == conns_.end() || cit->second.slot == nullptr || cit->second.slot->id != f.id)
+            continue;
+          const std::string why = "failed: " + f.reason;
+          close_conn(it->second, why.c_str());
+        }
         if (stop_requested_.load(std::memory_order_acquire)) stop = true;
       } else {
         const int fd = static_cast<int>(key);
@@ -458,6 +481,11 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
     slot->geom = g;
     slot->has_segment = true;
     seg_fd = slot->segment.fd();
+    if (!pool.scheduler->attach_client(*slot, &err)) {
+      clients_.reclaim(*slot);
+      pools_lock.unlock();
+      return refuse("could not make the client's bell: " + err);
+    }
   }
   clients_.activate(*slot);
   c.slot = slot;
@@ -488,7 +516,11 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
     f->set_help(defs[i].help);
     f->set_max_arg(defs[i].max_arg);
   }
-  if (const int err = v1::send_message(c.fd, m, seg_fd); err != 0) {
+  // The segment, the pool's bell page (mapped read-only) and the client's bell eventfd.
+  const int fds[] = {seg_fd, pool.scheduler->bell_fd(), slot->bell_fd};
+  if (const int err = v1::send_message(c.fd, m, seg_fd >= 0 ? std::span<const int>(fds)
+                                                            : std::span<const int>());
+      err != 0) {
     spdlog::warn("welcome to pid {}: {}", c.cred.pid, std::strerror(err));
     return close_conn(c.fd, "could not be welcomed");
   }
@@ -498,8 +530,6 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
                c.cred.pid, c.cred.uid, c.cred.gid, slot->name.empty() ? "" : " name " + slot->name,
                slot->has_segment ? ", segment " + std::to_string(slot->geom.size) + " bytes"
                                  : ", serialized only");
-  // Parked workers re-park watching the new client's doorbell.
-  pool.scheduler->wake_all();
 }
 
 void Daemon::on_submit(Conn& c, const v1::Continuation& cont) {

@@ -165,6 +165,11 @@ class Daemon {
   std::unordered_map<std::uint32_t, ClientInfo> infos_;  // by client id, under info_mu_
   std::mutex evict_mu_;
   std::vector<pid_t> evictions_;  // under evict_mu_; the loop closes them
+  struct Faulted {
+    std::uint32_t slot = 0, id = 0;
+    std::string reason;
+  };
+  std::vector<Faulted> faulted_;  // under evict_mu_: clients whose rings proved unusable
 };
 
 }  // namespace insideout::daemon

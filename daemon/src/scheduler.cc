@@ -3,11 +3,15 @@
 #include <pthread.h>
 #include <sched.h>
 #include <spdlog/spdlog.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
+#include <stdexcept>
 
 namespace insideout::daemon {
 namespace {
@@ -18,7 +22,9 @@ using shm::Status;
 constexpr std::uint16_t kTaskCancelled = 1u << 8;  // resumed by a cancelled timer
 constexpr std::uint16_t kTaskSampled = 1u << 9;    // its latency is measured
 constexpr std::uint32_t kStealMax = 32;
-constexpr std::uint32_t kMaxWatchedClients = shm::kMaxWaitTargets - 1;
+// A client's bell in a worker's epoll set: a write wakes one sleeping worker of the pool
+// (EPOLLEXCLUSIVE), and edge-triggered, so nobody has to read the count back.
+constexpr std::uint32_t kClientBellEvents = EPOLLIN | EPOLLET | EPOLLEXCLUSIVE;
 
 std::uint32_t next_random(std::uint32_t& s) {
   s ^= s << 13;
@@ -94,13 +100,11 @@ Scheduler::Scheduler(SchedulerConfig config, const FunctionRegistry& registry, C
   std::uint32_t n = config_.workers;
   if (n == 0) n = config_.cpus.empty() ? 1 : static_cast<std::uint32_t>(config_.cpus.size());
   n = std::clamp<std::uint32_t>(n, 1, kMaxPoolWorkers);
-  for (std::uint32_t i = 0; i < n; ++i) {
-    auto w = std::make_unique<Worker>(config_.queue_capacity);
-    w->index = i;
-    w->cpu = config_.cpus.empty() ? -1 : config_.cpus[i % config_.cpus.size()];
-    w->rng = 0x9E3779B9u * (i + 1);
-    workers_[i] = std::move(w);
-  }
+  std::string err;
+  bell_ = shm::BellPage::create(config_.pool, &err);
+  if (!bell_.valid()) throw std::runtime_error("pool " + std::to_string(config_.pool) + ": " + err);
+  std::lock_guard bells(bells_mu_);
+  for (std::uint32_t i = 0; i < n; ++i) workers_[i] = make_worker(i);
   // Relaxed: no worker runs yet; start() publishes them by creating the threads.
   allocated_.store(n, std::memory_order_relaxed);
   count_.store(n, std::memory_order_relaxed);
@@ -112,6 +116,64 @@ Scheduler::~Scheduler() {
     drain(std::chrono::milliseconds(0));
     stop();
   }
+  for (auto& w : workers_) {
+    if (w == nullptr) continue;
+    if (w->epfd >= 0) ::close(w->epfd);
+    if (w->wake_fd >= 0) ::close(w->wake_fd);
+  }
+}
+
+std::unique_ptr<Worker> Scheduler::make_worker(std::uint32_t i) {
+  auto w = std::make_unique<Worker>(config_.queue_capacity);
+  w->index = i;
+  w->cpu = config_.cpus.empty() ? -1 : config_.cpus[i % config_.cpus.size()];
+  w->rng = 0x9E3779B9u * (i + 1);
+  w->epfd = ::epoll_create1(EPOLL_CLOEXEC);
+  w->wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (w->epfd < 0 || w->wake_fd < 0)
+    throw std::runtime_error(std::string("worker epoll set: ") + std::strerror(errno));
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLET;  // edge-triggered: each wake() is one event, never read
+  if (::epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->wake_fd, &ev) != 0)
+    throw std::runtime_error(std::string("worker epoll set: ") + std::strerror(errno));
+  for (int fd : bell_fds_) {  // the caller holds bells_mu_
+    epoll_event cev{};
+    cev.events = kClientBellEvents;
+    if (::epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &cev) != 0)
+      throw std::runtime_error(std::string("worker epoll set: ") + std::strerror(errno));
+  }
+  return w;
+}
+
+void Scheduler::wake(Worker& w) {
+  // K3: the eventfd stays readable (and its edge queued) until the worker's epoll_wait.
+  const std::uint64_t one = 1;
+  (void)!::write(w.wake_fd, &one, sizeof(one));
+}
+
+bool Scheduler::attach_client(ClientSlot& slot, std::string* error) {
+  if (slot.bell_fd < 0) {
+    slot.bell_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (slot.bell_fd < 0) {
+      *error = std::string("eventfd: ") + std::strerror(errno);
+      return false;
+    }
+  }
+  std::lock_guard lock(bells_mu_);
+  // Every Worker object, retired ones too (a grow restarts them with their epoll set).
+  const std::uint32_t alloc = allocated_.load(std::memory_order_relaxed);  // under bells_mu_
+  for (std::uint32_t i = 0; i < alloc; ++i) {
+    epoll_event ev{};
+    ev.events = kClientBellEvents;
+    if (::epoll_ctl(workers_[i]->epfd, EPOLL_CTL_ADD, slot.bell_fd, &ev) != 0) {
+      *error = std::string("epoll_ctl: ") + std::strerror(errno);
+      for (std::uint32_t j = 0; j < i; ++j)
+        ::epoll_ctl(workers_[j]->epfd, EPOLL_CTL_DEL, slot.bell_fd, nullptr);
+      return false;
+    }
+  }
+  bell_fds_.push_back(slot.bell_fd);
+  return true;
 }
 
 void Scheduler::start() {
@@ -156,11 +218,10 @@ std::uint32_t Scheduler::resize(std::uint32_t n) {
     std::uint32_t alloc = allocated_.load(std::memory_order_relaxed);  // only written here
     for (std::uint32_t i = cur; i < n; ++i) {
       if (i >= alloc) {
-        auto w = std::make_unique<Worker>(config_.queue_capacity);
-        w->index = i;
-        w->rng = 0x9E3779B9u * (i + 1);
-        w->cpu = config_.cpus.empty() ? -1 : config_.cpus[i % config_.cpus.size()];
-        workers_[i] = std::move(w);
+        // Under bells_mu_ from its epoll set's making to its counting, so that a client
+        // attached meanwhile is in the set either way.
+        std::lock_guard bells(bells_mu_);
+        workers_[i] = make_worker(i);
         alloc = i + 1;
         // Release: pairs with the acquire in totals()/epochs(); the Worker exists.
         allocated_.store(alloc, std::memory_order_release);
@@ -173,9 +234,8 @@ std::uint32_t Scheduler::resize(std::uint32_t n) {
   } else if (n < cur) {
     for (std::uint32_t i = n; i < cur; ++i) {
       Worker& w = *workers_[i];
-      w.retiring.store(true, std::memory_order_seq_cst);    // R3: pairs with R4
-      w.wake_word.fetch_add(1, std::memory_order_release);  // K3
-      shm::futex_wake(&w.wake_word, 1);
+      w.retiring.store(true, std::memory_order_seq_cst);  // R3: pairs with R4
+      wake(w);
     }
     count_.store(n, std::memory_order_release);  // R1: thieves stop looking at them
     for (std::uint32_t i = n; i < cur; ++i) {
@@ -240,9 +300,7 @@ void Scheduler::stop() {
 void Scheduler::wake_all() {
   const std::uint32_t n = worker_count();
   for (std::uint32_t i = 0; i < n; ++i) {
-    Worker* w = workers_[i].get();
-    w->wake_word.fetch_add(1, std::memory_order_release);  // K3
-    shm::futex_wake(&w->wake_word, 1);
+    wake(*workers_[i]);
   }
 }
 
@@ -262,6 +320,7 @@ SchedulerTotals Scheduler::totals() const {
     t.timer_parks += s.timer_parks.load(std::memory_order_relaxed);
     t.backpressure += s.backpressure.load(std::memory_order_relaxed);
     t.spawned += s.spawned.load(std::memory_order_relaxed);
+    t.faulted += s.faulted.load(std::memory_order_relaxed);
     for (std::size_t k = 0; k < kStatusSlots; ++k)
       t.failed_by[k] += s.failed_by[k].load(std::memory_order_relaxed);
   }
@@ -506,8 +565,7 @@ void Scheduler::maybe_wake() {
     idle_.pop_back();
     idle_count_.fetch_sub(1, std::memory_order_relaxed);
   }
-  v->wake_word.fetch_add(1, std::memory_order_release);  // K3
-  shm::futex_wake(&v->wake_word, 1);
+  wake(*v);
 }
 
 // ---- client rings ------------------------------------------------------------------
@@ -521,16 +579,16 @@ Task* Scheduler::poll_clients(Worker& w) {
     ClientSlot& c = clients_.slot((start + i) % hw);
     // S2: pairs with S1 in ClientTable::activate().
     if (c.state.load(std::memory_order_acquire) != SlotState::kActive || !c.has_segment ||
-        c.pool != config_.pool) {
+        c.pool != config_.pool || c.faulted.load(std::memory_order_relaxed)) {
       continue;
     }
-    if (c.has_backlog.load(std::memory_order_relaxed)) flush_backlog(c);
     // A peek without the lock: is the slot at the consumer's position published?
     const std::uint64_t head = c.peek_head.load(std::memory_order_relaxed);
     shm::RingView view(c.base + c.geom.submit_ring_off, c.geom.ring_capacity);
     const std::uint64_t word = view.slot(head).load(std::memory_order_relaxed);
     if (static_cast<std::uint32_t>(word >> 32) != static_cast<std::uint32_t>(head + 1)) continue;
     if (c.draining.exchange(true, std::memory_order_acquire)) continue;  // another worker drains it
+    if (before_accept_hook_) before_accept_hook_(c);
     const bool got = accept_from(w, c);
     c.draining.store(false, std::memory_order_release);
     if (got) {
@@ -551,21 +609,24 @@ Task* Scheduler::poll_clients(Worker& w) {
 bool Scheduler::accept_from(Worker& w, ClientSlot& c) {
   // The client may have at most max_inflight continuations in the daemon; the rest wait
   // in its ring (backpressure it sees as a full ring).
-  const std::uint32_t refs = c.refs.load(std::memory_order_relaxed);
-  const std::uint32_t inflight = refs > 0 ? refs - 1 : 0;
-  if (inflight >= c.max_inflight || c.has_backlog.load(std::memory_order_relaxed)) {
+  if (held_back(c)) {
     c.backpressure.fetch_add(1, std::memory_order_relaxed);
     w.stats.backpressure.fetch_add(1, std::memory_order_relaxed);
     return false;
   }
+  const std::uint32_t refs = c.refs.load(std::memory_order_relaxed);
+  const std::uint32_t inflight = refs > 0 ? refs - 1 : 0;
   std::uint32_t budget = std::min(config_.accept_batch, c.max_inflight - inflight);
   std::uint32_t offs[256];
   budget = std::min<std::uint32_t>(budget, 256);
+  // One reference per continuation it may accept, taken before any can complete, and
+  // only from a slot that still has one: a client that hung up after poll_clients() saw
+  // it active may have dropped its last reference already (its slot is a zombie).
+  if (!clients_.try_acquire(c, budget)) return false;
   const std::size_t n = c.submit.pop_batch(std::span<std::uint32_t>(offs, budget));
   c.peek_head.store(c.submit.head(), std::memory_order_relaxed);
+  if (n < budget) release_client(c, budget - static_cast<std::uint32_t>(n));
   if (n == 0) return false;
-  // One reference per accepted continuation, taken before any can complete.
-  c.refs.fetch_add(static_cast<std::uint32_t>(n), std::memory_order_relaxed);
   w.accepted_batch = 0;
   // The frames were last written by the client's core: fetch their lines together
   // rather than one miss at a time (out-of-range offsets are harmless to prefetch).
@@ -839,18 +900,22 @@ void Scheduler::flush_completions(Worker& w) {
   w.stats.failed.store(w.stats.failed.load(std::memory_order_relaxed) + w.out_failed,
                        std::memory_order_relaxed);
   std::size_t pushed = 0;
-  while (pushed < offs.size()) {
+  shm::PushFailure why = shm::PushFailure::kNone;
+  // Bounded whatever the client wrote: each round pushes at least one or stops.
+  while (pushed < offs.size() && !c.faulted.load(std::memory_order_relaxed)) {
     // The ring's release stores publish the frames' results (P1 in ring.h).
-    const std::size_t n = c.completion.try_push_batch(offs.subspan(pushed));
+    const std::size_t n = c.completion.try_push_batch(offs.subspan(pushed), &why);
     if (n == 0) break;
     pushed += n;
   }
-  if (pushed < offs.size()) {
-    // Only a client that corrupts its ring (or submits frames twice) gets here.
-    std::lock_guard lock(c.backlog_mu);
-    c.backlog.insert(c.backlog.end(), offs.begin() + static_cast<std::ptrdiff_t>(pushed),
-                     offs.end());
-    c.has_backlog.store(true, std::memory_order_relaxed);
+  if (pushed < offs.size() && !c.faulted.load(std::memory_order_relaxed)) {
+    // An honest client cannot fill its completion ring (it has no more frames than
+    // slots), nor write a tag ahead of the daemon's own position: these are lost.
+    fault_client(w, c,
+                 why == shm::PushFailure::kCorrupt
+                     ? "its completion ring is forged (a slot's tag is ahead of the daemon's "
+                       "position)"
+                     : "its completion ring is full (frames submitted twice, or a forged ring)");
   }
   if (pushed != 0) shm::event_notify(c.doorbells->completion, INT32_MAX);
   const std::uint32_t n = w.out_n;
@@ -859,14 +924,13 @@ void Scheduler::flush_completions(Worker& w) {
   release_client(c, n);
 }
 
-void Scheduler::flush_backlog(ClientSlot& c) {
-  std::unique_lock lock(c.backlog_mu, std::try_to_lock);
-  if (!lock.owns_lock()) return;
-  std::size_t i = 0;
-  while (i < c.backlog.size() && c.completion.try_push(c.backlog[i])) ++i;
-  c.backlog.erase(c.backlog.begin(), c.backlog.begin() + static_cast<std::ptrdiff_t>(i));
-  c.has_backlog.store(!c.backlog.empty(), std::memory_order_relaxed);
-  if (i != 0) shm::event_notify(c.doorbells->completion, INT32_MAX);
+void Scheduler::fault_client(Worker& w, ClientSlot& c, std::string why) {
+  if (c.faulted.exchange(true, std::memory_order_relaxed)) return;  // one report per client
+  w.stats.faulted.fetch_add(1, std::memory_order_relaxed);
+  spdlog::warn("client {} (pid {}): {}; its completions are dropped and it is disconnected",
+               c.id, c.pid, why);
+  c.fault_reason = std::move(why);  // read by the daemon after the sink's hand-over
+  if (fault_sink_) fault_sink_(c);
 }
 
 // ---- parking -----------------------------------------------------------------------
@@ -882,8 +946,10 @@ bool Scheduler::any_work(const Worker& self) {
   const std::uint32_t hw = clients_.high_water();
   for (std::uint32_t i = 0; i < hw; ++i) {
     ClientSlot& c = clients_.slot(i);
+    // A client accept_from() would refuse is no work: its held-back items wait for one
+    // of its continuations to complete, on a worker that is awake to complete it.
     if (c.state.load(std::memory_order_acquire) != SlotState::kActive || !c.has_segment ||
-        c.pool != config_.pool) {
+        c.pool != config_.pool || c.faulted.load(std::memory_order_relaxed) || held_back(c)) {
       continue;
     }
     const std::uint64_t head = c.peek_head.load(std::memory_order_relaxed);
@@ -897,54 +963,34 @@ bool Scheduler::any_work(const Worker& self) {
 void Scheduler::park(Worker& w) {
   // Q, as in find_work(): entering park() the worker holds no slot pointer (its
   // completions were flushed when its local work ran dry). Without this, a worker that
-  // parks after a zombie's epoch snapshot, and so never watches that slot, would still
-  // hold the zombie's reclamation up until something woke it.
+  // parks after a zombie's epoch snapshot would still hold the zombie's reclamation up
+  // until something woke it.
   w.epoch.store(w.epoch.load(std::memory_order_relaxed) + 1, std::memory_order_seq_cst);
-  w.targets.clear();
-  w.announced.clear();
-  const std::uint32_t my = w.wake_word.load(std::memory_order_seq_cst);
-  w.targets.push_back({&w.wake_word, my});
   {
     std::lock_guard lock(idle_mu_);
     idle_.push_back(&w);
   }
   idle_count_.fetch_add(1, std::memory_order_seq_cst);  // K1: pairs with K2
-  bool timed = false;
-  // Watch every client's submit doorbell (W1 in futex.h for each).
-  if (!draining_.load(std::memory_order_relaxed)) {
-    const std::uint32_t hw = clients_.high_water();
-    for (std::uint32_t i = 0; i < hw; ++i) {
-      ClientSlot& c = clients_.slot(i);
-      if (c.state.load(std::memory_order_acquire) != SlotState::kActive || !c.has_segment ||
-          c.pool != config_.pool) {
-        continue;
-      }
-      if (c.has_backlog.load(std::memory_order_relaxed)) timed = true;
-      if (w.announced.size() == kMaxWatchedClients) {
-        timed = true;  // more clients than one futex_waitv takes: re-scan every millisecond
-        continue;
-      }
-      // No reference is needed: the slot cannot be unmapped before this worker passes
-      // its next quiescent point, after it has left park().
-      shm::EventWord& ev = c.doorbells->submit;
-      ev.waiters.fetch_add(1, std::memory_order_seq_cst);
-      w.targets.push_back({&ev.seq, ev.seq.load(std::memory_order_seq_cst)});
-      w.announced.push_back(&c);
-    }
-  }
-  // R4: seq_cst, after reading the wake word: pairs with R3 in resize().
+  // B1: pairs with the client's fence in SubmitBell::ring(). While draining no ring is
+  // read, so clients need not ring.
+  const bool watch = !draining_.load(std::memory_order_relaxed);
+  if (watch) bell_.page()->sleepers.fetch_add(1, std::memory_order_seq_cst);
+  // The re-check below reads queues and ring slots with relaxed loads: on a weakly
+  // ordered CPU they could move above the announcements without this fence.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  // R4: seq_cst, after the announcements: pairs with R3 in resize().
   if (!any_work(w) && !stop_.load(std::memory_order_seq_cst) &&
       !w.retiring.load(std::memory_order_seq_cst)) {
     w.parked.store(true, std::memory_order_relaxed);
     w.stats.parks.store(w.stats.parks.load(std::memory_order_relaxed) + 1,
                         std::memory_order_relaxed);
-    std::optional<std::chrono::nanoseconds> timeout;
-    if (timed) timeout = std::chrono::milliseconds(1);
-    shm::futex_wait_any(w.targets, timeout);
+    // Which descriptor fired does not matter: the worker looks at everything on waking.
+    epoll_event events[8];
+    while (::epoll_wait(w.epfd, events, 8, -1) < 0 && errno == EINTR) {
+    }
     w.parked.store(false, std::memory_order_relaxed);
   }
-  for (ClientSlot* c : w.announced)
-    c->doorbells->submit.waiters.fetch_sub(1, std::memory_order_relaxed);
+  if (watch) bell_.page()->sleepers.fetch_sub(1, std::memory_order_relaxed);  // a stale count costs a client one needless write
   w.tick |= 63;  // the next find_work() is a quiescent point
   {
     std::lock_guard lock(idle_mu_);
@@ -956,7 +1002,25 @@ void Scheduler::park(Worker& w) {
   }
 }
 
+bool Scheduler::held_back(const ClientSlot& c) const noexcept {
+  // At most max_inflight continuations of one client in the daemon; the rest wait in its
+  // ring (backpressure it sees as a full ring). refs counts the connection's too.
+  const std::uint32_t refs = c.refs.load(std::memory_order_relaxed);
+  return (refs > 0 ? refs - 1 : 0) >= c.max_inflight;
+}
+
 void Scheduler::client_closing(ClientSlot& slot) {
+  if (slot.bell_fd >= 0) {
+    std::lock_guard lock(bells_mu_);
+    auto it = std::find(bell_fds_.begin(), bell_fds_.end(), slot.bell_fd);
+    if (it != bell_fds_.end()) {
+      bell_fds_.erase(it);
+      // The client may keep its copy open: without this its writes would still wake us.
+      const std::uint32_t alloc = allocated_.load(std::memory_order_relaxed);  // under bells_mu_
+      for (std::uint32_t i = 0; i < alloc; ++i)
+        ::epoll_ctl(workers_[i]->epfd, EPOLL_CTL_DEL, slot.bell_fd, nullptr);
+    }
+  }
   std::lock_guard lock(timer_mu_);
   std::vector<TimerEntry> keep;
   while (!timers_.empty()) {

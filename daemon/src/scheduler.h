@@ -1,13 +1,19 @@
 // The scheduler: pinned workers with local FIFO run queues that steal from each other,
 // drain client submit rings fairly, run continuations in a trampoline and push
-// completions back. Idle workers sleep on futexes (their own word and, through
-// futex_waitv, every client's submit doorbell) after announcing themselves.
+// completions back. An idle worker sleeps in epoll_wait on its own epoll set: its wake
+// eventfd, and every client's bell eventfd (added with EPOLLEXCLUSIVE to every worker's
+// set, so a client's ring wakes one sleeping worker), after announcing itself in the
+// pool's bell page. One sleep for any number of clients; nothing polls on a timer.
 //
-// Memory ordering of parking (internal wake-ups):
+// Memory ordering of parking:
 //   K1 (park: idle_count_.fetch_add, seq_cst, then re-check every queue) pairs with K2
 //      (maybe_wake: fence seq_cst after pushing work, then load idle_count_): either the
 //      parking worker sees the work or the pusher sees the parked worker and wakes it.
-//   K3 (wake: wake_word.fetch_add, release) pairs with the parked worker's futex value.
+//   K3 (wake: a write to the worker's wake eventfd) needs no order of its own: the
+//      eventfd stays readable until the worker's epoll_wait has seen it.
+//   B1 (park: bell.sleepers.fetch_add, seq_cst, then a fence and the re-check of every
+//      client ring) pairs with the client's fence before it loads sleepers in
+//      shm::SubmitBell::ring(): the worker sees the item or the client writes its eventfd.
 //
 // Memory ordering of resizing (Scheduler::resize(), one control thread at a time):
 //   R1 (grow: count_.store, release, after the Worker object at that index exists and its
@@ -39,6 +45,7 @@
 #include <vector>
 
 #include "clients.h"
+#include "insideout/shm/bell.h"
 #include "insideout/shm/futex.h"
 #include "registry.h"
 #include "step_context.h"
@@ -85,6 +92,7 @@ struct alignas(shm::kCacheLine) WorkerStats {
   std::atomic<std::uint64_t> timer_parks{0};
   std::atomic<std::uint64_t> backpressure{0};
   std::atomic<std::uint64_t> spawned{0};
+  std::atomic<std::uint64_t> faulted{0};  // clients this worker found with unusable rings
   std::atomic<std::uint64_t> failed_by[kStatusSlots] = {};  // completions by shm::Status
 };
 
@@ -104,7 +112,10 @@ struct alignas(shm::kCacheLine) Worker {
   std::uint32_t rng = 0;
   std::uint32_t tick = 0;
   bool pushed = false;  // this step pushed work others could take
-  alignas(shm::kCacheLine) std::atomic<std::uint32_t> wake_word{0};
+  // Where it sleeps: an epoll set of its wake eventfd and every client bell of the pool.
+  // Created with the Worker, closed by the Scheduler's destructor.
+  int epfd = -1;
+  int wake_fd = -1;
   std::atomic<bool> parked{false};
   // Resizing: set by the control thread (R3); the worker hands its work over and exits.
   std::atomic<bool> retiring{false};
@@ -115,8 +126,6 @@ struct alignas(shm::kCacheLine) Worker {
   alignas(shm::kCacheLine) std::atomic<std::uint64_t> epoch{0};
   WorkerStats stats;
   std::thread thread;
-  std::vector<shm::WaitTarget> targets;
-  std::vector<ClientSlot*> announced;
   std::uint32_t accepted_batch = 0;
   // Completed frames of one client not yet pushed to its completion ring.
   static constexpr std::uint32_t kOutMax = 64;
@@ -132,7 +141,7 @@ struct alignas(shm::kCacheLine) Worker {
 
 struct SchedulerTotals {
   std::uint64_t steps = 0, accepted = 0, completed = 0, failed = 0, rejected = 0, steals = 0,
-                parks = 0, timer_parks = 0, backpressure = 0, spawned = 0;
+                parks = 0, timer_parks = 0, backpressure = 0, spawned = 0, faulted = 0;
   std::uint64_t failed_by[kStatusSlots] =
       {};  // completions by shm::Status (failures and rejections)
 
@@ -147,6 +156,7 @@ struct SchedulerTotals {
     timer_parks += o.timer_parks;
     backpressure += o.backpressure;
     spawned += o.spawned;
+    faulted += o.faulted;
     for (std::size_t k = 0; k < kStatusSlots; ++k) failed_by[k] += o.failed_by[k];
     return *this;
   }
@@ -187,10 +197,26 @@ class Scheduler {
   std::uint32_t resize(std::uint32_t workers);
   const SchedulerConfig& config() const noexcept { return config_; }
 
-  // The client hung up: its parked continuations resume at once and are cancelled.
+  // A client of this pool registers: its bell eventfd is made (slot.bell_fd, closed
+  // when the slot is reclaimed) and every worker's epoll set watches it. False (and
+  // *error) when the kernel refuses a descriptor.
+  bool attach_client(ClientSlot& slot, std::string* error);
+  // The client hung up: its bell is no longer watched, its parked continuations resume
+  // at once and are cancelled.
   void client_closing(ClientSlot& slot);
-  // Wakes every worker (a new client registered: they must watch its doorbell).
+  // Wakes every worker.
   void wake_all();
+  // The pool's bell page, which every client of the pool maps read-only.
+  int bell_fd() const noexcept { return bell_.fd(); }
+  const shm::PoolBell* bell_page() const noexcept { return bell_.page(); }
+  // Called on a worker (once per client) when a client's rings turned out unusable: the
+  // daemon closes its connection. slot.fault_reason says why.
+  void set_fault_sink(std::function<void(ClientSlot&)> sink) { fault_sink_ = std::move(sink); }
+  // Tests only: runs in poll_clients() between a client's state check and accepting
+  // from it, so that a test can close the client in that window.
+  void set_before_accept_hook(std::function<void(ClientSlot&)> hook) {
+    before_accept_hook_ = std::move(hook);
+  }
 
   const FunctionRegistry& registry() const noexcept { return registry_; }
   // R2: pairs with R1 in resize().
@@ -219,7 +245,7 @@ class Scheduler {
   void complete_frame(Worker& w, ClientSlot& c, std::uint32_t off, shm::Status st,
                       shm::ErrorDetail d, std::uint64_t value, std::uint32_t result_len,
                       bool result_inline);
-  void flush_backlog(ClientSlot& c);
+  void fault_client(Worker& w, ClientSlot& c, std::string why);
   void flush_completions(Worker& w);
   void flush_children(Worker& w);
   enum class Origin { kSpawned, kAccepted, kResumed };
@@ -230,7 +256,10 @@ class Scheduler {
   void maybe_wake();
   void park(Worker& w);
   bool any_work(const Worker& w);
+  bool held_back(const ClientSlot& c) const noexcept;
   void retire(Worker& w);
+  std::unique_ptr<Worker> make_worker(std::uint32_t i);  // under bells_mu_
+  void wake(Worker& w);
   void start_worker(std::uint32_t i);
   void wait_for_tids(std::uint32_t from, std::uint32_t to);
   void release_client(ClientSlot& c, std::uint32_t n);
@@ -252,6 +281,13 @@ class Scheduler {
   std::mutex tid_mu_;  // a new worker announces its kernel tid (wait_for_tids())
   std::condition_variable tid_cv_;
   std::function<void(ClientSlot&, std::uint32_t)> serial_sink_;
+  std::function<void(ClientSlot&)> fault_sink_;
+  std::function<void(ClientSlot&)> before_accept_hook_;
+
+  // The pool's bell page, and the client bells every worker's epoll set watches.
+  shm::BellPage bell_;
+  std::mutex bells_mu_;  // bell_fds_ and the epoll sets' membership
+  std::vector<int> bell_fds_;
 
   // Sampled continuations: when each was accepted (see LatencyHistogram).
   void sample_done(const Task* t);

@@ -12,6 +12,7 @@
 
 #include "clients.h"
 #include "insideout/shm/arena.h"
+#include "insideout/shm/bell.h"
 #include "insideout/shm/futex.h"
 #include "insideout/shm/ring.h"
 #include "insideout/shm/segment.h"
@@ -37,6 +38,8 @@ class InProcessDaemon {
     EXPECT_TRUE(slot_->segment.valid()) << err;
     slot_->geom = geom_;
     slot_->has_segment = true;
+    EXPECT_TRUE(scheduler_->attach_client(*slot_, &err)) << err;
+    bell_ = shm::SubmitBell(scheduler_->bell_page(), slot_->bell_fd);
     table_.activate(*slot_);
     base_ = static_cast<char*>(slot_->segment.base());
     arena_ = shm::FrameArena(base_, geom_);
@@ -64,7 +67,7 @@ class InProcessDaemon {
   }
   bool push(std::uint32_t off) {
     if (!submit_.try_push(off)) return false;
-    shm::event_notify(doorbells()->submit, 1);
+    bell_.ring();
     return true;
   }
   bool push(shm::Frame* f) { return push(offset(f)); }
@@ -105,6 +108,7 @@ class InProcessDaemon {
   shm::FrameArena arena_;
   shm::RingProducer submit_;
   shm::RingConsumer completion_;
+  shm::SubmitBell bell_;
 };
 
 }  // namespace insideout::testing

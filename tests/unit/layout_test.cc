@@ -14,7 +14,7 @@ namespace {
 // These numbers are the wire format between processes built at different times: a
 // change here must come with a kLayoutVersion bump.
 TEST(Layout, ShouldPinTheSegmentHeader) {
-  EXPECT_EQ(kLayoutVersion, 1u);
+  EXPECT_EQ(kLayoutVersion, 2u);
   EXPECT_EQ(sizeof(SegmentHeader), 128u);
   EXPECT_EQ(offsetof(SegmentHeader, magic), 0u);
   EXPECT_EQ(offsetof(SegmentHeader, layout_version), 8u);
@@ -62,6 +62,9 @@ TEST(Layout, ShouldPinDoorbellsCountersAndRings) {
   EXPECT_EQ(sizeof(Doorbells), 192u);
   EXPECT_EQ(offsetof(Doorbells, completion), 64u);
   EXPECT_EQ(offsetof(Doorbells, space), 128u);
+  EXPECT_EQ(sizeof(PoolBell), 64u);
+  EXPECT_EQ(offsetof(PoolBell, sleepers), 0u);
+  EXPECT_EQ(offsetof(PoolBell, pool), 4u);
   EXPECT_EQ(sizeof(ClientCounters), 64u);
   EXPECT_EQ(sizeof(RingHeader), 128u);
   EXPECT_EQ(offsetof(RingHeader, head), 64u);

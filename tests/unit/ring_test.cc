@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+
+#include <csignal>
 #include <unistd.h>
 
 #include <atomic>
@@ -100,6 +102,54 @@ TEST(Ring, ShouldIgnoreGarbageThatDoesNotCarryTheExpectedTag) {
   r.view().slot(0).store((std::uint64_t{1} << 32) | 1234);
   ASSERT_TRUE(c.try_pop(&v));
   EXPECT_EQ(v, 1234u);
+}
+
+// The daemon pushes completions with a tail of its own into a ring the client may forge.
+// Whatever the slots say, a push ends at once: with kCorrupt for a tag ahead of a tail
+// nobody moved, kFull for the previous lap's tag. Run in a child, so that a push that
+// loops forever fails the test instead of hanging it.
+TEST(Ring, ShouldReportForgedSlotsInsteadOfLoopingOnThem) {
+  SharedRing r(8);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    std::atomic<std::uint64_t> private_tail{3};
+    RingProducer p(r.view(), &private_tail);
+    int failures = 0;
+    // A tag "ahead": the slot at position 3 claims to hold position 3's item already.
+    r.view().slot(3).store(ring_detail::make_word(4, 0));
+    PushFailure why = PushFailure::kNone;
+    failures += p.try_push(7, &why) ? 1 : 0;
+    failures += why == PushFailure::kCorrupt ? 0 : 1;
+    // Laps ahead.
+    r.view().slot(3).store(ring_detail::make_word(3 + 8 * 1000, 0));
+    failures += p.try_push(7, &why) ? 1 : 0;
+    failures += why == PushFailure::kCorrupt ? 0 : 1;
+    // A batch checks its last slot (positions 3..5 here): forged ahead.
+    r.view().slot(3).store(ring_detail::make_word(3, 0));
+    r.view().slot(5).store(ring_detail::make_word(5 + 8 * 7, 0));
+    failures += p.try_push_batch(std::vector<std::uint32_t>{1, 2, 3}, &why) == 0 ? 0 : 1;
+    failures += why == PushFailure::kCorrupt ? 0 : 1;
+    // A tag behind: the previous lap's item still there (full), which is no loop either.
+    r.view().slot(3).store(ring_detail::make_word(3 - 8 + 1, 0));
+    r.view().slot(5).store(ring_detail::make_word(5, 0));
+    failures += p.try_push(7, &why) ? 1 : 0;
+    failures += why == PushFailure::kFull ? 0 : 1;
+    failures += private_tail.load() == 3 ? 0 : 1;  // nothing was reserved
+    // And an honest slot still takes the push.
+    r.view().slot(3).store(ring_detail::make_word(3, 0));
+    failures += p.try_push(7, &why) && why == PushFailure::kNone ? 0 : 1;
+    ::_exit(failures);
+  }
+  int status = 0;
+  for (int i = 0; i < 500 && ::waitpid(child, &status, WNOHANG) == 0; ++i) ::usleep(10'000);
+  if (::waitpid(child, &status, WNOHANG) == 0) {
+    ::kill(child, SIGKILL);
+    ::waitpid(child, &status, 0);
+    FAIL() << "a push into a forged ring did not return within 5 s";
+  }
+  EXPECT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "checks that failed in the child";
 }
 
 TEST(Ring, ShouldDeliverEveryValueOnceFromManyProducers) {

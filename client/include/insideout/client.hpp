@@ -185,6 +185,10 @@ class Client {
   std::uint32_t client_id() const noexcept;
   ClientStats stats() const noexcept;
   void* segment_base() const noexcept;
+  // Tells the daemon that the submit ring has work, as submit() does after its push:
+  // for a program that writes the ring itself (segment_base(), shm/ring.h). A syscall only
+  // while a worker of the pool sleeps.
+  void ring_bell() const noexcept;
 
   struct Impl;
 

@@ -75,6 +75,20 @@ inline std::uint32_t load_after_fence(std::atomic<std::uint32_t>& word) noexcept
 #endif
 }
 
+// The same barrier before a load from a page this process may only read (the pool bell):
+// under ThreadSanitizer the read-modify-write goes to a thread-local word, whose locked
+// instruction is the hardware's full barrier all the same.
+inline std::uint32_t load_after_fence(const std::atomic<std::uint32_t>& word) noexcept {
+#if defined(__SANITIZE_THREAD__)
+  static thread_local std::atomic<std::uint32_t> barrier{0};
+  barrier.fetch_add(0, std::memory_order_seq_cst);
+  return word.load(std::memory_order_seq_cst);
+#else
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  return word.load(std::memory_order_relaxed);
+#endif
+}
+
 // The waiting side of an EventWord. `ready` is the condition, re-checked after the
 // announcement. Returns true when `ready` held, false on timeout.
 template <class Ready>

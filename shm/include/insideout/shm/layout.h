@@ -19,8 +19,8 @@ namespace insideout::shm {
 
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::uint64_t kSegmentMagic = 0x3154554F44534E49ULL;  // "INSDOUT1"
-inline constexpr std::uint32_t kLayoutVersion = 1;
-inline constexpr std::uint32_t kProtocolVersion = 1;
+inline constexpr std::uint32_t kLayoutVersion = 2;    // 2: the pool bell replaced Doorbells::submit
+inline constexpr std::uint32_t kProtocolVersion = 2;  // 2: Welcome passes three descriptors
 
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
@@ -72,11 +72,27 @@ struct alignas(kCacheLine) EventWord {
 static_assert(sizeof(EventWord) == kCacheLine);
 
 struct Doorbells {
-  EventWord submit;      // client notifies, daemon waits: "work in the submit ring"
+  EventWord unused;      // layout 1's submit doorbell: the pool bell (PoolBell) took its place
   EventWord completion;  // daemon notifies, client waits: "completions ready"
   EventWord space;       // daemon notifies, client waits: "the submit ring has room again"
 };
 static_assert(sizeof(Doorbells) == 3 * kCacheLine);
+
+// A pool's bell: one page per pool of workers, written by the daemon only and mapped
+// read-only by every client of the pool (a sealed memfd: no client can map it writable).
+// `sleepers` counts the pool's workers that announced they are going to sleep; a client
+// that pushed work reads it (after a full fence) and writes its own eventfd only when it
+// is non-zero. The eventfd's count persists until a worker's epoll sees it, so the
+// announce-recheck-sleep of the worker and the push-fence-load of the client cannot
+// lose a wake-up (the EventWord protocol of futex.h, with a descriptor instead of a
+// futex word the client could not change). See Scheduler::park().
+struct alignas(kCacheLine) PoolBell {
+  std::atomic<std::uint32_t> sleepers;
+  std::uint32_t pool;  // the pool's id (SchedulerConfig::pool)
+};
+static_assert(std::is_standard_layout_v<PoolBell>);
+static_assert(sizeof(PoolBell) == kCacheLine);
+inline constexpr std::size_t kPoolBellBytes = 4096;  // one page, so it maps on its own
 
 // Per-client counters, written by the daemon (relaxed: they are statistics only), read
 // by the client and by insideoutctl.

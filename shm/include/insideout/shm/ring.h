@@ -19,6 +19,13 @@
 //   word carries all publication.
 //   `head` in shared memory is a hint (release store, acquire load) for producers'
 //   batch sizing and for statistics; correctness rests on the slot tags alone.
+//
+// A producer never loops on what the other side wrote: a slot whose tag is "ahead" of
+// the reserved position means another producer published it, so the tail must have
+// moved (its CAS is ordered before that slot's P1 store, which P0 acquired). A tail that
+// has not moved means the slot was forged: try_push reports kCorrupt instead of
+// reloading the same position forever. That is how the daemon pushes completions into a
+// ring that a lying client may have scribbled over.
 #pragma once
 
 #include <algorithm>
@@ -61,6 +68,13 @@ class RingView {
   std::uint64_t mask_ = 0;
 };
 
+// What a push found when it could not push everything.
+enum class PushFailure : std::uint8_t {
+  kNone,     // everything asked for was pushed
+  kFull,     // the slot at the tail still holds the previous lap's item
+  kCorrupt,  // a slot's tag is ahead of a tail nobody moved: the ring was forged
+};
+
 // Producer side. `tail` is the reservation counter: the ring's own (shared by the
 // producers of one process) or one the producer keeps privately when it must not trust
 // the shared one (the daemon producing completions for a client).
@@ -71,10 +85,12 @@ class RingProducer {
       : view_(view), tail_(tail) {}
   explicit RingProducer(RingView view) noexcept : RingProducer(view, &view.header()->tail) {}
 
-  // Pushes one value; false when the ring is full.
-  [[nodiscard]] bool try_push(std::uint32_t value) noexcept;
-  // Pushes up to values.size() values in one reservation; returns how many went in.
-  [[nodiscard]] std::size_t try_push_batch(std::span<const std::uint32_t> values) noexcept;
+  // Pushes one value; false when the ring is full or forged (*why says which).
+  [[nodiscard]] bool try_push(std::uint32_t value, PushFailure* why = nullptr) noexcept;
+  // Pushes up to values.size() values in one reservation; returns how many went in
+  // (fewer: *why says why the rest did not).
+  [[nodiscard]] std::size_t try_push_batch(std::span<const std::uint32_t> values,
+                                           PushFailure* why = nullptr) noexcept;
 
   // Positions reserved so far (statistics).
   std::uint64_t tail() const noexcept { return tail_->load(std::memory_order_relaxed); }
@@ -116,7 +132,7 @@ constexpr std::uint64_t make_word(std::uint64_t tag_pos, std::uint32_t value) no
 }
 }  // namespace ring_detail
 
-inline bool RingProducer::try_push(std::uint32_t value) noexcept {
+inline bool RingProducer::try_push(std::uint32_t value, PushFailure* why) noexcept {
   std::uint64_t pos = tail_->load(std::memory_order_relaxed);
   for (;;) {
     auto& slot = view_.slot(pos);
@@ -128,22 +144,34 @@ inline bool RingProducer::try_push(std::uint32_t value) noexcept {
       if (tail_->compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
         // P1: pairs with C1; publishes the value and the frame written before it.
         slot.store(ring_detail::make_word(pos + 1, value), std::memory_order_release);
+        if (why != nullptr) *why = PushFailure::kNone;
         return true;
       }
     } else if (diff < 0) {
-      return false;  // the slot still holds the item of the previous lap: full
+      if (why != nullptr) *why = PushFailure::kFull;  // the previous lap's item is still there
+      return false;
     } else {
-      pos = tail_->load(std::memory_order_relaxed);  // another producer moved on
+      // Another producer moved on, or the slot was forged: only the tail can tell.
+      const std::uint64_t now = tail_->load(std::memory_order_relaxed);
+      if (now == pos) {
+        if (why != nullptr) *why = PushFailure::kCorrupt;
+        return false;
+      }
+      pos = now;
     }
   }
 }
 
-inline std::size_t RingProducer::try_push_batch(std::span<const std::uint32_t> values) noexcept {
+inline std::size_t RingProducer::try_push_batch(std::span<const std::uint32_t> values,
+                                                PushFailure* why) noexcept {
+  if (why != nullptr) *why = PushFailure::kNone;
   if (values.empty()) return 0;
   std::uint64_t pos = tail_->load(std::memory_order_relaxed);
   for (;;) {
     // Size the batch from the head hint, then confirm with the tag of its last slot: the
     // consumer frees in order, so a free last slot means every slot before it is free.
+    // (A forged hint or forged tags cost the forger its own ring, nothing more: n stays
+    // within values.size() and every slot written lies inside the ring.)
     const std::uint64_t head = view_.header()->head.load(std::memory_order_acquire);
     std::uint64_t room = view_.capacity() - std::min<std::uint64_t>(pos - head, view_.capacity());
     std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(room, values.size()));
@@ -159,13 +187,22 @@ inline std::size_t RingProducer::try_push_batch(std::span<const std::uint32_t> v
           view_.slot(pos + i).store(ring_detail::make_word(pos + i + 1, values[i]),
                                     std::memory_order_release);
         }
+        if (n < values.size() && why != nullptr) *why = PushFailure::kFull;
         return n;
       }
     } else if (diff < 0) {
-      if (n == 1) return 0;  // full
-      return try_push(values[0]) ? 1 : 0;
+      if (n == 1) {
+        if (why != nullptr) *why = PushFailure::kFull;
+        return 0;
+      }
+      return try_push(values[0], why) ? 1 : 0;
     } else {
-      pos = tail_->load(std::memory_order_relaxed);
+      const std::uint64_t now = tail_->load(std::memory_order_relaxed);
+      if (now == pos) {  // see try_push()
+        if (why != nullptr) *why = PushFailure::kCorrupt;
+        return 0;
+      }
+      pos = now;
     }
   }
 }
