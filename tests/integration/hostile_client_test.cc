@@ -109,6 +109,12 @@ int attacker_main(const std::string& dir, std::chrono::milliseconds duration, At
     shm::RingView sub(base + g.submit_ring_off, cap);
     std::uint64_t pos = sub.header()->tail.load();  // where the daemon reads next
     for (int it = 0; it < 16 && Clock::now() < end && !c->daemon_lost(); ++it) {
+      // Let the daemon take what was published (bounded), so that the offsets published
+      // next lie at its position: the attack is on what it then reads, not a lost race.
+      for (auto until = Clock::now() + 3ms; Clock::now() < until;) {
+        if (sub.header()->head.load(std::memory_order_acquire) == pos) break;
+        std::this_thread::sleep_for(50us);
+      }
       // Random bytes over everything.
       for (std::uint64_t off = 0; off + 8 <= g.size; off += 8) {
         const std::uint64_t v = rng();
