@@ -94,6 +94,7 @@ class InProcessDaemon {
 
   shm::Doorbells* doorbells() const { return slot_->segment.doorbells(); }
   daemon::ClientSlot& slot() { return *slot_; }
+  daemon::ClientTable& table() { return table_; }
   daemon::Scheduler& scheduler() { return *scheduler_; }
   const shm::SegmentGeometry& geometry() const { return geom_; }
   char* base() const { return base_; }

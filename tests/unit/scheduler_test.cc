@@ -2,6 +2,9 @@
 #include <xxhash.h>
 
 #include <cstring>
+#include <atomic>
+#include <chrono>
+#include <thread>
 #include <vector>
 
 #include "support/in_process.h"
@@ -13,6 +16,7 @@ using shm::ErrorDetail;
 using shm::Frame;
 using shm::Status;
 using testing::InProcessDaemon;
+using namespace std::chrono_literals;
 
 Status status_of(const Frame* f) { return static_cast<Status>(f->status); }
 ErrorDetail detail_of(const Frame* f) { return static_cast<ErrorDetail>(f->detail); }
@@ -224,6 +228,30 @@ TEST(Scheduler, ShouldSpreadFanoutChildrenOverWorkers) {
   for (std::uint32_t i = 0; i < d.scheduler().worker_count(); ++i) {
     EXPECT_GT(d.scheduler().worker(i).stats.steps.load(), 0u) << "worker " << i;
   }
+}
+
+// Defect 2 of the trust-boundary review: a client that hangs up between a worker's
+// "is it active?" check and its taking references must not get references back from
+// zero (its slot would be reclaimed with continuations still writing into it). The hook
+// closes the client in exactly that window.
+TEST(Scheduler, ShouldNotReviveAClientThatClosedBetweenItsCheckAndTheAccept) {
+  InProcessDaemon d(1);
+  std::atomic<int> zombies{0};
+  d.table().set_on_zombie([&] { zombies.fetch_add(1); });
+  std::atomic<bool> closed{false};
+  d.scheduler().set_before_accept_hook([&](daemon::ClientSlot&) {
+    if (!closed.exchange(true)) d.close_client();  // the connection's reference goes: zero
+  });
+  Frame* f = d.frame();
+  f->fn = d.fn("noop");
+  ASSERT_TRUE(d.push(f));
+  for (int i = 0; i < 500 && !closed.load(); ++i) std::this_thread::sleep_for(1ms);
+  ASSERT_TRUE(closed.load()) << "the worker never looked at the ring";
+  std::this_thread::sleep_for(50ms);  // time for an accepted noop to run and complete
+  EXPECT_EQ(d.scheduler().totals().accepted, 0u) << "accepted from a slot with no reference";
+  EXPECT_EQ(d.slot().refs.load(), 0u);
+  EXPECT_EQ(d.slot().state.load(), daemon::SlotState::kZombie);
+  EXPECT_EQ(zombies.load(), 1) << "the slot died twice";
 }
 
 }  // namespace
