@@ -396,8 +396,7 @@ void Scheduler::retire(Worker& w) {
   // a worker, so nothing else is left behind).
   std::vector<Task*> moved;
   while (Task* t = w.queue.pop()) moved.push_back(t);
-  moved.insert(moved.end(), w.local.begin(), w.local.end());
-  w.local.clear();
+  w.local.drain_into(&moved);
   if (moved.empty()) return;
   {
     std::lock_guard lock(inject_mu_);
@@ -422,7 +421,7 @@ void Scheduler::set_hungry(Worker& w, bool hungry) {
 void Scheduler::share(Worker& w) {
   // Hand the oldest half of the private queue to the shared one, where thieves look.
   std::size_t n = (w.local.size() + 1) / 2;
-  while (n-- != 0 && w.queue.push(w.local.front())) w.local.pop_front();
+  while (n-- != 0 && w.queue.push(w.local.front())) (void)w.local.pop_front();
   maybe_wake();
 }
 
@@ -477,20 +476,18 @@ Task* Scheduler::find_work(Worker& w) {
     }
     if (Task* t = poll_clients(w)) return t;
   }
-  // Shared work first (what thieves could otherwise take), then private work.
-  if (Task* t = w.queue.pop()) return t;
-  if (!w.local.empty()) {
-    Task* t = w.local.front();
-    w.local.pop_front();
-    return t;
+  // Shared work (what thieves could otherwise take) and private work by turns: a
+  // client that floods the shared queue (a fanout's nodes) cannot starve the private
+  // lanes where other clients' continuations wait (see lanes.h).
+  if ((w.tick & 1) != 0) {
+    if (Task* t = w.local.pop_front()) return t;
   }
+  if (Task* t = w.queue.pop()) return t;
+  if (Task* t = w.local.pop_front()) return t;
   // Local work is done: settle finished children and hand the client what completed
   // before looking further.
   flush_children(w);
-  if (Task* t = w.local.empty() ? nullptr : w.local.front()) {
-    w.local.pop_front();  // a parent the children just resumed
-    return t;
-  }
+  if (Task* t = w.local.pop_front()) return t;  // a parent the children just resumed
   flush_completions(w);
   if (injected_size_.load(std::memory_order_relaxed) != 0) {
     if (Task* t = take_injected()) return t;
@@ -596,11 +593,7 @@ Task* Scheduler::poll_clients(Worker& w) {
         if (w.queue.size() != 0) maybe_wake();
         return t;
       }
-      if (!w.local.empty()) {
-        Task* t = w.local.front();
-        w.local.pop_front();
-        return t;
-      }
+      if (Task* t = w.local.pop_front()) return t;
     }
   }
   return nullptr;

@@ -47,6 +47,7 @@
 #include "clients.h"
 #include "insideout/shm/bell.h"
 #include "insideout/shm/futex.h"
+#include "lanes.h"
 #include "registry.h"
 #include "step_context.h"
 #include "task.h"
@@ -103,8 +104,8 @@ struct alignas(shm::kCacheLine) Worker {
   WorkQueue queue;
   // Owner only: work no thief can see. It is where new work goes while no worker is
   // hungry (so a busy pool queues and takes work without atomics), and what does not fit
-  // in `queue`.
-  std::deque<Task*> local;
+  // in `queue`. Fair by client (lanes.h).
+  LaneQueue local;
   bool hungry = false;      // counted in Scheduler::hungry_
   bool share_hint = false;  // hungry_ != 0, as last read (every 64 looks)
   TaskPool::Cache cache;
