@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "config.h"
+#include "control_checks.h"
 #include "daemon.h"
 #include "insideout/shm/layout.h"
 #include "insideout/shm/stats_area.h"
@@ -55,6 +56,11 @@ std::uint64_t realtime_ns() {
 }
 
 Status invalid(const std::string& m) { return Status(StatusCode::INVALID_ARGUMENT, m); }
+
+// absl's codes are gRPC's, one to one.
+Status to_grpc(const absl::Status& st) {
+  return Status(static_cast<StatusCode>(st.code()), std::string(st.message()));
+}
 
 StatusCode code_for_errno(int e) {
   switch (e) {
@@ -141,42 +147,6 @@ int last_cpu(pid_t tid) {
   }
   return -1;
 }
-
-v1::Policy to_proto_policy(int p) {
-  switch (p & ~SCHED_RESET_ON_FORK) {
-    case SCHED_OTHER:
-      return v1::POLICY_OTHER;
-    case SCHED_BATCH:
-      return v1::POLICY_BATCH;
-    case SCHED_IDLE:
-      return v1::POLICY_IDLE;
-    case SCHED_FIFO:
-      return v1::POLICY_FIFO;
-    case SCHED_RR:
-      return v1::POLICY_RR;
-    default:
-      return v1::POLICY_UNSPECIFIED;
-  }
-}
-
-int from_proto_policy(v1::Policy p) {
-  switch (p) {
-    case v1::POLICY_OTHER:
-      return SCHED_OTHER;
-    case v1::POLICY_BATCH:
-      return SCHED_BATCH;
-    case v1::POLICY_IDLE:
-      return SCHED_IDLE;
-    case v1::POLICY_FIFO:
-      return SCHED_FIFO;
-    case v1::POLICY_RR:
-      return SCHED_RR;
-    default:
-      return -1;
-  }
-}
-
-bool realtime(int policy) { return policy == SCHED_FIFO || policy == SCHED_RR; }
 
 struct ThreadAttr {
   int policy = SCHED_OTHER;
@@ -323,16 +293,8 @@ class SchedulerService final : public v1::Scheduler::Service {
     if (auto st = check(ctx, true); !st.ok()) return st;
     std::vector<WorkerRef> ids;
     if (auto st = targets(req->target(), &ids); !st.ok()) return st;
-    std::string err;
-    auto cpus = parse_cpu_list(req->cpus(), &err);
-    if (!cpus) return invalid("cpus '" + req->cpus() + "': " + err);
-    const auto& allowed = daemon_.allowed_cpus();
-    for (int c : *cpus) {
-      if (!std::binary_search(allowed.begin(), allowed.end(), c)) {
-        return invalid("CPU " + std::to_string(c) + " is not allowed (the daemon may use " +
-                       format_cpu_list(allowed) + ")");
-      }
-    }
+    auto cpus = check_cpus(req->cpus(), daemon_.allowed_cpus());
+    if (!cpus.ok()) return to_grpc(cpus.status());
     cpu_set_t set;
     CPU_ZERO(&set);
     for (int c : *cpus) CPU_SET(c, &set);
@@ -372,16 +334,9 @@ class SchedulerService final : public v1::Scheduler::Service {
     std::vector<WorkerRef> ids;
     if (auto st = targets(req->target(), &ids); !st.ok()) return st;
     const auto& a = req->attributes();
-    int policy = -1;
-    if (a.policy() != v1::POLICY_UNSPECIFIED) {
-      policy = from_proto_policy(a.policy());
-      if (policy < 0) return invalid("unknown policy " + std::to_string(a.policy()));
-    }
-    if (a.has_nice() && (a.nice() < -20 || a.nice() > 19)) {
-      return invalid("nice " + std::to_string(a.nice()) + " is out of range: -20..19");
-    }
-    if (policy < 0 && !a.has_priority() && !a.has_nice())
-      return invalid("nothing to change: give a policy, priority or nice");
+    const absl::StatusOr<int> checked = check_thread_attributes(a);
+    if (!checked.ok()) return to_grpc(checked.status());
+    const int policy = *checked;
     std::lock_guard lock(change_mu_);
     // Work out every thread's new attributes first: nothing changes unless all are valid.
     struct Plan {
@@ -409,13 +364,7 @@ class SchedulerService final : public v1::Scheduler::Service {
         p.next.priority = realtime(policy) ? 1 : 0;
       }
       if (a.has_nice()) p.next.nice = a.nice();
-      const int lo = sched_get_priority_min(p.next.policy),
-                hi = sched_get_priority_max(p.next.policy);
-      if (p.next.priority < lo || p.next.priority > hi) {
-        return invalid("priority " + std::to_string(p.next.priority) + " is out of range for " +
-                       v1::Policy_Name(to_proto_policy(p.next.policy)) + ": " + std::to_string(lo) +
-                       ".." + std::to_string(hi));
-      }
+      if (auto st = check_priority(p.next.policy, p.next.priority); !st.ok()) return to_grpc(st);
       plans.push_back(p);
     }
     for (std::size_t i = 0; i < plans.size(); ++i) {
@@ -452,50 +401,29 @@ class SchedulerService final : public v1::Scheduler::Service {
     if (auto st = check(ctx, true); !st.ok()) return st;
     const v1::Pool& p = req->pool();
     // Everything is checked before anything starts.
-    if (auto st = valid_pool_name(p.name()); !st.ok()) return st;
-    if (p.size() == 0 || p.size() > kMaxPoolWorkers) {
-      return invalid("size " + std::to_string(p.size()) + " is out of range: 1.." +
-                     std::to_string(kMaxPoolWorkers));
-    }
+    if (auto st = check_pool_name(p.name()); !st.ok()) return to_grpc(st);
+    if (auto st = check_pool_size(p.size()); !st.ok()) return to_grpc(st);
     SchedulerConfig sc;
     sc.workers = p.size();
     const auto& allowed = daemon_.allowed_cpus();
     if (p.cpus().empty()) {
       sc.cpus = allowed;
     } else {
-      std::string err;
-      auto cpus = parse_cpu_list(p.cpus(), &err);
-      if (!cpus) return invalid("cpus '" + p.cpus() + "': " + err);
-      for (int c : *cpus) {
-        if (!std::binary_search(allowed.begin(), allowed.end(), c)) {
-          return invalid("CPU " + std::to_string(c) + " is not allowed (the daemon may use " +
-                         format_cpu_list(allowed) + ")");
-        }
-      }
-      sc.cpus = *cpus;
+      auto cpus = check_cpus(p.cpus(), allowed);
+      if (!cpus.ok()) return to_grpc(cpus.status());
+      sc.cpus = *std::move(cpus);
     }
     if (!daemon_.config().pin) sc.cpus.clear();
-    switch (p.idle()) {
-      case v1::IDLE_STRATEGY_UNSPECIFIED:
-        sc.idle = daemon_.config().idle;
-        break;
-      case v1::IDLE_STRATEGY_BLOCK:
-        sc.idle = shm::IdleStrategy::kBlock;
-        break;
-      case v1::IDLE_STRATEGY_SPIN_THEN_BLOCK:
-        sc.idle = shm::IdleStrategy::kSpinThenBlock;
-        break;
-      case v1::IDLE_STRATEGY_POLL:
-        sc.idle = shm::IdleStrategy::kPoll;
-        break;
-      default:
-        return invalid("unknown idle strategy " + std::to_string(p.idle()));
-    }
+    const auto idle = check_idle(p.idle(), daemon_.config().idle);
+    if (!idle.ok()) return to_grpc(idle.status());
+    sc.idle = *idle;
     sc.spin = daemon_.config().spin;
     sc.accept_batch = daemon_.config().accept_batch;
     PoolAttr attr;
     if (p.has_attributes()) {
-      if (auto st = plan_pool_attr(p.attributes(), &attr); !st.ok()) return st;
+      auto planned = plan_pool_attributes(p.attributes());
+      if (!planned.ok()) return to_grpc(planned.status());
+      attr = *planned;
     }
     std::lock_guard lock(change_mu_);
     auto made = daemon_.create_pool(p.name(), sc);
@@ -529,10 +457,7 @@ class SchedulerService final : public v1::Scheduler::Service {
       return Status(StatusCode::NOT_FOUND,
                     "no pool named '" + name + "' (the pools are " + pool_names(pools) + ")");
     }
-    if (req->size() == 0 || req->size() > kMaxPoolWorkers) {
-      return invalid("size " + std::to_string(req->size()) + " is out of range: 1.." +
-                     std::to_string(kMaxPoolWorkers));
-    }
+    if (auto st = check_pool_size(req->size()); !st.ok()) return to_grpc(st);
     Scheduler& s = *it->scheduler;
     const std::uint32_t before = s.worker_count();
     const std::uint32_t after = s.resize(req->size());
@@ -743,48 +668,10 @@ class SchedulerService final : public v1::Scheduler::Service {
       return pool == kDefaultPool ? std::to_string(index) : pool + "/" + std::to_string(index);
     }
   };
-  // Attributes a pool's workers get (at creation, and new workers when it grows).
-  struct PoolAttr {
-    int policy = -1;  // -1: keep
-    std::optional<int> priority, nice;
-  };
-
   static std::string pool_names(const std::vector<Daemon::PoolInfo>& pools) {
     std::string t;
     for (const auto& p : pools) t += (t.empty() ? "'" : ", '") + p.name + "'";
     return t;
-  }
-
-  static Status valid_pool_name(const std::string& n) {
-    if (n.empty() || n.size() > 32) return invalid("a pool name has 1 to 32 characters");
-    for (char c : n) {
-      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') {
-        return invalid("pool name '" + n + "': only letters, digits, '-' and '_'");
-      }
-    }
-    return Status::OK;
-  }
-
-  Status plan_pool_attr(const v1::ThreadAttributes& a, PoolAttr* out) const {
-    if (a.policy() != v1::POLICY_UNSPECIFIED) {
-      out->policy = from_proto_policy(a.policy());
-      if (out->policy < 0) return invalid("unknown policy " + std::to_string(a.policy()));
-    }
-    if (a.has_nice()) {
-      if (a.nice() < -20 || a.nice() > 19)
-        return invalid("nice " + std::to_string(a.nice()) + " is out of range: -20..19");
-      out->nice = a.nice();
-    }
-    if (a.has_priority()) out->priority = a.priority();
-    const int pol = out->policy >= 0 ? out->policy : SCHED_OTHER;
-    const int prio = out->priority ? *out->priority : (realtime(pol) ? 1 : 0);
-    const int lo = sched_get_priority_min(pol), hi = sched_get_priority_max(pol);
-    if (prio < lo || prio > hi) {
-      return invalid("priority " + std::to_string(prio) + " is out of range for " +
-                     v1::Policy_Name(to_proto_policy(pol)) + ": " + std::to_string(lo) + ".." +
-                     std::to_string(hi));
-    }
-    return Status::OK;
   }
 
   Status apply_pool_attr(const PoolAttr& pa, const WorkerRef& id) const {

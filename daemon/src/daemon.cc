@@ -21,6 +21,7 @@
 #include "insideout/shm/segment.h"
 #include "insideout/v1/continuation.pb.h"
 #include "insideout/v1/wire.h"
+#include "segment_request.h"
 #include "unix_listener.h"
 
 namespace insideout::daemon {
@@ -46,11 +47,6 @@ std::string error_text(Status s, ErrorDetail d) {
   std::string t = shm::status_name(s);
   if (d != ErrorDetail::kNone) t += std::string(": ") + shm::detail_name(d);
   return t;
-}
-
-std::uint32_t pick(std::uint32_t asked, std::uint32_t def, std::uint32_t max) {
-  if (asked == 0) return def;
-  return asked < max ? asked : max;
 }
 
 // Epoll user data: the fd itself, except for these fixed sources.
@@ -452,16 +448,8 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
   slot->pool = pool.id;
   int seg_fd = -1;
   if (hello.want_segment()) {
-    const auto& req = hello.segment();
-    const auto& d = config_.segment_defaults;
-    const auto& mx = config_.segment_max;
-    shm::SegmentRequest r;
-    r.ring_capacity = pick(req.ring_capacity(), d.ring_capacity, mx.ring_capacity);
-    r.frame_count =
-        pick(req.frame_count(), std::min(d.frame_count, r.ring_capacity), mx.frame_count);
-    r.buffer_block_size = pick(req.buffer_block_size(), d.buffer_block_size, mx.buffer_block_size);
-    r.buffer_block_count =
-        pick(req.buffer_block_count(), d.buffer_block_count, mx.buffer_block_count);
+    const shm::SegmentRequest r =
+        clamp_segment_request(hello.segment(), config_.segment_defaults, config_.segment_max);
     shm::SegmentGeometry g;
     if (!shm::SegmentGeometry::compute(r, &g)) {
       clients_.reclaim(*slot);

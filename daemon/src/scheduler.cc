@@ -12,6 +12,9 @@
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
+#include <variant>
+
+#include "frame_check.h"
 
 namespace insideout::daemon {
 namespace {
@@ -652,35 +655,16 @@ void Scheduler::accept_one(Worker& w, ClientSlot& c, std::uint32_t off) {
     w.stats.rejected.fetch_add(1, std::memory_order_relaxed);
     complete_frame(w, c, off, st, d, 0, 0, false);  // takes over the reference
   };
-  if ((f.flags & ~shm::kFrameKnownFlags) != 0)
-    return reject(Status::kInvalidArgument, ErrorDetail::kUnknownFlags);
-  const FunctionDef* def = registry_.find(f.fn);
-  if (def == nullptr) return reject(Status::kUnknownFunction, ErrorDetail::kUnknownFunction);
-  std::uint16_t flags = 0;
-  std::uint64_t env = 0;
-  if (f.flags & shm::kFrameEnvInline) {
-    if (f.env_len > shm::kInlineCapacity)
-      return reject(Status::kInvalidArgument, ErrorDetail::kInlineTooLong);
-    if (def->needs_buffer) return reject(Status::kInvalidArgument, ErrorDetail::kBufferRequired);
-    flags |= kTaskEnvInline;
-    env = std::uint64_t{f.env_len} << 32;
-  } else if (f.env_len != 0) {
-    if (!c.geom.buffer_range_valid(f.env_off, f.env_len)) {
-      return reject(Status::kInvalidArgument, ErrorDetail::kEnvOutOfSegment);
-    }
-    env = (std::uint64_t{f.env_len} << 32) | f.env_off;
-  } else if (def->needs_buffer) {
-    return reject(Status::kInvalidArgument, ErrorDetail::kBufferRequired);
-  }
-  if (f.arg > def->max_arg)
-    return reject(Status::kInvalidArgument, ErrorDetail::kArgumentOutOfRange);
+  const FrameCheck checked = check_frame(f, c.geom, registry_);
+  if (const auto* e = std::get_if<FrameError>(&checked)) return reject(e->status, e->detail);
+  const ValidFrame& v = std::get<ValidFrame>(checked);
   Task* t = pool_.allocate(w.cache);
-  t->fn = def->entry;
-  t->w0 = f.arg;
-  t->w1 = env;
+  t->fn = v.def->entry;
+  t->w0 = v.arg;
+  t->w1 = v.env;
   t->frame = off;
   t->client = static_cast<std::uint16_t>(c.index);
-  t->flags = flags;
+  t->flags = v.task_flags;
   if ((++w.accepted_batch + w.stats.accepted.load(std::memory_order_relaxed)) % 64 == 0) {
     t->flags |= kTaskSampled;
     std::lock_guard lock(sampled_mu_);
