@@ -11,7 +11,8 @@ usage() {
 usage: ./bench.sh [--runs N] [--quick] [--scenario NAME] [--ref SYSTEM] [--prebuilt DIR] [--help]
   --runs N         runs of every program (default 7; 3 with --quick)
   --quick          small counts: the whole thing in a few minutes
-  --scenario NAME  only this scenario (throughput_batch1, rtt_busy, dispatch_threads2, ...)
+  --scenario NAME  only this scenario (throughput_batch1, rtt_busy, dispatch_threads2,
+                   idle_clients, noisy_neighbour, ...)
   --ref SYSTEM     reference of the ratio column (default insideout, else raw_ring)
   --prebuilt DIR   run the bench_* programs already built in DIR: no install, no build
                    (for a machine without the packages, e.g. a lent multi-core box)

@@ -16,6 +16,7 @@
 
 #include "bench_common.h"
 #include "insideout/client.hpp"
+#include "insideout_daemon.h"
 #include "task.h"
 #include "work_queue.h"
 
@@ -24,84 +25,6 @@ namespace {
 
 constexpr const char* kSystem = "insideout";
 using shm::IdleStrategy;
-
-std::string daemon_path() {
-  std::error_code ec;
-  auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
-  return (self.parent_path() / "insideoutd").string();
-}
-
-// A private insideoutd for one measurement.
-class Daemon {
- public:
-  Daemon(unsigned workers, const std::string& cpus, const char* idle) {
-    char tmpl[] = "/tmp/insideout-bench-XXXXXX";
-    dir_ = ::mkdtemp(tmpl);
-    const std::string exe = daemon_path();
-    std::vector<std::string> args = {exe,         "--runtime-dir",         dir_,
-                                     "--workers", std::to_string(workers), "--idle",
-                                     idle,        "--log-level",           "warn"};
-    if (!cpus.empty()) {
-      args.push_back("--cpus");
-      args.push_back(cpus);
-    } else {
-      args.push_back("--no-pin");
-    }
-    pid_ = spawn(-1, [&] {
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      return 127;
-    });
-    ClientOptions o;
-    o.runtime_dir = dir_;
-    o.want_segment = false;
-    for (int i = 0; i < 2000; ++i) {
-      if (Client::connect(o).ok()) {
-        ok_ = true;
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-  }
-  ~Daemon() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGTERM);
-      reap(pid_, std::chrono::seconds(10));
-    }
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
-  }
-  bool ok() const { return ok_; }
-  // The daemon's peak resident set (VmHWM), in bytes.
-  std::uint64_t peak_rss() const {
-    std::ifstream in("/proc/" + std::to_string(pid_) + "/status");
-    std::string line;
-    while (std::getline(in, line)) {
-      if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
-    }
-    return 0;
-  }
-  std::unique_ptr<Client> connect(IdleStrategy idle = IdleStrategy::kSpinThenBlock) const {
-    ClientOptions o;
-    o.runtime_dir = dir_;
-    o.name = "bench";
-    o.idle = idle;
-    o.spin = std::chrono::microseconds(200);
-    auto c = Client::connect(o);
-    if (!c.ok()) {
-      std::fprintf(stderr, "insideout_bench: %s\n", std::string(c.status().message()).c_str());
-      return nullptr;
-    }
-    return std::move(*c);
-  }
-
- private:
-  std::string dir_;
-  pid_t pid_ = -1;
-  bool ok_ = false;
-};
 
 // Appends the i-th CPU to a --cpus list.
 void append_cpu(std::string& list, unsigned i) {

@@ -18,10 +18,16 @@ def human(v, unit):
         return f"{v:.2f} µs"
     if unit == "ns":
         return f"{v:.1f} ns"
+    if unit == "pct":
+        return f"{v:.2f}% of a core"
     return f"{v:g} {unit}"
 
 
-FLOORS = ("raw_ring", "raw_ring_futex", "cacheline_pingpong", "futex_wake", "clock", "syscall")
+FLOORS = ("raw_ring", "raw_ring_futex", "futex_pingpong", "cacheline_pingpong", "futex_wake",
+          "clock", "syscall")
+# Not systems: the targets (bench_trust prints them as system `target`) and
+# insideout measured in another setting of the same run (B alone, the serialized path).
+NOT_PEERS = ("target",)
 
 
 def pick(rs, higher):
@@ -47,8 +53,11 @@ def main(path):
             continue
         higher = metric in HIGHER
         m = mine[0]
-        best = pick([r for r in rs if r["system"] != "insideout" and r["system"] not in FLOORS], higher)
-        floor = pick([r for r in rs if r["system"] in ("raw_ring", "raw_ring_futex")], higher)
+        best = pick([r for r in rs if r["system"] != "insideout" and r["system"] not in FLOORS
+                     and r["system"] not in NOT_PEERS and not r["system"].startswith("insideout")],
+                    higher)
+        floor = pick([r for r in rs if r["system"] in ("raw_ring", "raw_ring_futex", "futex_pingpong")],
+                     higher)
         ratio = f"{float(m['value']) / float(best['value']):.2f}" if best and float(best["value"]) else "-"
         print(f"| {scenario} | {metric} | {human(float(m['value']), m['unit'])} | {cell(best)} | {ratio} | "
               f"{cell(floor)} |")
