@@ -16,7 +16,7 @@
 //   6 PAUSE    ~100 us: the worker runs while the next writes land
 //   7 CLOSE    the client hangs up (what Daemon::close_conn() does); writes go on
 //   8 SLOT     u8 ring (bit 0: completion), u8 index, u64 word: a ring slot, tag included
-//   9 RING     the submit doorbell alone
+//   9 RING     the bell alone (shm::SubmitBell::ring())
 // The client side keeps its positions privately and reads nothing back for control, so
 // the harness itself cannot be misled into a loop.
 //
@@ -45,6 +45,7 @@
 #include <thread>
 
 #include "clients.h"
+#include "insideout/shm/bell.h"
 #include "insideout/shm/futex.h"
 #include "insideout/shm/layout.h"
 #include "insideout/shm/ring.h"
@@ -169,6 +170,8 @@ class Harness {
     FUZZ_CHECK(slot_->segment.valid(), "%s", err.c_str());
     slot_->geom = g_;
     slot_->has_segment = true;
+    FUZZ_CHECK(sched_->attach_client(*slot_, &err), "%s", err.c_str());
+    bell_ = shm::SubmitBell(sched_->bell_page(), slot_->bell_fd);
     table_.activate(*slot_);
     base_ = static_cast<char*>(slot_->segment.base());
     submit_ = shm::RingView(base_ + g_.submit_ring_off, g_.ring_capacity);
@@ -253,27 +256,17 @@ class Harness {
         }
         case 9:
           g_phase = "ring";
-          shm::event_notify(doorbells()->submit, 1);
+          bell_.ring();
           poked_ = true;
           break;
       }
     }
-      std::fprintf(
-          stderr,
-          "accepted %llu completed %llu rejected %llu backpressure %llu backlog %d sub_pos %llu\n",
-          (unsigned long long)slot_->accepted.load(), (unsigned long long)slot_->completed.load(),
-          (unsigned long long)slot_->rejected.load(),
-          (unsigned long long)slot_->backpressure.load(), (int)slot_->has_backlog.load(),
-          (unsigned long long)sub_pos_);
     g_phase = "final settle";
     settle();
     pop();
   }
 
  private:
-  shm::Doorbells* doorbells() const {
-    return reinterpret_cast<shm::Doorbells*>(base_ + g_.doorbells_off);
-  }
   std::uint32_t frame_off(std::uint8_t i) const {
     return g_.frames_off + (i % g_.frame_count) * static_cast<std::uint32_t>(sizeof(shm::Frame));
   }
@@ -317,7 +310,7 @@ class Harness {
         (static_cast<std::uint64_t>(static_cast<std::uint32_t>(sub_pos_ + 1)) << 32) | value,
         std::memory_order_release);
     ++sub_pos_;
-    shm::event_notify(doorbells()->submit, 1);
+    bell_.ring();
     poked_ = true;
   }
 
@@ -358,13 +351,13 @@ class Harness {
       if (waited >= hang_bound())
         hang(
             "hang: the worker has not gone back to sleep for %lld ms (steps %llu, "
-            "accepted %llu, completed %llu, backpressure %llu, backlog %d)",
+            "accepted %llu, completed %llu, backpressure %llu, faulted %d)",
             static_cast<long long>(hang_bound().count()),
             static_cast<unsigned long long>(w.stats.steps.load()),
             static_cast<unsigned long long>(slot_->accepted.load()),
             static_cast<unsigned long long>(slot_->completed.load()),
             static_cast<unsigned long long>(slot_->backpressure.load()),
-            static_cast<int>(slot_->has_backlog.load()));
+            static_cast<int>(slot_->faulted.load()));
       std::this_thread::sleep_for(std::chrono::microseconds(20));
     }
   }
@@ -397,6 +390,7 @@ class Harness {
   bool forged_completions_ = false;
   bool poked_ = true;  // the worker may have something to do since the last settle
   bool closed_ = false;
+  shm::SubmitBell bell_;
 };
 
 }  // namespace

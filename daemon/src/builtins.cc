@@ -144,8 +144,10 @@ void register_builtins(FunctionRegistry& r) {
   r.add({"noop", "does nothing and completes", noop});
   r.add({"echo", "returns its environment (in place)", echo});
   r.add({"checksum", "XXH3-64 of its environment, read in place", checksum});
-  r.add({"fanout", "spawns ARG children and completes with ARG when all have", fanout, false,
-         0xFFFFFFFFull});
+  // At most 2^30 children (a billion runs): the peak of task memory a fanout holds is
+  // about 65 tasks per 65,536 children (kFanoutLeaf), ~33 MiB at the limit.
+  r.add({"fanout", "spawns ARG children (at most 2^30) and completes with ARG when all have",
+         fanout, false, 1ull << 30});
   r.add(
       {"chain", "ARG steps, each a yield (may migrate between workers)", chain, false, 1ull << 40});
   r.add({"sleep", "parks for ARG nanoseconds (at most one hour)", sleep, false,

@@ -46,6 +46,9 @@ ClientSlot* ClientTable::reserve() {
     s->accepted = s->completed = s->failed = s->rejected = s->rejected_function = s->backpressure =
         0;
     s->has_segment = false;
+    s->max_inflight = 0;
+    s->max_timers = 0;
+    s->timers.store(0, std::memory_order_relaxed);
     s->base = nullptr;
     s->doorbells = nullptr;
     s->name.clear();
@@ -66,7 +69,9 @@ void ClientTable::activate(ClientSlot& s) {
     s.completion =
         shm::RingProducer(shm::RingView(s.base + s.geom.completion_ring_off, s.geom.ring_capacity),
                           &s.completion_tail);
-    s.max_inflight = s.geom.ring_capacity;
+    // The configured limit, never more than the ring holds.
+    if (s.max_inflight == 0 || s.max_inflight > s.geom.ring_capacity)
+      s.max_inflight = s.geom.ring_capacity;
   }
   s.refs.store(1, std::memory_order_relaxed);  // the connection's
   // S1: pairs with S2 in the workers; everything above is visible to them.

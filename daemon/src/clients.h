@@ -73,7 +73,9 @@ struct alignas(shm::kCacheLine) ClientSlot {
   // The daemon's end of the client's eventfd (its "submit" bell, see shm/bell.h); closed
   // when the slot is reclaimed.
   int bell_fd = -1;
-  std::uint32_t max_inflight = 0;
+  std::uint32_t max_inflight = 0;  // 0 until activate(): then at most the ring capacity
+  std::uint32_t max_timers = 0;    // continuations parked on a timer at once; 0: no limit
+  std::atomic<std::uint32_t> timers{0};
   std::uint32_t pool = 0;  // the pool (SchedulerConfig::pool) whose workers serve it
 
   // Daemon-side statistics (relaxed: counters only).

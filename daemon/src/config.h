@@ -27,7 +27,14 @@ struct DaemonConfig {
   std::uint32_t max_clients = 256;
   std::uint32_t max_serial_inflight = 4096;  // per connection
   shm::SegmentRequest segment_defaults{};
-  shm::SegmentRequest segment_max{1u << 20, 1u << 20, 1u << 16, 1u << 16};
+  // Per client: what its segment may be (clamped field by field, then its total size),
+  // how many of its continuations the daemon holds at once (the rest wait in its ring),
+  // and how many may be parked on a timer at once. The segment is laid out on the
+  // registration thread, so its size bounds that thread's work per Hello too.
+  shm::SegmentRequest segment_max{1u << 16, 1u << 16, 1u << 16, 1u << 16};
+  std::uint64_t max_segment_bytes = 256ull << 20;
+  std::uint32_t max_inflight = 4096;
+  std::uint32_t max_timers = 4096;
   std::chrono::milliseconds drain_timeout{5000};
   std::chrono::milliseconds heartbeat{250};
   mode_t socket_mode = 0660;

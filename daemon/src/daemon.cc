@@ -458,6 +458,13 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
           "bad segment request: ring capacity must be a power of two, frames at most the ring "
           "capacity, buffer blocks a multiple of 64 bytes");
     }
+    if (g.size > config_.max_segment_bytes) {
+      clients_.reclaim(*slot);
+      pools_lock.unlock();
+      return refuse("segment of " + std::to_string(g.size) + " bytes asked for; the limit is " +
+                    std::to_string(config_.max_segment_bytes) +
+                    " (insideoutd --max-segment-mib)");
+    }
     std::string err;
     slot->segment =
         shm::Segment::create(g, static_cast<std::uint32_t>(::getpid()), slot->id, start_ns_, &err);
@@ -475,6 +482,8 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
       return refuse("could not make the client's bell: " + err);
     }
   }
+  slot->max_inflight = config_.max_inflight;
+  slot->max_timers = config_.max_timers;
   clients_.activate(*slot);
   c.slot = slot;
   c.sched = pool.scheduler;

@@ -39,6 +39,19 @@ int main(int argc, char** argv) {
                  "How long spin-then-block spins before it sleeps, in microseconds");
   app.add_option("--max-clients", config.max_clients, "Most clients registered at once");
   app.add_option("--drain-timeout-ms", drain_ms, "How long SIGTERM waits for in-flight work");
+  std::uint64_t segment_mib = config.max_segment_bytes >> 20;
+  app.add_option("--max-segment-mib", segment_mib,
+                 "Largest shared-memory segment one client may ask for, in MiB")
+      ->capture_default_str();
+  app.add_option("--max-inflight", config.max_inflight,
+                 "Continuations of one client the daemon holds at once; the rest wait in the "
+                 "client's ring")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 1u << 16));
+  app.add_option("--max-timers", config.max_timers,
+                 "Continuations of one client parked on a timer at once (0: no limit); past it "
+                 "a sleep fails with BACKPRESSURE")
+      ->capture_default_str();
   bool no_control = false;
   app.add_option(
       "--admin-group", config.admin_group,
@@ -73,6 +86,7 @@ int main(int argc, char** argv) {
     config.cpus = *list;
   }
   config.pin = !no_pin;
+  config.max_segment_bytes = segment_mib << 20;
   config.control = !no_control;
   config.idle = *insideout::shm::parse_idle_strategy(idle);
   config.spin = std::chrono::microseconds(spin_us);

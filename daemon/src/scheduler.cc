@@ -24,6 +24,7 @@ using shm::Status;
 
 constexpr std::uint16_t kTaskCancelled = 1u << 8;  // resumed by a cancelled timer
 constexpr std::uint16_t kTaskSampled = 1u << 9;    // its latency is measured
+constexpr std::uint16_t kTaskOverLimit = 1u << 10;  // its client has too many timers
 constexpr std::uint32_t kStealMax = 32;
 // A client's bell in a worker's epoll set: a write wakes one sleeping worker of the pool
 // (EPOLLEXCLUSIVE), and edge-triggered, so nobody has to read the count back.
@@ -259,6 +260,7 @@ void Scheduler::begin_drain() {
     while (!timers_.empty()) {
       Task* t = timers_.top().task;
       timers_.pop();
+      clients_.slot(t->client).timers.fetch_sub(1, std::memory_order_relaxed);
       t->flags |= kTaskCancelled;
       inject(t);
     }
@@ -716,6 +718,12 @@ void Scheduler::run_task(Worker& w, StepContext& ctx, Task* t) {
   if (!(t->flags & kTaskChild)) {
     ClientSlot& c = clients_.slot(t->client);
     const bool gone = c.state.load(std::memory_order_relaxed) == SlotState::kClosing;
+    if (t->flags & kTaskOverLimit) {
+      t->flags = static_cast<std::uint16_t>(t->flags & ~kTaskOverLimit);
+      ctx.reset();
+      ctx.fail(Status::kBackpressure, ErrorDetail::kTooManyTimers);
+      return finish(w, ctx, t, Step::kFail);
+    }
     if ((t->flags & kTaskCancelled) || (gone && !(t->flags & kTaskNoCancel))) {
       ctx.reset();
       ctx.fail(Status::kCancelled, c.state.load(std::memory_order_relaxed) == SlotState::kClosing
@@ -1004,6 +1012,7 @@ void Scheduler::client_closing(ClientSlot& slot) {
     TimerEntry e = timers_.top();
     timers_.pop();
     if (e.task->client == slot.index) {
+      slot.timers.fetch_sub(1, std::memory_order_relaxed);
       e.task->flags |= kTaskCancelled;
       inject(e.task);
     } else {
@@ -1030,6 +1039,15 @@ void Scheduler::park_timer(Task* t, std::chrono::steady_clock::time_point when) 
       inject(t);
       return;
     }
+    // Each client's parked continuations are bounded (--max-timers): the heap, and the
+    // sweep when a client leaves, are bounded by the clients times that.
+    ClientSlot& c = clients_.slot(t->client);
+    if (c.max_timers != 0 && c.timers.load(std::memory_order_relaxed) >= c.max_timers) {
+      t->flags |= kTaskOverLimit;
+      inject(t);
+      return;
+    }
+    c.timers.fetch_add(1, std::memory_order_relaxed);  // under timer_mu_, like every change
     earliest = timers_.empty() || when < timers_.top().when;
     timers_.push({when, t});
   }
@@ -1051,6 +1069,7 @@ void Scheduler::timer_loop() {
     }
     Task* t = timers_.top().task;
     timers_.pop();
+    clients_.slot(t->client).timers.fetch_sub(1, std::memory_order_relaxed);
     inject(t);
   }
 }

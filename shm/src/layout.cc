@@ -63,6 +63,8 @@ const char* detail_name(ErrorDetail d) noexcept {
       return "client gone";
     case ErrorDetail::kShutdown:
       return "daemon shutting down";
+    case ErrorDetail::kTooManyTimers:
+      return "too many parked continuations for this client (--max-timers)";
     case ErrorDetail::kStepThrew:
       return "step threw an exception";
   }

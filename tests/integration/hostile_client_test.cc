@@ -417,6 +417,8 @@ TEST(HostileClient, ShouldFailEachBadFrameAloneWithTheRightStatusAndDetail) {
          f->fn = echo, f->flags = shm::kFrameEnvInline, f->env_len = 0xFFFFFFFFu;
        },
        Status::kInvalidArgument, ErrorDetail::kInlineTooLong},
+      {"fanout 2^30 + 1", [&](Frame* f, auto&) { f->fn = fanout, f->arg = (1ull << 30) + 1; },
+       Status::kInvalidArgument, ErrorDetail::kArgumentOutOfRange},
       {"fanout 2^32", [&](Frame* f, auto&) { f->fn = fanout, f->arg = 1ull << 32; },
        Status::kInvalidArgument, ErrorDetail::kArgumentOutOfRange},
       {"fanout 2^64-1", [&](Frame* f, auto&) { f->fn = fanout, f->arg = ~0ull; },

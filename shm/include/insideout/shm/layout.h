@@ -167,6 +167,7 @@ enum class ErrorDetail : std::uint32_t {
   kClientGone = 9,
   kShutdown = 10,
   kStepThrew = 11,
+  kTooManyTimers = 12,  // the client's parked continuations are at its limit
 };
 const char* detail_name(ErrorDetail d) noexcept;
 
