@@ -502,8 +502,16 @@ class SchedulerService final : public v1::Scheduler::Service {
       // The slot is never freed while the daemon runs; its counters are atomics. If the
       // client left since the snapshot, these are its last (or a successor's) numbers.
       ClientSlot& s = daemon_.clients().slot(i.slot);
-      const std::uint32_t refs = s.refs.load(std::memory_order_relaxed);
-      c->set_in_flight(refs > 0 ? refs - 1 : 0);
+      // From the counters, not the reference count: a completion is counted before the
+      // ring publishes it, while its reference is dropped after, so a client that saw all
+      // its completions would still see some in flight. Rejected frames were never
+      // accepted but end as failures; dropped offsets (not frames) end as nothing.
+      auto n = [](const std::atomic<std::uint64_t>& v) {
+        return static_cast<std::int64_t>(v.load(std::memory_order_relaxed));
+      };
+      const std::int64_t in_flight = n(s.accepted) + n(s.rejected) + n(s.rejected_function) -
+                                     n(s.dropped) - n(s.completed) - n(s.failed);
+      c->set_in_flight(in_flight > 0 ? static_cast<std::uint64_t>(in_flight) : 0);
       auto* k = c->mutable_counters();
       k->set_accepted(s.accepted.load(std::memory_order_relaxed));
       k->set_completed(s.completed.load(std::memory_order_relaxed));

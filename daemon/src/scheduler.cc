@@ -643,6 +643,7 @@ void Scheduler::accept_one(Worker& w, ClientSlot& c, std::uint32_t off) {
   if (!c.geom.frame_offset_valid(off)) {
     // No frame to complete: count it and drop the reference taken for it.
     c.rejected.fetch_add(1, std::memory_order_relaxed);
+    c.dropped.fetch_add(1, std::memory_order_relaxed);
     w.stats.rejected.fetch_add(1, std::memory_order_relaxed);
     release_client(c, 1);
     return;
