@@ -93,7 +93,7 @@ TEST(RuntimeDir, ShouldRefuseAWorldWritableRuntimeDir) {
   ASSERT_EQ(::chmod(dir.c_str(), 01777), 0);  // as /tmp: the sticky bit does not make it ours
   const CommandResult r = start_refused(dir);
   expect_mentions(r.output, dir);
-  expect_mentions(r.output, "mode 1777");
+  expect_mentions(r.output, "mode 01777");
   EXPECT_TRUE(list_dir(dir).empty()) << ::testing::PrintToString(list_dir(dir));
 }
 
