@@ -25,10 +25,12 @@ int main(int argc, char** argv) {
   std::string cpus, idle = "spin-then-block", log_level = "info";
   unsigned spin_us = 50, drain_ms = 5000;
   bool no_pin = false;
-  app.add_option("--runtime-dir", config.runtime_dir,
-                 "Directory for daemon.sock and the lock (default: $INSIDEOUT_RUNTIME_DIR, else "
-                 "/run/insideout "
-                 "as root, else $XDG_RUNTIME_DIR/insideout)");
+  app.add_option(
+      "--runtime-dir", config.runtime_dir,
+      "Directory for daemon.sock and the lock (default: $INSIDEOUT_RUNTIME_DIR, else "
+      "/run/insideout "
+      "as root, else $XDG_RUNTIME_DIR/insideout). Created 0700 if missing; refused if it is a "
+      "symbolic link, another user's, or writable by the group or others");
   app.add_option("-w,--workers", config.workers, "Worker threads (default: one per allowed CPU)");
   app.add_option("--cpus", cpus,
                  "CPUs to pin workers to, e.g. 0-3,8 (default: the process's affinity mask)");

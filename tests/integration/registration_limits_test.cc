@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -223,10 +224,16 @@ TEST(RegistrationLimits, ShouldNotSpinWhenOutOfDescriptorsAndAcceptAgainOnceOneI
     w << "#!/bin/sh\nulimit -n 128 || exit 99\nexec '" << insideoutd_path() << "' \"$@\"\n";
   }
   ASSERT_EQ(::chmod(wrapper.c_str(), 0700), 0);
+  const char* outer = std::getenv("INSIDEOUT_TEST_DAEMON");
+  const std::string restore = outer != nullptr ? outer : "";
   ASSERT_EQ(::setenv("INSIDEOUT_TEST_DAEMON", wrapper.c_str(), 1), 0);
   auto daemon = std::make_unique<DaemonProcess>(
       std::vector<std::string>{"--hello-timeout-ms", "60000", "--workers", "1"});
-  ::unsetenv("INSIDEOUT_TEST_DAEMON");
+  if (restore.empty()) {
+    ::unsetenv("INSIDEOUT_TEST_DAEMON");
+  } else {
+    ::setenv("INSIDEOUT_TEST_DAEMON", restore.c_str(), 1);
+  }
   ::unlink(wrapper.c_str());
   ASSERT_TRUE(daemon->ready()) << daemon->log();
   // More connections than it has descriptors: the rest wait in the backlog (128 deep,
