@@ -184,6 +184,19 @@ std::string idle_text(v1::IdleStrategy s) {
   }
 }
 
+std::string state_text(v1::DaemonState s) {
+  switch (s) {
+    case v1::DAEMON_STATE_SERVING:
+      return "serving";
+    case v1::DAEMON_STATE_DRAINING:
+      return "draining (new work is refused; insideoutctl resume undoes it)";
+    case v1::DAEMON_STATE_DRAINED:
+      return "drained (nothing in flight; insideoutctl resume undoes it)";
+    default:
+      return "?";
+  }
+}
+
 // WORKER (a number) or POOL (a name).
 v1::Target parse_target(const std::string& s) {
   v1::Target t;
@@ -579,10 +592,14 @@ int main(int argc, char** argv) {
   submit->add_option("--arg", arg, "Scalar argument");
 
   unsigned drain_ms = 0;
-  auto* drain =
-      app.add_subcommand("drain", "Stop taking work from clients and wait for what is in flight");
+  auto* drain = app.add_subcommand(
+      "drain",
+      "Stop taking work from clients (new work is refused with 'draining') and wait for what "
+      "is in flight; undone by resume");
   drain->add_option("--timeout-ms", drain_ms,
                     "At most this long (default: the daemon's drain timeout)");
+  auto* resume =
+      app.add_subcommand("resume", "Take work from clients again after a drain (admin only)");
   auto* shutdown = app.add_subcommand("shutdown", "Drain and stop the daemon");
 
   unsigned top_iterations = 0;
@@ -612,10 +629,10 @@ int main(int argc, char** argv) {
     std::printf(
         "insideoutd %s (layout %u, protocol %u), pid %u, up %.1f s\nruntime dir %s\nCPUs online "
         "%u, allowed "
-        "%s\nworkers %u, clients %u\n",
+        "%s\nworkers %u, clients %u\nstate %s\n",
         r.version().c_str(), r.layout_version(), r.protocol_version(), r.pid(), r.uptime_seconds(),
         r.runtime_dir().c_str(), r.cpus_online(), r.cpus_allowed().c_str(), r.workers(),
-        r.clients());
+        r.clients(), state_text(r.state()).c_str());
     return kOk;
   }
   if (*pools) {
@@ -805,6 +822,12 @@ int main(int argc, char** argv) {
     if (auto st = stub.Drain(ctl.context(70000).get(), q, &r); !st.ok()) return ctl.error(st);
     if (!r.drained()) return fail(kDaemonError, "drain timed out with work in flight");
     std::printf("drained\n");
+    return kOk;
+  }
+  if (*resume) {
+    v1::ResumeResponse r;
+    if (auto st = stub.Resume(ctl.context().get(), {}, &r); !st.ok()) return ctl.error(st);
+    std::printf(r.was_draining() ? "resumed\n" : "serving (it was not drained)\n");
     return kOk;
   }
   if (*shutdown) {

@@ -527,6 +527,14 @@ absl::StatusOr<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
   hello->mutable_segment()->set_buffer_block_size(options.segment.buffer_block_size);
   hello->mutable_segment()->set_buffer_block_count(options.segment.buffer_block_count);
   if (int e = v1::send_message(impl->sock, hello_msg); e != 0) {
+    // Refused at the door (a connection limit): the daemon said why before it closed.
+    timeval brief{0, 100'000};
+    ::setsockopt(impl->sock, SOL_SOCKET, SO_RCVTIMEO, &brief, sizeof(brief));
+    v1::DaemonMessage early;
+    if (v1::recv_message(impl->sock, &early) == v1::RecvStatus::kOk && early.has_refused()) {
+      return fail(absl::ResourceExhaustedError("insideoutd refused the connection: " +
+                                               early.refused().reason()));
+    }
     return fail(absl::UnavailableError("sending Hello to " + path + ": " + std::strerror(e)));
   }
   // A daemon that accepts and then never answers must not hang us: bound the handshake.

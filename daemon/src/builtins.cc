@@ -59,7 +59,7 @@ Step fanout_done(Task& t, StepContext& ctx) {
     return Step::kComplete;  // a child: freed, nothing reported
   }
   t.flags = static_cast<std::uint16_t>(t.flags & ~kTaskNoCancel);  // no child is left
-  if (ctx.cancelled(t)) return ctx.fail(Status::kCancelled, ErrorDetail::kClientGone);
+  if (ctx.cancelled(t)) return ctx.fail(Status::kCancelled, ctx.cancel_detail());
   ctx.set_value(t.w1 >> 32);
   return Step::kComplete;
 }

@@ -44,7 +44,7 @@ ClientSlot* ClientTable::reserve() {
     s->jobs.clear();
     s->free_jobs.clear();
     s->accepted = s->completed = s->failed = s->rejected = s->rejected_function = s->backpressure =
-        s->dropped = 0;
+        s->dropped = s->refused = 0;
     s->has_segment = false;
     s->max_inflight = 0;
     s->max_timers = 0;

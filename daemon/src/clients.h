@@ -85,6 +85,7 @@ struct alignas(shm::kCacheLine) ClientSlot {
   std::atomic<std::uint64_t> rejected{0};           // bad offset, length, flags or argument
   std::atomic<std::uint64_t> rejected_function{0};  // unknown function id
   std::atomic<std::uint64_t> dropped{0};  // offsets that are not frames (also in rejected)
+  std::atomic<std::uint64_t> refused{0};  // frames completed with kDraining, never accepted
   std::atomic<std::uint64_t> backpressure{0};
 
   // A serialized job slot (reused when one is free), its environment copied in.

@@ -4,8 +4,32 @@
 
 #include <algorithm>
 #include <charconv>
+#include <limits>
+#include <string>
+
+#include "task.h"
 
 namespace insideout::daemon {
+
+// Slot indices run from 0 to max_clients (the control plane's slot is the extra one).
+static_assert(kMaxClientsLimit == std::numeric_limits<decltype(Task::client)>::max(),
+              "kMaxClientsLimit must follow the width of Task::client");
+
+absl::Status validate(const DaemonConfig& c) {
+  auto bad = [](const std::string& m) { return absl::InvalidArgumentError(m); };
+  if (c.max_clients == 0 || c.max_clients > kMaxClientsLimit) {
+    return bad("--max-clients " + std::to_string(c.max_clients) + " is out of range: 1.." +
+               std::to_string(kMaxClientsLimit) + " (a continuation names its client in 16 bits)");
+  }
+  if (c.max_connections == 0) return bad("--max-connections must be at least 1");
+  if (c.max_connections_per_uid == 0) return bad("--max-connections-per-uid must be at least 1");
+  if (c.hello_timeout.count() <= 0) return bad("--hello-timeout-ms must be positive");
+  if (c.max_serial_bytes == 0 || c.max_serial_bytes_total < c.max_serial_bytes) {
+    return bad("--max-serial-bytes must be positive and at most --max-serial-bytes-total");
+  }
+  if (c.max_control_submits == 0) return bad("--max-control-submits must be at least 1");
+  return absl::OkStatus();
+}
 
 std::optional<std::vector<int>> parse_cpu_list(std::string_view text, std::string* error) {
   std::vector<int> out;

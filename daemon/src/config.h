@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "insideout/shm/futex.h"
 #include "insideout/shm/layout.h"
 
@@ -24,8 +25,21 @@ struct DaemonConfig {
   shm::IdleStrategy idle = shm::IdleStrategy::kSpinThenBlock;
   std::chrono::microseconds spin{50};
   std::uint32_t accept_batch = 64;
-  std::uint32_t max_clients = 256;
+  // Registered clients at once (at most kMaxClientsLimit: Task::client is 16 bits).
+  std::uint32_t max_clients = 1024;
+  // Connections to daemon.sock at once, registered or not, in all and per uid.
+  std::uint32_t max_connections = 4096;
+  std::uint32_t max_connections_per_uid = 1024;
+  // A connection that has not sent Hello within this is closed.
+  std::chrono::milliseconds hello_timeout{5000};
   std::uint32_t max_serial_inflight = 4096;  // per connection
+  // Serialized continuations' bytes (environments in, results waiting to be sent out)
+  // per connection and over all connections: beyond them a submission is refused with
+  // kBackpressure.
+  std::uint64_t max_serial_bytes = 16u << 20;
+  std::uint64_t max_serial_bytes_total = 256u << 20;
+  // gRPC Submit calls waiting for their result at once.
+  std::uint32_t max_control_submits = 1024;
   shm::SegmentRequest segment_defaults{};
   // Per client: what its segment may be (clamped field by field, then its total size),
   // how many of its continuations the daemon holds at once (the rest wait in its ring),
@@ -44,6 +58,13 @@ struct DaemonConfig {
   std::string client_group;  // its members may read; empty: anyone who can open the socket
   std::chrono::milliseconds stats_interval{100};  // how often $RUNTIME/stats is refreshed
 };
+
+// The most clients the daemon can tell apart: a continuation names its client slot in
+// 16 bits (Task::client), and the control plane's own slot takes one index.
+inline constexpr std::uint32_t kMaxClientsLimit = 65535;
+
+// OK, or INVALID_ARGUMENT naming the first field that is out of range and why.
+absl::Status validate(const DaemonConfig& config);
 
 // "0-3,8,10-11" -> {0,1,2,3,8,10,11}; nullopt (and *error) on a malformed list.
 std::optional<std::vector<int>> parse_cpu_list(std::string_view text, std::string* error);

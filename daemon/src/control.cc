@@ -35,6 +35,7 @@
 #include "insideout/shm/layout.h"
 #include "insideout/shm/stats_area.h"
 #include "insideout/v1/scheduler.grpc.pb.h"
+#include "runtime_dir.h"
 #include "scheduler.h"
 #include "unix_listener.h"
 
@@ -104,19 +105,25 @@ std::optional<gid_t> lookup_group(const std::string& name) {
   return std::nullopt;
 }
 
-// The peer's primary group, or one of its supplementary groups (/proc/<pid>/status).
+// The peer's primary group, or one of its supplementary groups as captured at accept.
 bool in_group(const PeerCred& p, gid_t g) {
   if (g == static_cast<gid_t>(-1)) return false;
-  if (p.gid == g) return true;
-  std::ifstream in("/proc/" + std::to_string(p.pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("Groups:", 0) != 0) continue;
-    std::istringstream ss(line.substr(7));
-    unsigned long v;
-    while (ss >> v) {
-      if (static_cast<gid_t>(v) == g) return true;
+  return p.gid == g || std::find(p.groups.begin(), p.groups.end(), g) != p.groups.end();
+}
+
+// The supplementary groups of a socket's peer at connect time (SO_PEERGROUPS, Linux
+// 4.13); false when the kernel cannot say.
+bool peer_groups(int fd, std::vector<gid_t>* out) {
+  std::vector<gid_t> g(64);
+  for (int tries = 0; tries < 4; ++tries) {
+    socklen_t len = static_cast<socklen_t>(g.size() * sizeof(gid_t));
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, g.data(), &len) == 0) {
+      g.resize(len / sizeof(gid_t));
+      *out = std::move(g);
+      return true;
     }
+    if (errno != ERANGE) return false;
+    g.resize(len / sizeof(gid_t) + 1);  // the kernel said how much it needs
   }
   return false;
 }
@@ -246,7 +253,19 @@ class SchedulerService final : public v1::Scheduler::Service {
           waiters_.erase(it);
         });
   }
-  void stopping() { stopping_.store(true, std::memory_order_relaxed); }
+  // The daemon stops: Submit calls waiting for a result return now (their continuations
+  // are cut off by the drain that follows) rather than holding the server's shutdown
+  // for their whole timeout, and new ones are refused.
+  void stopping() {
+    stopping_.store(true, std::memory_order_relaxed);
+    std::lock_guard lock(waiters_mu_);
+    for (auto& [tag, p] : waiters_) {
+      Outcome o;
+      o.shutdown = true;
+      p.set_value(std::move(o));
+    }
+    waiters_.clear();
+  }
 
   Status GetInfo(ServerContext* ctx, const v1::GetInfoRequest*, v1::GetInfoResponse* out) override {
     if (auto st = check(ctx, false); !st.ok()) return st;
@@ -260,6 +279,17 @@ class SchedulerService final : public v1::Scheduler::Service {
     out->set_runtime_dir(daemon_.runtime_dir());
     out->set_workers(daemon_.scheduler().worker_count());
     out->set_clients(static_cast<std::uint32_t>(daemon_.client_infos().size()));
+    switch (daemon_.drain_state()) {
+      case Daemon::DrainState::kServing:
+        out->set_state(v1::DAEMON_STATE_SERVING);
+        break;
+      case Daemon::DrainState::kDraining:
+        out->set_state(v1::DAEMON_STATE_DRAINING);
+        break;
+      case Daemon::DrainState::kDrained:
+        out->set_state(v1::DAEMON_STATE_DRAINED);
+        break;
+    }
     return Status::OK;
   }
 
@@ -509,8 +539,8 @@ class SchedulerService final : public v1::Scheduler::Service {
       auto n = [](const std::atomic<std::uint64_t>& v) {
         return static_cast<std::int64_t>(v.load(std::memory_order_relaxed));
       };
-      const std::int64_t in_flight = n(s.accepted) + n(s.rejected) + n(s.rejected_function) -
-                                     n(s.dropped) - n(s.completed) - n(s.failed);
+      const std::int64_t in_flight = n(s.accepted) + n(s.rejected) + n(s.rejected_function) +
+                                     n(s.refused) - n(s.dropped) - n(s.completed) - n(s.failed);
       c->set_in_flight(in_flight > 0 ? static_cast<std::uint64_t>(in_flight) : 0);
       auto* k = c->mutable_counters();
       k->set_accepted(s.accepted.load(std::memory_order_relaxed));
@@ -580,7 +610,18 @@ class SchedulerService final : public v1::Scheduler::Service {
     const std::uint64_t tag = next_tag_.fetch_add(1, std::memory_order_relaxed);
     std::future<Outcome> fut;
     {
+      // The cap and the shutdown check under the lock stopping() takes: no call can
+      // start waiting after stopping() has released the waiters.
       std::lock_guard lock(waiters_mu_);
+      if (stopping_.load(std::memory_order_relaxed))
+        return Status(StatusCode::UNAVAILABLE, "insideoutd is shutting down");
+      const std::uint32_t max = daemon_.config().max_control_submits;
+      if (waiters_.size() >= max) {
+        return Status(StatusCode::RESOURCE_EXHAUSTED,
+                      std::to_string(waiters_.size()) +
+                          " Submit calls are waiting for their results (max " +
+                          std::to_string(max) + ", --max-control-submits); try again later");
+      }
       fut = waiters_[tag].get_future();
     }
     ClientSlot& s = *local_;
@@ -596,6 +637,15 @@ class SchedulerService final : public v1::Scheduler::Service {
         std::lock_guard lock(waiters_mu_);
         waiters_.erase(tag);
       }
+      if (st == shm::Status::kDraining) {
+        // Not an error of the call: the daemon said no for now, with its own status.
+        out->set_status(static_cast<int>(st));
+        out->set_status_name(status_proto_name(static_cast<int>(st)));
+        out->set_error("draining: insideoutd takes no work until `insideoutctl resume`");
+        return Status::OK;
+      }
+      if (st == shm::Status::kCancelled && d == shm::ErrorDetail::kShutdown)
+        return Status(StatusCode::UNAVAILABLE, "insideoutd is shutting down");
       return invalid(std::string("rejected: ") + shm::status_name(st) + ": " + shm::detail_name(d));
     }
     const auto timeout =
@@ -608,6 +658,10 @@ class SchedulerService final : public v1::Scheduler::Service {
       }
     }
     Outcome o = fut.get();
+    if (o.shutdown) {
+      return Status(StatusCode::UNAVAILABLE,
+                    "insideoutd is shutting down; the continuation was cut off");
+    }
     latency_.add(static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0)
             .count()));
@@ -629,9 +683,22 @@ class SchedulerService final : public v1::Scheduler::Service {
     auto timeout = req->timeout_ms() == 0 ? daemon_.config().drain_timeout
                                           : std::chrono::milliseconds(req->timeout_ms());
     timeout = std::min<std::chrono::milliseconds>(timeout, std::chrono::seconds(60));
-    spdlog::info("control: draining (at most {} ms); no more work is taken from clients",
-                 timeout.count());
-    out->set_drained(daemon_.scheduler().drain(timeout));
+    const PeerCred p = server_.peer(ctx->peer());
+    spdlog::info(
+        "control: draining (at most {} ms), requested by pid {} uid {}; new work is refused "
+        "with 'draining' until resume",
+        timeout.count(), p.pid, p.uid);
+    out->set_drained(daemon_.drain(timeout));
+    return Status::OK;
+  }
+
+  Status Resume(ServerContext* ctx, const v1::ResumeRequest*, v1::ResumeResponse* out) override {
+    if (auto st = check(ctx, true); !st.ok()) return st;
+    const PeerCred p = server_.peer(ctx->peer());
+    const bool was = daemon_.resume();
+    spdlog::info("control: {} by pid {} uid {}", was ? "resumed" : "resume (already serving)",
+                 p.pid, p.uid);
+    out->set_was_draining(was);
     return Status::OK;
   }
 
@@ -645,6 +712,7 @@ class SchedulerService final : public v1::Scheduler::Service {
 
  private:
   struct Outcome {
+    bool shutdown = false;  // released by stopping(): no result will come
     int status = 0;
     shm::ErrorDetail detail = shm::ErrorDetail::kNone;
     std::uint64_t value = 0;
@@ -897,8 +965,10 @@ absl::Status ControlServer::start() {
 
   // The counters area.
   const std::string sp = stats_path();
-  ::unlink(sp.c_str());
-  stats_fd_ = ::open(sp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+  // A stale area of a daemon that died is ours to replace; O_EXCL (with O_CREAT) never
+  // follows a link, so the file opened is the one made here.
+  if (auto st = remove_stale(sp, S_IFREG); !st.ok()) return st;
+  stats_fd_ = ::open(sp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
   if (stats_fd_ < 0) return absl::InternalError("creating " + sp + ": " + std::strerror(errno));
   ::fchmod(stats_fd_, 0640);
   if (client_gid_ != static_cast<gid_t>(-1))
@@ -1000,7 +1070,12 @@ void ControlServer::accept_loop() {
         ::close(fd);
         continue;
       }
-      PeerCred pc{cred.pid, cred.uid, cred.gid, true};
+      PeerCred pc{cred.pid, cred.uid, cred.gid, {}, true};
+      if (!peer_groups(fd, &pc.groups)) {
+        spdlog::warn("control: SO_PEERGROUPS: {}; refusing the connection", std::strerror(errno));
+        ::close(fd);
+        continue;
+      }
       if (!may_read(pc)) {
         spdlog::warn("control: refused pid {} uid {}: not in the client group", cred.pid, cred.uid);
         ::close(fd);

@@ -20,6 +20,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "absl/status/status.h"
 
@@ -36,10 +37,14 @@ namespace insideout::daemon {
 class Daemon;
 class SchedulerService;
 
+// Who connected, as the kernel told at accept (SO_PEERCRED, SO_PEERGROUPS): the
+// credentials of the connecting process when it connected, which later changes to that
+// process (or its pid's reuse) cannot alter.
 struct PeerCred {
   pid_t pid = 0;
   uid_t uid = static_cast<uid_t>(-1);
   gid_t gid = static_cast<gid_t>(-1);
+  std::vector<gid_t> groups;  // supplementary groups
   bool known = false;
 };
 

@@ -5,6 +5,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
@@ -15,12 +16,12 @@
 #include <csignal>
 #include <cstring>
 #include <ctime>
-#include <filesystem>
 
 #include "insideout/shm/paths.h"
 #include "insideout/shm/segment.h"
 #include "insideout/v1/continuation.pb.h"
 #include "insideout/v1/wire.h"
+#include "runtime_dir.h"
 #include "segment_request.h"
 #include "unix_listener.h"
 
@@ -41,6 +42,15 @@ absl::Status errno_status(const std::string& what) {
   return absl::InternalError(what + ": " + std::strerror(errno));
 }
 
+// Twins across the wire: the frame's status and the protobuf enum share their numbers.
+static_assert(static_cast<int>(Status::kOk) == v1::STATUS_OK);
+static_assert(static_cast<int>(Status::kBackpressure) == v1::STATUS_BACKPRESSURE);
+static_assert(static_cast<int>(Status::kDaemonLost) == v1::STATUS_DAEMON_LOST);
+static_assert(static_cast<int>(Status::kResultTooLarge) == v1::STATUS_RESULT_TOO_LARGE);
+static_assert(static_cast<int>(Status::kDraining) == v1::STATUS_DRAINING);
+static_assert(v1::Status_MAX == static_cast<int>(Status::kDraining),
+              "a Status value was added on one side of the wire only");
+
 v1::Status to_proto(Status s) { return static_cast<v1::Status>(static_cast<int>(s)); }
 
 std::string error_text(Status s, ErrorDetail d) {
@@ -57,7 +67,9 @@ constexpr std::uint64_t kEventKey = 4ull << 40;
 
 }  // namespace
 
-Daemon::Daemon(DaemonConfig config) : config_(std::move(config)), clients_(config_.max_clients) {}
+// One slot more than max_clients: the control plane's own (open_local_client()).
+Daemon::Daemon(DaemonConfig config)
+    : config_(std::move(config)), clients_(config_.max_clients + 1) {}
 
 Daemon::~Daemon() {
   for (int fd : {listen_fd_, epoll_fd_, signal_fd_, timer_fd_, event_fd_}) {
@@ -67,17 +79,34 @@ Daemon::~Daemon() {
 }
 
 absl::Status Daemon::start() {
+  // Every connection is a descriptor: take all the kernel allows this process, so the
+  // connection limits (not EMFILE) are what bounds them.
+  rlimit nofile{};
+  if (::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    const rlim_t before = nofile.rlim_cur;
+    nofile.rlim_cur = nofile.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &nofile) == 0) {
+      spdlog::info("open-file limit raised from {} to {}", before, nofile.rlim_cur);
+    } else {
+      spdlog::warn("could not raise the open-file limit from {}: {}", before, std::strerror(errno));
+      nofile.rlim_cur = before;
+    }
+  }
+  if (nofile.rlim_cur != RLIM_INFINITY && nofile.rlim_cur < config_.max_connections + 64u) {
+    spdlog::warn(
+        "the open-file limit ({}) is below --max-connections ({}) plus the daemon's own "
+        "descriptors: accept() may fail first (the listener then pauses until one is free)",
+        nofile.rlim_cur, config_.max_connections);
+  }
   runtime_dir_ = config_.runtime_dir.empty() ? shm::default_runtime_dir() : config_.runtime_dir;
-  std::error_code ec;
-  std::filesystem::create_directories(runtime_dir_, ec);
-  if (ec)
-    return absl::FailedPreconditionError("creating runtime directory " + runtime_dir_ + ": " +
-                                         ec.message());
+  if (auto st = prepare_runtime_dir(runtime_dir_, config_.socket_mode); !st.ok()) return st;
 
-  // Single instance: an flock on the lock file, held for the daemon's life.
+  // Single instance: an flock on the lock file, held for the daemon's life. Opened
+  // without following a link and truncated only once the lock is held.
   const std::string lock_path = runtime_dir_ + "/" + shm::kLockFileName;
-  lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (lock_fd_ < 0) return errno_status("opening " + lock_path);
+  auto lock_fd = open_private_file(lock_path, O_RDWR, 0644);
+  if (!lock_fd.ok()) return lock_fd.status();
+  lock_fd_ = *lock_fd;
   if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
     char buf[32] = {};
     const ssize_t n = ::pread(lock_fd_, buf, sizeof(buf) - 1, 0);
@@ -187,6 +216,7 @@ void Daemon::serial_done(ClientSlot& slot, std::uint32_t job) {
     {
       std::lock_guard lock(slot.jobs_mu);
       SerialJob& j = *slot.jobs[job];
+      out.env_bytes = j.env.size();
       auto* r = out.msg.mutable_result();
       r->set_tag(j.tag);
       r->set_status(to_proto(j.status));
@@ -228,6 +258,7 @@ absl::StatusOr<std::shared_ptr<Scheduler>> Daemon::create_pool(const std::string
   sc.thread_prefix = "io-" + name.substr(0, 7) + "-";
   auto s = make_scheduler(std::move(sc));
   s->start();
+  if (paused_) s->pause();  // the daemon is drained: so is a pool made meanwhile
   PoolInfo info{name, s->config().pool, s};
   pools_.push_back(info);
   std::sort(pools_.begin() + 1, pools_.end(),
@@ -269,6 +300,50 @@ absl::Status Daemon::delete_pool(const std::string& name) {
   return absl::OkStatus();
 }
 
+bool Daemon::drain(std::chrono::milliseconds timeout) {
+  std::vector<PoolInfo> all;
+  {
+    std::lock_guard lock(pools_mu_);  // a concurrent Resume takes effect wholly before or after
+    paused_ = true;
+    all = pools_;
+    for (const auto& p : all) p.scheduler->pause();
+  }
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  bool idle = true;
+  for (const auto& p : all) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    idle = p.scheduler->wait_idle(std::max(left, std::chrono::milliseconds(0))) && idle;
+  }
+  return idle;
+}
+
+bool Daemon::resume() {
+  std::vector<PoolInfo> all;
+  bool was = false;
+  {
+    std::lock_guard lock(pools_mu_);
+    was = paused_;
+    paused_ = false;
+    all = pools_;
+    for (const auto& p : all) p.scheduler->resume();
+  }
+  return was;
+}
+
+Daemon::DrainState Daemon::drain_state() const {
+  std::vector<PoolInfo> all;
+  {
+    std::lock_guard lock(pools_mu_);
+    if (!paused_) return DrainState::kServing;
+    all = pools_;
+  }
+  for (const auto& p : all) {
+    if (p.scheduler->busy()) return DrainState::kDraining;
+  }
+  return DrainState::kDrained;
+}
+
 void Daemon::request_stop() {
   stop_requested_.store(true, std::memory_order_release);  // read after the eventfd wakes the loop
   const std::uint64_t one = 1;
@@ -303,6 +378,7 @@ int Daemon::run() {
         std::uint64_t ticks;
         (void)!::read(timer_fd_, &ticks, sizeof(ticks));
         heartbeat();
+        sweep_connections();
       } else if (key == kEventKey) {
         std::uint64_t v;
         (void)!::read(event_fd_, &v, sizeof(v));
@@ -338,7 +414,9 @@ int Daemon::run() {
         const int fd = static_cast<int>(key);
         auto it = conns_.find(fd);
         if (it == conns_.end()) continue;
-        if (events[i].events & EPOLLIN) on_readable(it->second);
+        if (events[i].events & EPOLLOUT) on_writable(it->second);
+        it = conns_.find(fd);
+        if (it != conns_.end() && (events[i].events & EPOLLIN)) on_readable(it->second);
         it = conns_.find(fd);
         if (it != conns_.end() && (events[i].events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP))) {
           close_conn(fd, "hung up");
@@ -353,33 +431,131 @@ int Daemon::run() {
 }
 
 void Daemon::on_accept() {
-  for (;;) {
+  for (int i = 0; i < 256; ++i) {  // bounded: a connection storm cannot hold the loop
     const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) {
-      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-        spdlog::warn("accept: {}", std::strerror(errno));
-      return;
+      const int e = errno;
+      if (e == EAGAIN || e == EWOULDBLOCK) return;
+      if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) return pause_listener(e);
+      if (e != EINTR && e != ECONNABORTED) spdlog::warn("accept: {}", std::strerror(e));
+      continue;
     }
     Conn c;
     c.fd = fd;
+    c.opened = std::chrono::steady_clock::now();
     socklen_t len = sizeof(c.cred);
     if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c.cred, &len) != 0) {
       spdlog::warn("SO_PEERCRED: {}; refusing the connection", std::strerror(errno));
       ::close(fd);
       continue;
     }
-    epoll_event ev{};
-    ev.events = EPOLLIN | EPOLLRDHUP;
-    ev.data.u64 = static_cast<std::uint64_t>(fd);
-    ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
-    conns_.emplace(fd, c);
+    if (conns_.size() >= config_.max_connections) {
+      refuse_connection(fd, c.cred,
+                        "too many connections (max " + std::to_string(config_.max_connections) +
+                            ", --max-connections)");
+      continue;
+    }
+    std::uint32_t& mine = uid_conns_[c.cred.uid];
+    if (mine >= config_.max_connections_per_uid) {
+      refuse_connection(fd, c.cred,
+                        "too many connections from uid " + std::to_string(c.cred.uid) + " (max " +
+                            std::to_string(config_.max_connections_per_uid) +
+                            ", --max-connections-per-uid)");
+      continue;
+    }
+    ++mine;
+    auto [it, fresh] = conns_.emplace(fd, std::move(c));
+    watch(it->second, EPOLLIN | EPOLLRDHUP);
   }
+}
+
+void Daemon::refuse_connection(int fd, const ucred& cred, const std::string& why) {
+  v1::DaemonMessage m;
+  auto* r = m.mutable_refused();
+  r->set_reason(why);
+  r->set_daemon_protocol_version(shm::kProtocolVersion);
+  r->set_daemon_layout_version(shm::kLayoutVersion);
+  (void)v1::send_message(fd, m);  // best effort: a fresh socket has room for it
+  ::close(fd);
+  // One line per second at most: a flood of connections must not flood the log.
+  ++refused_;
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_refuse_log_ >= std::chrono::seconds(1)) {
+    spdlog::warn("refused a connection from pid {} uid {}: {} ({} refused since the last line)",
+                 cred.pid, cred.uid, why, refused_);
+    refused_ = 0;
+    last_refuse_log_ = now;
+  }
+}
+
+void Daemon::pause_listener(int err) {
+  // Level-triggered, the listener would wake the loop again at once for a connection it
+  // cannot take: leave it out of epoll until a descriptor may be free again.
+  if (listen_paused_ || listen_fd_ < 0) return;
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
+  listen_paused_ = true;
+  ++accept_errors_;
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_accept_log_ >= std::chrono::seconds(10)) {
+    rlimit nofile{};
+    ::getrlimit(RLIMIT_NOFILE, &nofile);
+    spdlog::warn(
+        "accept: {} ({} open connections, open-file limit {}): not accepting until a "
+        "connection closes or {} ms pass ({} such pauses since the last line)",
+        std::strerror(err), conns_.size(), nofile.rlim_cur, config_.heartbeat.count(),
+        accept_errors_);
+    accept_errors_ = 0;
+    last_accept_log_ = now;
+  }
+}
+
+void Daemon::resume_listener() {
+  if (!listen_paused_ || listen_fd_ < 0) return;
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kListenKey;
+  if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, listen_fd_, &ev) == 0) listen_paused_ = false;
+}
+
+void Daemon::watch(Conn& c, std::uint32_t events) {
+  if (c.events == events) return;
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = static_cast<std::uint64_t>(c.fd);
+  ::epoll_ctl(epoll_fd_, c.events == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, c.fd, &ev);
+  c.events = events;
+}
+
+void Daemon::sweep_connections() {
+  resume_listener();
+  const auto now = std::chrono::steady_clock::now();
+  std::vector<int> late;
+  for (const auto& [fd, c] : conns_) {
+    if (c.slot == nullptr && now - c.opened >= config_.hello_timeout) late.push_back(fd);
+  }
+  if (late.empty()) return;
+  std::string pids;
+  for (std::size_t i = 0; i < late.size() && i < 8; ++i) {
+    const auto& c = conns_[late[i]];
+    pids +=
+        (i ? ", " : "") + std::to_string(c.cred.pid) + " (uid " + std::to_string(c.cred.uid) + ")";
+  }
+  spdlog::warn("closing {} connection{} that sent no Hello within {} ms: pid {}{}", late.size(),
+               late.size() == 1 ? "" : "s", config_.hello_timeout.count(), pids,
+               late.size() > 8 ? ", ..." : "");
+  for (int fd : late) close_conn(fd, "sent no Hello in time");
 }
 
 void Daemon::on_readable(Conn& c) {
   // A handler may close the connection, which frees `c`: keep the fd, and look again.
   const int fd = c.fd;
   for (int i = 0; i < 64; ++i) {  // bounded: one chatty client cannot hold the loop
+    if (c.out_bytes >= config_.max_serial_bytes) {
+      // It does not read its answers: read nothing more from it until it has caught up
+      // (its own sends block meanwhile), so refusals cannot pile up either.
+      watch(c, (c.events & ~std::uint32_t{EPOLLIN}) | EPOLLOUT);
+      return;
+    }
     v1::ClientMessage msg;
     int err = 0;
     switch (v1::recv_message(fd, &msg, nullptr, &err)) {
@@ -403,6 +579,58 @@ void Daemon::on_readable(Conn& c) {
     }
     if (conns_.find(fd) == conns_.end()) return;
   }
+}
+
+void Daemon::on_writable(Conn& c) {
+  if (!flush_conn(c)) return;
+  std::uint32_t ev = c.events;
+  if (c.out.empty()) ev &= ~std::uint32_t{EPOLLOUT};
+  // Caught up (half the bound, so it does not flap): read its submissions again.
+  if (c.out_bytes <= config_.max_serial_bytes / 2) ev |= EPOLLIN;
+  watch(c, ev);
+}
+
+bool Daemon::send_to(Conn& c, const v1::DaemonMessage& m, bool job) {
+  Conn::Packet p;
+  p.job = job;
+  if (!m.SerializeToString(&p.bytes) || p.bytes.size() > v1::kMaxPacket) {
+    // Only a result can be this large (an echo of a full packet): say so instead.
+    v1::DaemonMessage small;
+    auto* r = small.mutable_result();
+    r->set_tag(m.result().tag());
+    r->set_status(to_proto(Status::kResultTooLarge));
+    r->set_error(error_text(Status::kResultTooLarge, ErrorDetail::kNone));
+    p.bytes = small.SerializeAsString();
+  }
+  c.bytes += p.bytes.size();
+  c.out_bytes += p.bytes.size();
+  serial_bytes_ += p.bytes.size();
+  c.out.push_back(std::move(p));
+  if (c.out.size() > 1) return true;  // behind others: EPOLLOUT is armed already
+  if (!flush_conn(c)) return false;
+  if (!c.out.empty()) watch(c, c.events | EPOLLOUT);
+  return true;
+}
+
+bool Daemon::flush_conn(Conn& c) {
+  while (!c.out.empty()) {
+    Conn::Packet& p = c.out.front();
+    // One packet per send on SOCK_SEQPACKET; it goes whole or not at all.
+    const ssize_t n = ::send(c.fd, p.bytes.data(), p.bytes.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
+      const int e = errno;
+      close_conn(c.fd, e == EPIPE || e == ECONNRESET ? "hung up" : std::strerror(e));
+      return false;
+    }
+    c.bytes -= p.bytes.size();
+    c.out_bytes -= p.bytes.size();
+    serial_bytes_ -= p.bytes.size();
+    if (p.job) --c.serial_inflight;  // answered: only now may it make room for another
+    c.out.pop_front();
+  }
+  return true;
 }
 
 void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
@@ -436,7 +664,8 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
     return refuse("unknown pool '" + pool_name + "' (the pools are " + known + ")");
   }
   const PoolInfo pool = *pit;
-  ClientSlot* slot = clients_.reserve();
+  // slot_conn_ holds the registered connections (the control plane's slot is not one).
+  ClientSlot* slot = slot_conn_.size() < config_.max_clients ? clients_.reserve() : nullptr;
   if (slot == nullptr) pools_lock.unlock();
   if (slot == nullptr)
     return refuse("too many clients (max " + std::to_string(config_.max_clients) + ")");
@@ -530,17 +759,21 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
 }
 
 void Daemon::on_submit(Conn& c, const v1::Continuation& cont) {
+  // Answers to refused submissions are queued like results (they count in the
+  // connection's bytes, and a connection over its bound is no longer read).
   auto answer = [&](Status st, ErrorDetail d, const std::string& why) {
     v1::DaemonMessage m;
     auto* r = m.mutable_result();
     r->set_tag(cont.tag());
     r->set_status(to_proto(st));
     r->set_error(why.empty() ? error_text(st, d) : why);
-    v1::send_message(c.fd, m);
+    send_to(c, m, false);
   };
   if (c.slot == nullptr) {
+    const int fd = c.fd;  // answer() may close the connection, and `c` with it
     answer(Status::kInvalidArgument, ErrorDetail::kNone, "send Hello first");
-    return close_conn(c.fd, "submitted before Hello");
+    if (conns_.count(fd) != 0) close_conn(fd, "submitted before Hello");
+    return;
   }
   const auto id = registry_.id_of(cont.function());
   if (!id)
@@ -549,11 +782,22 @@ void Daemon::on_submit(Conn& c, const v1::Continuation& cont) {
   if (registry_.find(*id)->needs_buffer && cont.env().empty()) {
     return answer(Status::kInvalidArgument, ErrorDetail::kBufferRequired, "");
   }
+  const std::uint64_t env = cont.env().size();
+  std::string full;
   if (c.serial_inflight >= config_.max_serial_inflight) {
+    full = std::to_string(c.serial_inflight) + " serialized continuations in flight (max " +
+           std::to_string(config_.max_serial_inflight) + ")";
+  } else if (c.bytes + env > config_.max_serial_bytes) {
+    full = std::to_string(c.bytes) + " bytes of serialized continuations and unread answers " +
+           "on this connection (max " + std::to_string(config_.max_serial_bytes) + ")";
+  } else if (serial_bytes_ + env > config_.max_serial_bytes_total) {
+    full = std::to_string(serial_bytes_) +
+           " bytes of serialized continuations in the daemon (max " +
+           std::to_string(config_.max_serial_bytes_total) + ")";
+  }
+  if (!full.empty()) {
     c.slot->backpressure.fetch_add(1, std::memory_order_relaxed);
-    return answer(Status::kBackpressure, ErrorDetail::kNone,
-                  "backpressure: " + std::to_string(c.serial_inflight) +
-                      " serialized continuations in flight");
+    return answer(Status::kBackpressure, ErrorDetail::kNone, "backpressure: " + full);
   }
   ClientSlot& s = *c.slot;
   const std::uint32_t job = s.new_job(cont.tag(), cont.env());
@@ -564,9 +808,14 @@ void Daemon::on_submit(Conn& c, const v1::Continuation& cont) {
       std::lock_guard lock(s.jobs_mu);
       s.free_jobs.push_back(job);
     }
-    return answer(st, d, "");
+    return answer(st, d,
+                  st == Status::kDraining
+                      ? "draining: insideoutd takes no work until `insideoutctl resume`"
+                      : "");
   }
   ++c.serial_inflight;
+  c.bytes += env;
+  serial_bytes_ += env;
 }
 
 void Daemon::flush_outbox() {
@@ -581,18 +830,27 @@ void Daemon::flush_outbox() {
     auto cit = conns_.find(it->second);
     if (cit == conns_.end() || cit->second.slot == nullptr || cit->second.slot->id != out.client_id)
       continue;
-    --cit->second.serial_inflight;
-    v1::send_message(cit->second.fd, out.msg);
+    Conn& c = cit->second;
+    // The environment is gone with the job; the answer is counted until it is sent.
+    c.bytes -= out.env_bytes;
+    serial_bytes_ -= out.env_bytes;
+    send_to(c, out.msg, true);
   }
 }
 
 void Daemon::close_conn(int fd, const char* why) {
   auto it = conns_.find(fd);
   if (it == conns_.end()) return;
-  Conn c = it->second;
+  Conn c = std::move(it->second);
   conns_.erase(it);
   ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
   ::close(fd);
+  serial_bytes_ -= c.bytes;
+  if (!c.out.empty())
+    spdlog::debug("connection fd {} closed with {} answers unsent", fd, c.out.size());
+  if (auto u = uid_conns_.find(c.cred.uid); u != uid_conns_.end() && --u->second == 0)
+    uid_conns_.erase(u);
+  resume_listener();  // a descriptor is free again
   if (c.slot != nullptr) {
     ClientSlot& s = *c.slot;
     spdlog::info(
@@ -683,7 +941,7 @@ void Daemon::shutdown() {
   }
   // Every pool drains at once (their deadlines overlap), the default one last.
   const auto all = pools();
-  for (const auto& p : all) p.scheduler->begin_drain();
+  for (const auto& p : all) p.scheduler->begin_drain(/*shutdown=*/true);
   bool drained = true;
   for (auto it = all.rbegin(); it != all.rend(); ++it)
     drained = it->scheduler->drain(config_.drain_timeout) && drained;
@@ -695,10 +953,14 @@ void Daemon::shutdown() {
   std::vector<int> fds;
   for (auto& [fd, c] : conns_) fds.push_back(fd);
   for (int fd : fds) {
+    auto& c = conns_[fd];
+    // What is still queued goes first if the socket takes it; then Goodbye.
+    if (!flush_conn(c)) continue;
+    if (!c.out.empty())
+      spdlog::warn("client pid {}: {} answers not read before shutdown", c.cred.pid, c.out.size());
     v1::DaemonMessage m;
     m.mutable_goodbye()->set_reason("insideoutd is shutting down");
     v1::send_message(fd, m);
-    auto& c = conns_[fd];
     if (c.slot != nullptr && c.slot->has_segment) {
       c.slot->segment.header()->state.store(static_cast<std::uint32_t>(shm::SegmentState::kClosed),
                                             std::memory_order_release);

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -93,25 +94,63 @@ class Daemon {
   // `sink` runs on a worker when one of its jobs completed (see set_serial_sink()).
   ClientSlot* open_local_client(std::string name,
                                 std::function<void(ClientSlot&, std::uint32_t)> sink);
+  // Drain by the control plane (any thread): every pool refuses new work with kDraining
+  // and cuts parked continuations off; waits at most `timeout` for the rest. True when
+  // nothing is left in flight. resume() undoes it (false if it was serving already).
+  enum class DrainState { kServing, kDraining, kDrained };
+  bool drain(std::chrono::milliseconds timeout);
+  bool resume();
+  DrainState drain_state() const;
   // Runs first in shutdown(), on the loop thread (the control plane stops there).
   void set_shutdown_hook(std::function<void()> hook) { shutdown_hook_ = std::move(hook); }
 
  private:
+  // One connection to daemon.sock, on the loop thread only.
+  //
+  // The serialized path's accounting: a submission is accepted only while the connection
+  // has fewer than max_serial_inflight jobs and `bytes` (environments of its running
+  // jobs plus every packet waiting in `out`) stays within max_serial_bytes, and the
+  // daemon's total within max_serial_bytes_total; otherwise it is answered with
+  // kBackpressure. Every answer goes through `out` when the socket is full, and a job
+  // counts as in flight until its answer has been written to the socket, so none is
+  // lost to EAGAIN. A connection whose `out` reached max_serial_bytes has stopped
+  // reading: the daemon stops reading it too (no EPOLLIN) until it has caught up.
   struct Conn {
+    struct Packet {
+      std::string bytes;  // one serialized DaemonMessage
+      bool job = false;   // the answer of an accepted job (counted in serial_inflight)
+    };
     int fd = -1;
     ucred cred{};
+    std::chrono::steady_clock::time_point opened{};
     ClientSlot* slot = nullptr;
     std::shared_ptr<Scheduler> sched;  // the pool it registered to
     std::uint32_t serial_inflight = 0;
+    std::uint64_t bytes = 0;
+    std::uint64_t out_bytes = 0;
+    std::deque<Packet> out;
+    std::uint32_t events = 0;  // what epoll watches for it
   };
 
   void on_accept();
+  void refuse_connection(int fd, const ucred& cred, const std::string& why);
+  void pause_listener(int err);
+  void resume_listener();
   void on_readable(Conn& c);
+  void on_writable(Conn& c);
   void on_hello(Conn& c, const v1::Hello& hello);
   void on_submit(Conn& c, const v1::Continuation& cont);
+  // Sends `m` on `c`, or queues it when the socket is full. False when the connection
+  // failed (and was closed): `c` is gone then.
+  bool send_to(Conn& c, const v1::DaemonMessage& m, bool job);
+  // Writes what `c` has queued; false when the connection failed (and was closed).
+  bool flush_conn(Conn& c);
+  void watch(Conn& c, std::uint32_t events);
   void close_conn(int fd, const char* why);
   void flush_outbox();
   void heartbeat();
+  // Closes connections that sent no Hello in time; re-arms a paused listener.
+  void sweep_connections();
   void reclaim_zombies();
   void shutdown();
   void serial_done(ClientSlot& slot, std::uint32_t job);
@@ -135,14 +174,27 @@ class Daemon {
   int timer_fd_ = -1;
   int event_fd_ = -1;  // outbox, zombies and request_stop()
   std::atomic<bool> stop_requested_{false};
+  // Drained by the control plane; under pools_mu_ with the pools' pause()/resume(), so
+  // a pool created meanwhile starts paused too.
+  bool paused_ = false;
   std::uint32_t next_client_id_ = 1;
   std::uint64_t start_ns_ = 0;
   std::unordered_map<int, Conn> conns_;
+  std::unordered_map<uid_t, std::uint32_t> uid_conns_;  // connections per peer uid
+  std::uint64_t serial_bytes_ = 0;                      // every Conn::bytes summed
+  // The listener is out of epoll while accept() fails for want of descriptors
+  // (EMFILE/ENFILE); a closed connection or the heartbeat puts it back.
+  bool listen_paused_ = false;
+  std::chrono::steady_clock::time_point last_accept_log_{};
+  std::uint64_t accept_errors_ = 0;  // since the last log line about them
+  std::chrono::steady_clock::time_point last_refuse_log_{};
+  std::uint64_t refused_ = 0;  // connections refused since the last log line about them
   std::unordered_map<std::uint32_t, int> slot_conn_;  // slot index -> connection fd
 
   struct Outgoing {
     std::uint32_t slot = 0;
     std::uint32_t client_id = 0;
+    std::uint64_t env_bytes = 0;  // the job's environment, counted in Conn::bytes until now
     v1::DaemonMessage msg;
   };
   std::mutex outbox_mu_;

@@ -25,10 +25,12 @@ int main(int argc, char** argv) {
   std::string cpus, idle = "spin-then-block", log_level = "info";
   unsigned spin_us = 50, drain_ms = 5000;
   bool no_pin = false;
-  app.add_option("--runtime-dir", config.runtime_dir,
-                 "Directory for daemon.sock and the lock (default: $INSIDEOUT_RUNTIME_DIR, else "
-                 "/run/insideout "
-                 "as root, else $XDG_RUNTIME_DIR/insideout)");
+  app.add_option(
+      "--runtime-dir", config.runtime_dir,
+      "Directory for daemon.sock and the lock (default: $INSIDEOUT_RUNTIME_DIR, else "
+      "/run/insideout "
+      "as root, else $XDG_RUNTIME_DIR/insideout). Created 0700 if missing; refused if it is a "
+      "symbolic link, another user's, or writable by the group or others");
   app.add_option("-w,--workers", config.workers, "Worker threads (default: one per allowed CPU)");
   app.add_option("--cpus", cpus,
                  "CPUs to pin workers to, e.g. 0-3,8 (default: the process's affinity mask)");
@@ -37,7 +39,24 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"block", "spin-then-block", "poll"}));
   app.add_option("--spin-us", spin_us,
                  "How long spin-then-block spins before it sleeps, in microseconds");
-  app.add_option("--max-clients", config.max_clients, "Most clients registered at once");
+  app.add_option("--max-clients", config.max_clients,
+                 "Most clients registered at once, 1..65535 (default 1024)");
+  app.add_option("--max-connections", config.max_connections,
+                 "Most connections to daemon.sock at once, registered or not (default 4096)");
+  app.add_option("--max-connections-per-uid", config.max_connections_per_uid,
+                 "Most connections to daemon.sock at once from one user (default 1024)");
+  unsigned hello_ms = 5000;
+  app.add_option("--hello-timeout-ms", hello_ms,
+                 "How long a new connection may take to send Hello before it is closed");
+  app.add_option("--max-serial-bytes", config.max_serial_bytes,
+                 "Most bytes of serialized continuations (environments and unsent results) one "
+                 "connection may have in the daemon; beyond it submissions get backpressure "
+                 "(default 16 MiB)");
+  app.add_option("--max-serial-bytes-total", config.max_serial_bytes_total,
+                 "The same bound over all connections (default 256 MiB)");
+  app.add_option("--max-control-submits", config.max_control_submits,
+                 "Most gRPC Submit calls waiting for a result at once; more are refused with "
+                 "RESOURCE_EXHAUSTED (default 1024)");
   app.add_option("--drain-timeout-ms", drain_ms, "How long SIGTERM waits for in-flight work");
   std::uint64_t segment_mib = config.max_segment_bytes >> 20;
   app.add_option("--max-segment-mib", segment_mib,
@@ -91,6 +110,11 @@ int main(int argc, char** argv) {
   config.idle = *insideout::shm::parse_idle_strategy(idle);
   config.spin = std::chrono::microseconds(spin_us);
   config.drain_timeout = std::chrono::milliseconds(drain_ms);
+  config.hello_timeout = std::chrono::milliseconds(hello_ms);
+  if (auto st = insideout::daemon::validate(config); !st.ok()) {
+    std::fprintf(stderr, "insideoutd: %s\n", std::string(st.message()).c_str());
+    return 2;
+  }
 
   // Every thread inherits this mask; the daemon reads these signals from a signalfd.
   sigset_t mask;

@@ -95,6 +95,11 @@ void StepContext::park_for(Task& t, std::chrono::nanoseconds d) noexcept {
   sched_.park_timer(&t, std::chrono::steady_clock::now() + d);
 }
 
+ErrorDetail StepContext::cancel_detail() const noexcept {
+  return sched_.shutting_down_.load(std::memory_order_relaxed) ? ErrorDetail::kShutdown
+                                                               : ErrorDetail::kClientGone;
+}
+
 std::uint32_t StepContext::worker_index() const noexcept { return worker_.index; }
 
 // ---- lifecycle ---------------------------------------------------------------------
@@ -251,38 +256,59 @@ std::uint32_t Scheduler::resize(std::uint32_t n) {
   return n;
 }
 
-void Scheduler::begin_drain() {
+void Scheduler::begin_drain(bool shutdown) {
+  // Relaxed: read by workers as they cut continuations off; draining_'s seq_cst store
+  // below publishes it to any worker that sees draining_.
+  if (shutdown) shutting_down_.store(true, std::memory_order_relaxed);
   draining_.store(true, std::memory_order_seq_cst);
   wake_all();  // parked workers stop watching client doorbells
-  // Parked continuations resume now, cancelled.
-  {
-    std::lock_guard lock(timer_mu_);
-    while (!timers_.empty()) {
-      Task* t = timers_.top().task;
-      timers_.pop();
-      clients_.slot(t->client).timers.fetch_sub(1, std::memory_order_relaxed);
-      t->flags |= kTaskCancelled;
-      inject(t);
-    }
+  cancel_timers();
+}
+
+void Scheduler::cancel_timers() {
+  // Parked continuations resume now, cancelled (run_task() says why).
+  std::lock_guard lock(timer_mu_);
+  while (!timers_.empty()) {
+    Task* t = timers_.top().task;
+    timers_.pop();
+    clients_.slot(t->client).timers.fetch_sub(1, std::memory_order_relaxed);
+    t->flags |= kTaskCancelled;
+    inject(t);
   }
+}
+
+void Scheduler::pause() {
+  paused_.store(true, std::memory_order_seq_cst);
+  wake_all();  // a parked worker looks at the rings again, now to refuse
+  cancel_timers();
+}
+
+void Scheduler::resume() {
+  paused_.store(false, std::memory_order_seq_cst);
+  wake_all();
+}
+
+bool Scheduler::busy() const {
+  const std::uint32_t hw = clients_.high_water();
+  for (std::uint32_t i = 0; i < hw; ++i) {
+    ClientSlot& c = clients_.slot(i);
+    const SlotState st = c.state.load(std::memory_order_acquire);
+    if (st == SlotState::kFree || st == SlotState::kZombie || c.pool != config_.pool) continue;
+    // Active slots hold one reference for the connection; closing ones may hold none.
+    const std::uint32_t base = st == SlotState::kActive ? 1 : 0;
+    if (c.refs.load(std::memory_order_acquire) > base) return true;
+  }
+  return false;
+}
+
+bool Scheduler::wait_idle(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(drain_mu_);
+  return drain_cv_.wait_for(lock, timeout, [&] { return !busy(); });
 }
 
 bool Scheduler::drain(std::chrono::milliseconds timeout) {
   begin_drain();
-  auto busy = [this] {
-    const std::uint32_t hw = clients_.high_water();
-    for (std::uint32_t i = 0; i < hw; ++i) {
-      ClientSlot& c = clients_.slot(i);
-      const SlotState st = c.state.load(std::memory_order_acquire);
-      if (st == SlotState::kFree || st == SlotState::kZombie || c.pool != config_.pool) continue;
-      // Active slots hold one reference for the connection; closing ones may hold none.
-      const std::uint32_t base = st == SlotState::kActive ? 1 : 0;
-      if (c.refs.load(std::memory_order_acquire) > base) return true;
-    }
-    return false;
-  };
-  std::unique_lock lock(drain_mu_);
-  return drain_cv_.wait_for(lock, timeout, [&] { return !busy(); });
+  return wait_idle(timeout);
 }
 
 void Scheduler::stop() {
@@ -591,7 +617,8 @@ Task* Scheduler::poll_clients(Worker& w) {
     if (static_cast<std::uint32_t>(word >> 32) != static_cast<std::uint32_t>(head + 1)) continue;
     if (c.draining.exchange(true, std::memory_order_acquire)) continue;  // another worker drains it
     if (before_accept_hook_) before_accept_hook_(c);
-    const bool got = accept_from(w, c);
+    const bool got =
+        paused_.load(std::memory_order_relaxed) ? refuse_from(w, c) : accept_from(w, c);
     c.draining.store(false, std::memory_order_release);
     if (got) {
       if (Task* t = w.queue.pop()) {
@@ -636,6 +663,37 @@ bool Scheduler::accept_from(Worker& w, ClientSlot& c) {
                          std::memory_order_relaxed);
   // The client may be waiting for room in its ring.
   shm::event_notify(c.doorbells->space);
+  return true;
+}
+
+bool Scheduler::refuse_from(Worker& w, ClientSlot& c) {
+  // Each refusal is a completion in the client's ring: take no more than accept_from()
+  // would (the completion ring has room for what the client may have in flight).
+  if (held_back(c)) return false;
+  const std::uint32_t refs = c.refs.load(std::memory_order_relaxed);
+  const std::uint32_t inflight = refs > 0 ? refs - 1 : 0;
+  std::uint32_t offs[256];
+  const std::uint32_t budget =
+      std::min<std::uint32_t>({config_.accept_batch, c.max_inflight - inflight, 256});
+  // One reference each, as if accepted, and only from a live slot (see accept_from()):
+  // complete_frame() takes them over, an offset that is no frame drops its own.
+  if (!clients_.try_acquire(c, budget)) return false;
+  const std::size_t n = c.submit.pop_batch(std::span<std::uint32_t>(offs, budget));
+  c.peek_head.store(c.submit.head(), std::memory_order_relaxed);
+  if (n < budget) release_client(c, budget - static_cast<std::uint32_t>(n));
+  if (n == 0) return false;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!c.geom.frame_offset_valid(offs[i])) {
+      c.rejected.fetch_add(1, std::memory_order_relaxed);
+      c.dropped.fetch_add(1, std::memory_order_relaxed);
+      w.stats.rejected.fetch_add(1, std::memory_order_relaxed);
+      release_client(c, 1);
+      continue;
+    }
+    c.refused.fetch_add(1, std::memory_order_relaxed);
+    complete_frame(w, c, offs[i], Status::kDraining, ErrorDetail::kNone, 0, 0, false);
+  }
+  shm::event_notify(c.doorbells->space);  // the client may be waiting for room in its ring
   return true;
 }
 
@@ -694,6 +752,11 @@ bool Scheduler::submit_serial(ClientSlot& c, std::uint32_t job, std::uint32_t fn
     *detail = ErrorDetail::kShutdown;
     return false;
   }
+  if (paused_.load(std::memory_order_relaxed)) {  // drained by the control plane
+    *status = Status::kDraining;
+    *detail = ErrorDetail::kNone;
+    return false;
+  }
   c.refs.fetch_add(1, std::memory_order_relaxed);
   c.accepted.fetch_add(1, std::memory_order_relaxed);
   Task* t;
@@ -727,9 +790,8 @@ void Scheduler::run_task(Worker& w, StepContext& ctx, Task* t) {
     }
     if ((t->flags & kTaskCancelled) || (gone && !(t->flags & kTaskNoCancel))) {
       ctx.reset();
-      ctx.fail(Status::kCancelled, c.state.load(std::memory_order_relaxed) == SlotState::kClosing
-                                       ? ErrorDetail::kClientGone
-                                       : ErrorDetail::kShutdown);
+      const auto [st, d] = cut_off_reason(c);
+      ctx.fail(st, d);
       return finish(w, ctx, t, Step::kFail);
     }
   }
@@ -807,9 +869,22 @@ void Scheduler::finish(Worker& w, StepContext& ctx, Task* t, Step s) {
   }
 }
 
+std::pair<Status, ErrorDetail> Scheduler::cut_off_reason(const ClientSlot& c) const noexcept {
+  // The daemon stopping closes every connection after its drain timeout: that is a
+  // shutdown, not a client that went away.
+  if (shutting_down_.load(std::memory_order_relaxed))
+    return {Status::kCancelled, ErrorDetail::kShutdown};
+  if (c.state.load(std::memory_order_relaxed) == SlotState::kClosing)
+    return {Status::kCancelled, ErrorDetail::kClientGone};
+  if (draining_.load(std::memory_order_relaxed))  // a pool being deleted
+    return {Status::kCancelled, ErrorDetail::kShutdown};
+  if (paused_.load(std::memory_order_relaxed)) return {Status::kDraining, ErrorDetail::kNone};
+  return {Status::kCancelled, ErrorDetail::kShutdown};
+}
+
 void Scheduler::release_client(ClientSlot& c, std::uint32_t n) {
   clients_.release(c, n);
-  if (draining_.load(std::memory_order_relaxed)) {
+  if (draining_.load(std::memory_order_relaxed) || paused_.load(std::memory_order_relaxed)) {
     std::lock_guard lock(drain_mu_);
     drain_cv_.notify_all();
   }
@@ -1035,7 +1110,8 @@ void Scheduler::park_timer(Task* t, std::chrono::steady_clock::time_point when) 
     const bool client_gone =
         !(t->flags & kTaskChild) &&
         clients_.slot(t->client).state.load(std::memory_order_seq_cst) == SlotState::kClosing;
-    if (draining_.load(std::memory_order_relaxed) || client_gone) {
+    if (draining_.load(std::memory_order_relaxed) || paused_.load(std::memory_order_relaxed) ||
+        client_gone) {
       t->flags |= kTaskCancelled;
       inject(t);
       return;

@@ -176,7 +176,19 @@ class Scheduler {
   // every accepted continuation has completed or `timeout` passed. True when drained.
   bool drain(std::chrono::milliseconds timeout);
   // The first half of drain(): stop taking work, cancel parked continuations; no wait.
-  void begin_drain();
+  // `shutdown`: the daemon is going away, and what is cut off says so (kShutdown).
+  void begin_drain(bool shutdown = false);
+  // A drain the control plane can undo: while paused, work offered to the pool (client
+  // rings and the serialized path) is completed at once with kDraining, and parked
+  // continuations are cut off with kDraining; resume() takes work again.
+  void pause();
+  void resume();
+  bool paused() const noexcept { return paused_.load(std::memory_order_relaxed); }
+  // Waits until no continuation accepted from this pool's clients is in flight, at most
+  // `timeout`; true when none is.
+  bool wait_idle(std::chrono::milliseconds timeout);
+  // Some continuation accepted from this pool's clients has not completed yet.
+  bool busy() const;
   // Joins the workers (after drain()).
   void stop();
 
@@ -238,6 +250,12 @@ class Scheduler {
   Task* find_work(Worker& w);
   Task* poll_clients(Worker& w);
   bool accept_from(Worker& w, ClientSlot& c);
+  // While paused: completes what `c` submitted with kDraining, as accept_from() would
+  // accept it (same budget, same in-flight bound). True when it took anything.
+  bool refuse_from(Worker& w, ClientSlot& c);
+  // How a continuation cut off at a step boundary ends (client gone, shutdown, drain).
+  std::pair<shm::Status, shm::ErrorDetail> cut_off_reason(const ClientSlot& c) const noexcept;
+  void cancel_timers();
   void accept_one(Worker& w, ClientSlot& c, std::uint32_t off);
   Task* steal(Worker& w);
   Task* take_injected();
@@ -298,6 +316,10 @@ class Scheduler {
 
   std::atomic<bool> stop_{false};
   std::atomic<bool> draining_{false};
+  // Relaxed, as draining_: a worker that misses a change takes (or refuses) one more
+  // batch; pause()/resume() wake every worker after storing it.
+  std::atomic<bool> paused_{false};
+  std::atomic<bool> shutting_down_{false};  // set with draining_ when the daemon stops
 
   // Workers that found nothing to do (spinning or parked): while there are any, busy
   // workers put new work in their shared queues and share their private ones.

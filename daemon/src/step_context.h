@@ -46,6 +46,9 @@ class StepContext {
   // True when the continuation's client hung up: a long computation should stop and
   // fail with kCancelled.
   bool cancelled(const Task& t) const noexcept;
+  // Why a cancelled() continuation stops: kShutdown while the daemon stops (it closes
+  // every connection then), else kClientGone.
+  shm::ErrorDetail cancel_detail() const noexcept;
   // A child of `parent` finished. The parent's w0 counts its outstanding children; the
   // worker subtracts finished ones in batches and resumes the parent (which must have
   // returned Step::kWait or be about to) when the count reaches zero.

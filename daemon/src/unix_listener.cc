@@ -8,6 +8,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "runtime_dir.h"
+
 namespace insideout::daemon {
 
 absl::StatusOr<int> listen_unix(const std::string& path, int type, mode_t mode, int backlog) {
@@ -17,7 +19,8 @@ absl::StatusOr<int> listen_unix(const std::string& path, int type, mode_t mode, 
     return absl::InvalidArgumentError("socket path too long: " + path);
   }
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  ::unlink(path.c_str());
+  // A socket left by a daemon that died is ours to replace; anything else is not.
+  if (auto st = remove_stale(path, S_IFSOCK); !st.ok()) return st;
   const int fd = ::socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return absl::InternalError(std::string("socket: ") + std::strerror(errno));
   const mode_t old = ::umask(0777 & ~mode);

@@ -1,5 +1,6 @@
-// A listening Unix socket at a path: a stale file there is replaced, and the socket is
-// created with `mode` (under a umask, so there is no window with wider permissions).
+// A listening Unix socket at a path: a stale socket of the daemon's own uid there is
+// replaced (anything else is refused, see remove_stale()), and the socket is created
+// with `mode` (under a umask, so there is no window with wider permissions).
 #pragma once
 
 #include <sys/types.h>

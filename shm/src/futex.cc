@@ -55,12 +55,17 @@ int futex_wake(std::atomic<std::uint32_t>* word, int count) noexcept {
   return rc < 0 ? 0 : static_cast<int>(rc);
 }
 
+bool futex_waitv_probe_says_supported(long rc, int err) noexcept {
+  // An empty vector: EINVAL where the call exists, ENOSYS where it does not, EPERM (or
+  // whatever errno a filter chose) under a seccomp policy that denies it.
+  return rc < 0 && err == EINVAL;
+}
+
 bool futex_waitv_supported() noexcept {
   int s = g_waitv_state.load(std::memory_order_relaxed);
   if (s == 0) {
-    // An empty vector: EINVAL where the call exists, ENOSYS where it does not.
     const long rc = syscall(SYS_futex_waitv, nullptr, 0, 0, nullptr, CLOCK_MONOTONIC);
-    s = (rc < 0 && errno == ENOSYS) ? -1 : 1;
+    s = futex_waitv_probe_says_supported(rc, rc < 0 ? errno : 0) ? 1 : -1;
     g_waitv_state.store(s, std::memory_order_relaxed);  // relaxed: idempotent probe
   }
   return s > 0;

@@ -35,6 +35,8 @@ const char* status_name(Status s) noexcept {
       return "internal error";
     case Status::kResultTooLarge:
       return "result too large";
+    case Status::kDraining:
+      return "draining";
   }
   return "unknown status";
 }

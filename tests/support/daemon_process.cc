@@ -20,13 +20,18 @@
 
 namespace insideout::testing {
 
+const char* insideoutd_path() {
+  const char* p = std::getenv("INSIDEOUT_TEST_DAEMON");
+  return p != nullptr && *p != '\0' ? p : INSIDEOUTD_PATH;
+}
+
 DaemonProcess::DaemonProcess(std::vector<std::string> args, std::string runtime_dir) {
   char tmpl[] = "/tmp/insideout-test-XXXXXX";
   dir_ = runtime_dir.empty() ? ::mkdtemp(tmpl) : std::move(runtime_dir);
   log_path_ = dir_ + ".log";
   pid_ = ::fork();
   if (pid_ == 0) {
-    std::vector<std::string> argv_s = {INSIDEOUTD_PATH, "--runtime-dir", dir_, "--log-level",
+    std::vector<std::string> argv_s = {insideoutd_path(), "--runtime-dir", dir_, "--log-level",
                                        "debug"};
     argv_s.insert(argv_s.end(), args.begin(), args.end());
     std::vector<char*> argv;
@@ -107,7 +112,7 @@ CommandResult run_insideoutd(const std::vector<std::string>& args,
   if (::pipe2(out, O_CLOEXEC) != 0) return r;
   const pid_t pid = ::fork();
   if (pid == 0) {
-    std::vector<std::string> argv_s = {INSIDEOUTD_PATH};
+    std::vector<std::string> argv_s = {insideoutd_path()};
     argv_s.insert(argv_s.end(), args.begin(), args.end());
     std::vector<char*> argv;
     for (auto& a : argv_s) argv.push_back(a.data());

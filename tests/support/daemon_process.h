@@ -11,6 +11,10 @@
 
 namespace insideout::testing {
 
+// The insideoutd under test: $INSIDEOUT_TEST_DAEMON when set (another build of it, e.g.
+// under a sanitizer, or an older one to see a test fail), else the one built here.
+const char* insideoutd_path();
+
 class DaemonProcess {
  public:
   // Starts insideoutd with `args` and waits until its socket accepts registrations. The

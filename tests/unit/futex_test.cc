@@ -1,12 +1,19 @@
 #include "insideout/shm/futex.h"
 
 #include <gtest/gtest.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <cstddef>
+#include <ctime>
 #include <thread>
 
 namespace insideout::shm {
@@ -83,6 +90,46 @@ TEST(Futex, ShouldSkipTheSyscallWhenNobodyWaits) {
   EventWord ev{};
   EXPECT_FALSE(event_notify(ev));
   EXPECT_EQ(ev.seq.load(), 0u);
+}
+
+TEST(Futex, ShouldCountOnlyEinvalFromTheWaitvProbeAsSupported) {
+  EXPECT_TRUE(futex_waitv_probe_says_supported(-1, EINVAL));
+  EXPECT_FALSE(futex_waitv_probe_says_supported(-1, ENOSYS)) << "an old kernel";
+  EXPECT_FALSE(futex_waitv_probe_says_supported(-1, EPERM)) << "a seccomp filter";
+  EXPECT_FALSE(futex_waitv_probe_says_supported(-1, EACCES));
+}
+
+TEST(Futex, ShouldNotTakeWaitvForSupportedUnderASeccompFilterThatDeniesIt) {
+  // A child under a filter that answers futex_waitv with EPERM, as container runtimes'
+  // default profiles did before they knew the call: the probe must say unsupported.
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+#ifndef SYS_futex_waitv
+#define SYS_futex_waitv 449
+#endif
+    sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_futex_waitv, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    sock_fprog prog{static_cast<unsigned short>(std::size(filter)), filter};
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+        ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) {
+      ::_exit(2);
+    }
+    const long rc = ::syscall(SYS_futex_waitv, nullptr, 0, 0, nullptr, CLOCK_MONOTONIC);
+    const int err = rc < 0 ? errno : 0;
+    if (err != EPERM) ::_exit(3);  // the filter did not apply
+    ::_exit(futex_waitv_probe_says_supported(rc, err) ? 1 : 0);
+  }
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_NE(WEXITSTATUS(status), 2) << "could not install the seccomp filter";
+  EXPECT_NE(WEXITSTATUS(status), 3) << "the filter did not answer EPERM";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "EPERM from seccomp was taken for support";
 }
 
 TEST(Futex, ShouldParseIdleStrategies) {

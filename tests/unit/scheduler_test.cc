@@ -210,6 +210,48 @@ TEST(Scheduler, ShouldCancelParkedContinuationsOfAClientThatLeft) {
   EXPECT_EQ(detail_of(f), ErrorDetail::kClientGone);
 }
 
+TEST(Scheduler, ShouldSayShutdownNotClientGoneForWorkCutOffByTheDaemonStopping) {
+  InProcessDaemon d;
+  Frame* f = d.frame();
+  f->fn = d.fn("fanout");
+  f->arg = 1ull << 30;  // the most it takes: far more than runs before the cut
+  ASSERT_TRUE(d.push(f));
+  for (int i = 0; i < 5000 && d.scheduler().totals().spawned == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  // What Daemon::shutdown() does once its drain timeout has passed: every connection
+  // is closed while work still runs.
+  d.scheduler().begin_drain(/*shutdown=*/true);
+  d.close_client();
+  ASSERT_EQ(d.next(std::chrono::seconds(30)), f);
+  EXPECT_EQ(status_of(f), Status::kCancelled);
+  EXPECT_EQ(detail_of(f), ErrorDetail::kShutdown);
+}
+
+TEST(Scheduler, ShouldCompleteRingSubmissionsWithDrainingWhilePausedAndRunThemAfterResume) {
+  InProcessDaemon d;
+  d.scheduler().pause();
+  std::vector<Frame*> frames;
+  for (int i = 0; i < 50; ++i) {
+    Frame* f = d.frame();
+    f->fn = d.fn("noop");
+    ASSERT_TRUE(d.push(f));
+    frames.push_back(f);
+  }
+  for (int i = 0; i < 50; ++i) {
+    Frame* f = d.next(std::chrono::seconds(5));
+    ASSERT_NE(f, nullptr) << "a submission made while paused never completed";
+    EXPECT_EQ(status_of(f), Status::kDraining);
+  }
+  EXPECT_FALSE(d.scheduler().busy());
+  d.scheduler().resume();
+  Frame* f = frames.front();
+  f->status = 0;
+  ASSERT_TRUE(d.push(f));
+  ASSERT_EQ(d.next(std::chrono::seconds(5)), f);
+  EXPECT_EQ(status_of(f), Status::kOk);
+}
+
 TEST(Scheduler, ShouldSpreadFanoutChildrenOverWorkers) {
   InProcessDaemon d(2);
   Frame* f = d.frame();

@@ -44,6 +44,10 @@ inline constexpr std::size_t kMaxWaitTargets = 128;  // FUTEX_WAITV_MAX
 WaitResult futex_wait_any(std::span<const WaitTarget> targets,
                           std::optional<std::chrono::nanoseconds> timeout = std::nullopt) noexcept;
 bool futex_waitv_supported() noexcept;
+// The probe's verdict: futex_waitv with an empty vector fails with EINVAL where the call
+// exists and is allowed. Only that means supported: ENOSYS (an old kernel) and EPERM or
+// anything else (a seccomp filter that refuses it) mean every wait would fail.
+bool futex_waitv_probe_says_supported(long rc, int err) noexcept;
 
 // How a side waits when there is nothing to do.
 enum class IdleStrategy : std::uint8_t {

@@ -128,6 +128,10 @@ enum class Status : std::uint16_t {
   kDaemonLost = 7,
   kInternal = 8,
   kResultTooLarge = 9,
+  // Refused or cut off because the daemon is draining (insideoutctl drain); resubmit
+  // after insideoutctl resume. New in protocol 1 without a version bump: only a value
+  // was added, and a client that does not know it reports "unknown status".
+  kDraining = 10,
 };
 const char* status_name(Status s) noexcept;
 
