@@ -691,8 +691,7 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
       clients_.reclaim(*slot);
       pools_lock.unlock();
       return refuse("segment of " + std::to_string(g.size) + " bytes asked for; the limit is " +
-                    std::to_string(config_.max_segment_bytes) +
-                    " (insideoutd --max-segment-mib)");
+                    std::to_string(config_.max_segment_bytes) + " (insideoutd --max-segment-mib)");
     }
     std::string err;
     slot->segment =
@@ -744,8 +743,8 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
   }
   // The segment, the pool's bell page (mapped read-only) and the client's bell eventfd.
   const int fds[] = {seg_fd, pool.scheduler->bell_fd(), slot->bell_fd};
-  if (const int err = v1::send_message(c.fd, m, seg_fd >= 0 ? std::span<const int>(fds)
-                                                            : std::span<const int>());
+  if (const int err = v1::send_message(
+          c.fd, m, seg_fd >= 0 ? std::span<const int>(fds) : std::span<const int>());
       err != 0) {
     spdlog::warn("welcome to pid {}: {}", c.cred.pid, std::strerror(err));
     return close_conn(c.fd, "could not be welcomed");

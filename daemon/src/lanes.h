@@ -92,8 +92,8 @@ class LaneQueue {
     lanes_.pop_back();
   }
 
-  std::vector<Lane> lanes_;            // lanes with work, in no particular order
-  std::vector<std::uint32_t> index_;   // by client slot: its lane's index + 1, or 0
+  std::vector<Lane> lanes_;           // lanes with work, in no particular order
+  std::vector<std::uint32_t> index_;  // by client slot: its lane's index + 1, or 0
   std::vector<std::deque<Task*>> spare_;
   std::size_t next_ = 0;  // the lane whose turn it is
   std::size_t size_ = 0;

@@ -22,8 +22,8 @@ namespace {
 using shm::ErrorDetail;
 using shm::Status;
 
-constexpr std::uint16_t kTaskCancelled = 1u << 8;  // resumed by a cancelled timer
-constexpr std::uint16_t kTaskSampled = 1u << 9;    // its latency is measured
+constexpr std::uint16_t kTaskCancelled = 1u << 8;   // resumed by a cancelled timer
+constexpr std::uint16_t kTaskSampled = 1u << 9;     // its latency is measured
 constexpr std::uint16_t kTaskOverLimit = 1u << 10;  // its client has too many timers
 constexpr std::uint32_t kStealMax = 32;
 // A client's bell in a worker's epoll set: a write wakes one sleeping worker of the pool
@@ -988,8 +988,8 @@ void Scheduler::flush_completions(Worker& w) {
 void Scheduler::fault_client(Worker& w, ClientSlot& c, std::string why) {
   if (c.faulted.exchange(true, std::memory_order_relaxed)) return;  // one report per client
   w.stats.faulted.fetch_add(1, std::memory_order_relaxed);
-  spdlog::warn("client {} (pid {}): {}; its completions are dropped and it is disconnected",
-               c.id, c.pid, why);
+  spdlog::warn("client {} (pid {}): {}; its completions are dropped and it is disconnected", c.id,
+               c.pid, why);
   c.fault_reason = std::move(why);  // read by the daemon after the sink's hand-over
   if (fault_sink_) fault_sink_(c);
 }
@@ -1051,8 +1051,10 @@ void Scheduler::park(Worker& w) {
     }
     w.parked.store(false, std::memory_order_relaxed);
   }
-  if (watch) bell_.page()->sleepers.fetch_sub(1, std::memory_order_relaxed);  // a stale count costs a client one needless write
-  w.tick |= 63;  // the next find_work() is a quiescent point
+  if (watch)
+    bell_.page()->sleepers.fetch_sub(
+        1, std::memory_order_relaxed);  // a stale count costs a client one needless write
+  w.tick |= 63;                         // the next find_work() is a quiescent point
   {
     std::lock_guard lock(idle_mu_);
     auto it = std::find(idle_.begin(), idle_.end(), &w);

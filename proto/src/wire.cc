@@ -55,7 +55,7 @@ RecvStatus recv_message(int sock, google::protobuf::MessageLite* msg, int* fd, i
 }
 
 RecvStatus recv_message_fds(int sock, google::protobuf::MessageLite* msg, std::vector<int>* fds,
-                        int* err) {
+                            int* err) {
   fds->clear();
   std::vector<char> buf(kMaxPacket);
   iovec iov{buf.data(), buf.size()};

@@ -62,16 +62,16 @@ BellPage BellPage::create(std::uint32_t pool, std::string* error) {
     return BellPage();
   }
   try {
-    b.region_ = boost::interprocess::mapped_region(FdMappable(b.fd_), boost::interprocess::read_write,
-                                                   0, kPoolBellBytes);
+    b.region_ = boost::interprocess::mapped_region(
+        FdMappable(b.fd_), boost::interprocess::read_write, 0, kPoolBellBytes);
   } catch (const boost::interprocess::interprocess_exception& e) {
     *error = std::string("mapping the pool bell: ") + e.what();
     return BellPage();
   }
   // From here on nobody, the daemon included, can make a writable mapping or write():
   // only the mapping above writes the page. Every client gets a read-only view.
-  if (::fcntl(b.fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) !=
-      0) {
+  if (::fcntl(b.fd_, F_ADD_SEALS,
+              F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) != 0) {
     *error = errno_text("sealing the pool bell (F_SEAL_FUTURE_WRITE needs Linux 5.1)");
     return BellPage();
   }

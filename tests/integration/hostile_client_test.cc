@@ -331,8 +331,8 @@ TEST(HostileClient, ShouldSleepWhileAHeldBackClientHasWorkInItsRing) {
   // One more offset, pushed by hand (every frame is in flight): it waits in the ring.
   shm::SegmentGeometry g{};
   ASSERT_TRUE(shm::SegmentGeometry::compute(co.segment, &g));
-  shm::RingProducer raw(shm::RingView(
-      static_cast<char*>((*c)->segment_base()) + g.submit_ring_off, g.ring_capacity));
+  shm::RingProducer raw(
+      shm::RingView(static_cast<char*>((*c)->segment_base()) + g.submit_ring_off, g.ring_capacity));
   ASSERT_TRUE(raw.try_push(g.frames_off));
   (*c)->ring_bell();
   std::this_thread::sleep_for(300ms);  // the spinning phase of the idle strategy is over

@@ -1,9 +1,9 @@
 #include <gtest/gtest.h>
 #include <xxhash.h>
 
-#include <cstring>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <thread>
 #include <vector>
 

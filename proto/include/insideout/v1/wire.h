@@ -25,6 +25,6 @@ RecvStatus recv_message(int sock, google::protobuf::MessageLite* msg, int* fd = 
                         int* err = nullptr);
 // Receives one packet; every passed descriptor (at most kMaxFds) lands in *fds.
 RecvStatus recv_message_fds(int sock, google::protobuf::MessageLite* msg, std::vector<int>* fds,
-                        int* err);
+                            int* err);
 
 }  // namespace insideout::v1
