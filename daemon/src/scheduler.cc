@@ -26,6 +26,7 @@ constexpr std::uint16_t kTaskCancelled = 1u << 8;   // resumed by a cancelled ti
 constexpr std::uint16_t kTaskSampled = 1u << 9;     // its latency is measured
 constexpr std::uint16_t kTaskOverLimit = 1u << 10;  // its client has too many timers
 constexpr std::uint32_t kStealMax = 32;
+constexpr std::uint64_t kShareAcceptedBelow = 64;  // see push_local()
 // A client's bell in a worker's epoll set: a write wakes one sleeping worker of the pool
 // (EPOLLEXCLUSIVE), and edge-triggered, so nobody has to read the count back.
 constexpr std::uint32_t kClientBellEvents = EPOLLIN | EPOLLET | EPOLLEXCLUSIVE;
@@ -573,8 +574,13 @@ void Scheduler::push_local(Worker& w, Task* t, Origin origin) {
   // accepted from a client while some worker is hungry. A continuation that yields or is
   // resumed stays private (a busy pool queues and takes it without atomics, and a lone
   // chain does not bounce between cores); share() hands surplus private work over to
-  // hungry workers every 64 looks. The owner takes shared work before private work.
-  const bool shared = origin == Origin::kSpawned || (origin == Origin::kAccepted && w.share_hint);
+  // hungry workers every 64 looks. The owner takes shared and private work by turns.
+  // An accepted continuation joins the shared FIFO only while it is short: behind a
+  // queue another client's spawns filled, it would wait for all of them, while its own
+  // lane is served within a turn per client (lanes.h).
+  const bool shared =
+      origin == Origin::kSpawned ||
+      (origin == Origin::kAccepted && w.share_hint && w.queue.size() < kShareAcceptedBelow);
   if (shared && w.queue.push(t)) {
     w.pushed = true;
     return;
