@@ -20,21 +20,13 @@
 
 #include "config.h"
 #include "control_checks.h"
+#include "fuzz_check.h"
 #include "insideout/v1/scheduler.pb.h"
 #include "scheduler.h"
-
 namespace {
 
 namespace daemon = insideout::daemon;
 namespace v1 = insideout::v1;
-
-#define FUZZ_CHECK(cond)                                                                \
-  do {                                                                                  \
-    if (!(cond)) {                                                                      \
-      std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                     \
-    }                                                                                   \
-  } while (0)
 
 void check_refusal(const absl::Status& st) {
   FUZZ_CHECK(st.code() == absl::StatusCode::kInvalidArgument && !st.message().empty());

@@ -18,10 +18,10 @@
 #include <variant>
 
 #include "frame_check.h"
+#include "fuzz_check.h"
 #include "insideout/shm/layout.h"
 #include "registry.h"
 #include "task.h"
-
 namespace {
 
 using insideout::daemon::FrameCheck;
@@ -30,14 +30,6 @@ using insideout::daemon::FunctionDef;
 using insideout::daemon::FunctionRegistry;
 using insideout::daemon::ValidFrame;
 namespace shm = insideout::shm;
-
-#define FUZZ_CHECK(cond)                                                                \
-  do {                                                                                  \
-    if (!(cond)) {                                                                      \
-      std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                     \
-    }                                                                                   \
-  } while (0)
 
 insideout::daemon::Step never_runs(insideout::daemon::Task&, insideout::daemon::StepContext&) {
   return insideout::daemon::Step::kComplete;

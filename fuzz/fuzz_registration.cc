@@ -27,24 +27,16 @@
 #include <memory>
 
 #include "config.h"
+#include "fuzz_check.h"
 #include "insideout/shm/layout.h"
 #include "insideout/shm/ring.h"
 #include "insideout/v1/continuation.pb.h"
 #include "insideout/v1/wire.h"
 #include "segment_request.h"
-
 namespace {
 
 namespace shm = insideout::shm;
 namespace v1 = insideout::v1;
-
-#define FUZZ_CHECK(cond)                                                                \
-  do {                                                                                  \
-    if (!(cond)) {                                                                      \
-      std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                     \
-    }                                                                                   \
-  } while (0)
 
 // The lowest free descriptor number: it changes if a descriptor leaked.
 int lowest_free_fd() {

@@ -12,22 +12,13 @@
 #include <utility>
 
 #include "insideout/shm/futex.h"
+#include "memfd_mappable.h"
 
 namespace insideout::shm {
 namespace {
 
-class FdMappable {
- public:
-  explicit FdMappable(int fd) : fd_(fd) {}
-  boost::interprocess::mapping_handle_t get_mapping_handle() const {
-    return boost::interprocess::ipcdetail::mapping_handle_from_file_handle(fd_);
-  }
-
- private:
-  int fd_;
-};
-
-std::string errno_text(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
+using detail::errno_text;
+using detail::MemfdMappable;
 
 }  // namespace
 
@@ -63,7 +54,7 @@ BellPage BellPage::create(std::uint32_t pool, std::string* error) {
   }
   try {
     b.region_ = boost::interprocess::mapped_region(
-        FdMappable(b.fd_), boost::interprocess::read_write, 0, kPoolBellBytes);
+        MemfdMappable(b.fd_), boost::interprocess::read_write, 0, kPoolBellBytes);
   } catch (const boost::interprocess::interprocess_exception& e) {
     *error = std::string("mapping the pool bell: ") + e.what();
     return BellPage();
@@ -90,8 +81,8 @@ BellPage BellPage::attach(int fd, std::string* error) {
     return b;
   }
   try {
-    b.region_ = boost::interprocess::mapped_region(FdMappable(fd), boost::interprocess::read_only,
-                                                   0, sizeof(PoolBell));
+    b.region_ = boost::interprocess::mapped_region(
+        MemfdMappable(fd), boost::interprocess::read_only, 0, sizeof(PoolBell));
   } catch (const boost::interprocess::interprocess_exception& e) {
     *error = std::string("mapping the pool bell: ") + e.what();
   }

@@ -12,23 +12,13 @@
 #include <string>
 #include <utility>
 
+#include "memfd_mappable.h"
+
 namespace insideout::shm {
 namespace {
 
-// Makes a memfd mappable by boost::interprocess::mapped_region (the interface its
-// file_mapping and shared_memory_object offer).
-class MemfdMappable {
- public:
-  explicit MemfdMappable(int fd) : fd_(fd) {}
-  boost::interprocess::mapping_handle_t get_mapping_handle() const {
-    return boost::interprocess::ipcdetail::mapping_handle_from_file_handle(fd_);
-  }
-
- private:
-  int fd_;
-};
-
-std::string errno_text(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
+using detail::errno_text;
+using detail::MemfdMappable;
 
 bool map(int fd, std::size_t size, boost::interprocess::mapped_region* out, std::string* error) {
   try {
