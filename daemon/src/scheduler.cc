@@ -1044,7 +1044,7 @@ void Scheduler::park(Worker& w) {
   if (watch) bell_.page()->sleepers.fetch_add(1, std::memory_order_seq_cst);
   // The re-check below reads queues and ring slots with relaxed loads: on a weakly
   // ordered CPU they could move above the announcements without this fence.
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  shm::full_barrier();
   // R4: seq_cst, after the announcements: pairs with R3 in resize().
   if (!any_work(w) && !stop_.load(std::memory_order_seq_cst) &&
       !w.retiring.load(std::memory_order_seq_cst)) {

@@ -79,18 +79,23 @@ inline std::uint32_t load_after_fence(std::atomic<std::uint32_t>& word) noexcept
 #endif
 }
 
-// The same barrier before a load from a page this process may only read (the pool bell):
-// under ThreadSanitizer the read-modify-write goes to a thread-local word, whose locked
-// instruction is the hardware's full barrier all the same.
-inline std::uint32_t load_after_fence(const std::atomic<std::uint32_t>& word) noexcept {
+// A full (store-load) barrier where no word of the caller's may take the read-modify-
+// write: under ThreadSanitizer, which refuses standalone fences, the read-modify-write
+// goes to a thread-local word, whose locked instruction is the hardware's full barrier
+// all the same.
+inline void full_barrier() noexcept {
 #if defined(__SANITIZE_THREAD__)
   static thread_local std::atomic<std::uint32_t> barrier{0};
   barrier.fetch_add(0, std::memory_order_seq_cst);
-  return word.load(std::memory_order_seq_cst);
 #else
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  return word.load(std::memory_order_relaxed);
 #endif
+}
+
+// load_after_fence() for a page this process may only read (the pool bell).
+inline std::uint32_t load_after_fence(const std::atomic<std::uint32_t>& word) noexcept {
+  full_barrier();
+  return word.load(std::memory_order_seq_cst);
 }
 
 // The waiting side of an EventWord. `ready` is the condition, re-checked after the
