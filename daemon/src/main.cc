@@ -29,7 +29,8 @@ int main(int argc, char** argv) {
       "--runtime-dir", config.runtime_dir,
       "Directory for daemon.sock and the lock (default: $INSIDEOUT_RUNTIME_DIR, else "
       "/run/insideout "
-      "as root, else $XDG_RUNTIME_DIR/insideout). Created 0700 if missing; refused if it is a "
+      "as root, else $XDG_RUNTIME_DIR/insideout). Created if missing, 0700 (0710 when the socket's "
+      "group may connect, so that it can reach the socket); refused if it is a "
       "symbolic link, another user's, or writable by the group or others");
   app.add_option("-w,--workers", config.workers, "Worker threads (default: one per allowed CPU)");
   app.add_option("--cpus", cpus,
