@@ -578,9 +578,8 @@ void Scheduler::push_local(Worker& w, Task* t, Origin origin) {
   // An accepted continuation joins the shared FIFO only while it is short: behind a
   // queue another client's spawns filled, it would wait for all of them, while its own
   // lane is served within a turn per client (lanes.h).
-  const bool shared =
-      origin == Origin::kSpawned ||
-      (origin == Origin::kAccepted && w.share_hint && w.queue.size() < kShareAcceptedBelow);
+  const bool shared = origin == Origin::kSpawned || (origin == Origin::kAccepted && w.share_hint &&
+                                                     w.queue.size() < kShareAcceptedBelow);
   if (shared && w.queue.push(t)) {
     w.pushed = true;
     return;
