@@ -291,6 +291,7 @@ v1::Stats stats_from_area(const insideout::shm::StatsArea& a) {
   s.set_timer_parks(a.totals.timer_parks.load(r));
   s.set_backpressure(a.totals.backpressure.load(r));
   s.set_spawned(a.totals.spawned.load(r));
+  s.set_clients_faulted(a.totals.faulted.load(r));
   s.set_clients(static_cast<std::uint32_t>(a.header.clients.load(r)));
   const std::uint32_t n = std::min(a.header.workers.load(r), insideout::shm::kStatsMaxWorkers);
   for (std::uint32_t i = 0; i < n; ++i)
@@ -318,6 +319,9 @@ void print_prometheus(const v1::Stats& s, const insideout::shm::StatsArea* a) {
   counter("backpressure_total", "Times a client's ring was left waiting (in-flight limit).",
           s.backpressure());
   counter("spawned_total", "Child continuations spawned.", s.spawned());
+  counter("clients_faulted_total",
+          "Clients failed and disconnected because their rings were unusable.",
+          s.clients_faulted());
   std::printf(
       "# HELP insideout_failed_by_reason_total Failures and rejections by reason.\n"
       "# TYPE insideout_failed_by_reason_total counter\n");

@@ -882,6 +882,7 @@ class SchedulerService final : public v1::Scheduler::Service {
     out->set_backpressure(t.backpressure);
     out->set_steps(t.steps);
     out->set_spawned(t.spawned);
+    out->set_clients_faulted(t.faulted);
     // Reasons: the workers' totals, and the registered clients' own counters.
     std::uint64_t unknown_fn = 0, invalid_frames = 0;
     const auto infos = daemon_.client_infos();
@@ -1143,6 +1144,7 @@ void ControlServer::publish_once() {
   k.timer_parks.store(t.timer_parks, r);
   k.backpressure.store(t.backpressure, r);
   k.spawned.store(t.spawned, r);
+  k.faulted.store(t.faulted, r);
   std::uint32_t n = 0;
   for (const auto& p : pools) {
     const Scheduler& s = *p.scheduler;

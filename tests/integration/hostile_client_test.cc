@@ -20,6 +20,7 @@
 #include "insideout/shm/futex.h"
 #include "insideout/shm/layout.h"
 #include "insideout/shm/ring.h"
+#include "integration/control_support.h"
 #include "integration/workload.h"
 #include "support/daemon_process.h"
 
@@ -282,6 +283,14 @@ TEST(HostileClient, ShouldDisconnectAClientWhoseCompletionRingIsForgedAndServeTh
   EXPECT_TRUE(serves_echo(daemon.runtime_dir(), 3s));
   EXPECT_NE(daemon.log().find("its completion ring is forged"), std::string::npos) << daemon.log();
   EXPECT_LT(cpu_share(daemon.pid(), 1s), 0.2) << "the daemon should be idle";
+  // Counted, for the operator: the stats file is refreshed every 100 ms.
+  std::string prom;
+  for (auto until = Clock::now() + 3s; Clock::now() < until;) {
+    prom = run_command(ctl_args(daemon.runtime_dir(), {"stats", "--prometheus"}), 10s).out;
+    if (prom.find("insideout_clients_faulted_total 1\n") != std::string::npos) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_NE(prom.find("insideout_clients_faulted_total 1\n"), std::string::npos) << prom;
   handles.clear();
   liar.reset();
   const auto t0 = Clock::now();

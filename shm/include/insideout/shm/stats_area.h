@@ -47,7 +47,8 @@ struct StatsTotals {
   std::atomic<std::uint64_t> timer_parks;
   std::atomic<std::uint64_t> backpressure;
   std::atomic<std::uint64_t> spawned;
-  std::atomic<std::uint64_t> reserved[6];
+  std::atomic<std::uint64_t> faulted;  // clients failed and disconnected: unusable rings
+  std::atomic<std::uint64_t> reserved[5];
 };
 
 struct StatsWorker {
