@@ -7,6 +7,7 @@
 #include <chrono>
 #include <climits>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <optional>
 
@@ -23,8 +24,11 @@ namespace insideout::testing {
 
 class InProcessDaemon {
  public:
+  // `before_start` runs before the workers do: where a test installs hooks the workers
+  // read (set after the start, they would race with them).
   explicit InProcessDaemon(std::uint32_t workers = 2, shm::SegmentRequest req = {},
-                           shm::IdleStrategy idle = shm::IdleStrategy::kSpinThenBlock)
+                           shm::IdleStrategy idle = shm::IdleStrategy::kSpinThenBlock,
+                           const std::function<void(InProcessDaemon&)>& before_start = {})
       : table_(8) {
     daemon::register_builtins(registry_);
     daemon::SchedulerConfig cfg;
@@ -46,6 +50,7 @@ class InProcessDaemon {
     submit_ = shm::RingProducer(shm::RingView(base_ + geom_.submit_ring_off, geom_.ring_capacity));
     completion_ =
         shm::RingConsumer(shm::RingView(base_ + geom_.completion_ring_off, geom_.ring_capacity));
+    if (before_start) before_start(*this);
     scheduler_->start();
   }
   ~InProcessDaemon() {

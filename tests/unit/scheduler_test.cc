@@ -277,12 +277,13 @@ TEST(Scheduler, ShouldSpreadFanoutChildrenOverWorkers) {
 // zero (its slot would be reclaimed with continuations still writing into it). The hook
 // closes the client in exactly that window.
 TEST(Scheduler, ShouldNotReviveAClientThatClosedBetweenItsCheckAndTheAccept) {
-  InProcessDaemon d(1);
   std::atomic<int> zombies{0};
-  d.table().set_on_zombie([&] { zombies.fetch_add(1); });
   std::atomic<bool> closed{false};
-  d.scheduler().set_before_accept_hook([&](daemon::ClientSlot&) {
-    if (!closed.exchange(true)) d.close_client();  // the connection's reference goes: zero
+  InProcessDaemon d(1, {}, shm::IdleStrategy::kSpinThenBlock, [&](InProcessDaemon& self) {
+    self.table().set_on_zombie([&] { zombies.fetch_add(1); });
+    self.scheduler().set_before_accept_hook([&](daemon::ClientSlot&) {
+      if (!closed.exchange(true)) self.close_client();  // the connection's reference: zero
+    });
   });
   Frame* f = d.frame();
   f->fn = d.fn("noop");
