@@ -1,0 +1,572 @@
+// insideout's SDK: continuation code for the daemon's plugins and for the embedded
+// executor (insideout::Runtime), the same source for both.
+//
+// A continuation is either
+//   - a plain step function: `insideout::Step f(insideout::Task& t, insideout::Context& c)`,
+//     registered as `insideout::step<f>`; it says what happens next by its return value,
+//     and continues with another step by setting `t.fn = insideout::step<g>`;
+//   - or a C++20 coroutine: `insideout::Continuation f(insideout::Context c)` (the
+//     context by value), registered as `insideout::coroutine<f>`. Every co_await is a
+//     step boundary: the continuation may resume on another worker or pool.
+//
+// A whole plugin:
+//
+//   #include <insideout/sdk.hpp>
+//
+//   insideout::Step add_one(insideout::Task&, insideout::Context& c) {
+//     return c.complete(c.arg() + 1);
+//   }
+//
+//   INSIDEOUT_PLUGIN("demo", "1.0", plugin) {
+//     plugin.add("add_one", "returns ARG + 1", insideout::step<add_one>);
+//   }
+//
+// Nothing here allocates per step; coroutine frames come from the engine's pool.
+// Build plugins with -fvisibility=hidden (insideout_add_plugin() in CMake does), so that
+// two plugins' copies of these inline functions never bind to each other.
+// Exceptions thrown by continuation code fail that continuation with their message;
+// they never cross into the engine.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <coroutine>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <new>
+#include <span>
+#include <string_view>
+#include <type_traits>
+
+#include "insideout/sdk/abi.h"
+
+namespace insideout {
+
+enum class Step : io_step {
+  kContinue = IO_STEP_CONTINUE,
+  kYield = IO_STEP_YIELD,
+  kPark = IO_STEP_PARK,
+  kWait = IO_STEP_WAIT,
+  kComplete = IO_STEP_COMPLETE,
+  kFail = IO_STEP_FAIL,
+  kMoved = IO_STEP_MOVED,
+};
+
+enum class Error : std::uint32_t {
+  kFailed = IO_ERR_FAILED,
+  kInvalidArgument = IO_ERR_INVALID_ARGUMENT,
+  kResultTooLarge = IO_ERR_RESULT_TOO_LARGE,
+  kCancelled = IO_ERR_CANCELLED,
+};
+
+// A continuation as its steps see it: the next step and two words of its own. The
+// engine's bookkeeping follows these fields in the same object; never copy a Task.
+struct Task : io_task {
+  Task() = delete;
+  Task(const Task&) = delete;
+  Task& operator=(const Task&) = delete;
+};
+
+inline Task& as_task(io_task* t) noexcept { return *static_cast<Task*>(t); }
+
+// What a step may do besides returning its Step. Valid for one step only: the next step
+// may run on another worker with another context.
+class Context {
+ public:
+  Context(io_task* t, io_ctx* c) noexcept : t_(t), c_(c) {}
+
+  // The submission's scalar argument: w0 as the entry step finds it.
+  std::uint64_t arg() const noexcept { return t_->w0; }
+  // The environment (client memory may change underfoot: read it as data).
+  std::span<const std::byte> env() const noexcept {
+    std::size_t n = 0;
+    const std::uint8_t* p = c_->ops->env(c_, t_, &n);
+    return {reinterpret_cast<const std::byte*>(p), n};
+  }
+  // IO_FN_OUTPUT functions: the environment, writable (empty for the others).
+  std::span<std::byte> output() const noexcept {
+    std::size_t n = 0;
+    std::uint8_t* p = c_->ops->output(c_, t_, &n);
+    return {reinterpret_cast<std::byte*>(p), n};
+  }
+
+  // Results. complete() and fail() return the Step to return.
+  void set_value(std::uint64_t v) noexcept { c_->value = v; }
+  void set_output_len(std::size_t n) noexcept { c_->ops->set_output_len(c_, n); }
+  Step complete(std::uint64_t v = 0) noexcept {
+    c_->value = v;
+    return Step::kComplete;
+  }
+  Step fail(std::string_view msg, Error e = Error::kFailed) noexcept {
+    return static_cast<Step>(c_->ops->fail(c_, static_cast<std::uint32_t>(e), msg.data(), msg.size()));
+  }
+
+  // Parking: return the Step these return.
+  Step park_for(std::chrono::nanoseconds d) noexcept { return park_until(now() + d); }
+  Step park_until(std::chrono::steady_clock::time_point when) noexcept {
+    c_->ops->park_until(c_, t_, when.time_since_epoch().count());
+    return Step::kPark;
+  }
+  // Continues on another pool (by id, see pool_id()); kFail when there is none.
+  Step move_to(std::uint32_t pool) noexcept {
+    if (c_->ops->move_to(c_, t_, pool) != 0) return fail("no such pool", Error::kInvalidArgument);
+    return Step::kMoved;
+  }
+  std::int64_t pool_id(std::string_view name) const noexcept {
+    return c_->ops->pool_id(c_, name.data(), name.size());
+  }
+  std::uint32_t pool() const noexcept { return c_->ops->current_pool(c_); }
+  std::uint32_t worker() const noexcept { return c_->ops->worker_index(c_); }
+  bool cancelled() const noexcept { return c_->ops->cancelled(c_, t_) != 0; }
+  std::chrono::steady_clock::time_point now() const noexcept {
+    return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(c_->ops->now_ns(c_)));
+  }
+
+  // Children for counting parents (the fanout built-in's pattern): see abi.h.
+  void spawn(io_step_fn fn, std::uint64_t w0, std::uint64_t w1, std::uint32_t aux = 0xFFFFFFFFu,
+             bool leaf = false) noexcept {
+    c_->ops->spawn(c_, fn, w0, w1, aux, leaf ? IO_SHARE_WHEN_HUNGRY : IO_SHARE_ALWAYS);
+  }
+  void child_done(io_task* parent) noexcept { c_->ops->child_done(c_, parent); }
+  void resume(io_task* t) noexcept { c_->ops->resume(c_, t); }
+
+  io_task* raw_task() const noexcept { return t_; }
+  io_ctx* raw() const noexcept { return c_; }
+
+ private:
+  io_task* t_;
+  io_ctx* c_;
+};
+
+namespace detail {
+
+inline io_step fail_with(io_ctx* c, std::string_view msg) noexcept {
+  return c->ops->fail(c, IO_ERR_FAILED, msg.data(), msg.size());
+}
+
+inline io_step fail_current_exception(io_ctx* c) noexcept {
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    return fail_with(c, e.what());
+  } catch (...) {
+    return fail_with(c, "a step threw an exception that is not a std::exception");
+  }
+}
+
+}  // namespace detail
+
+// A plain step function as the engine calls it.
+template <auto F>
+io_step step(io_task* t, io_ctx* c) noexcept {
+  static_assert(std::is_invocable_r_v<Step, decltype(F), Task&, Context&>,
+                "a step function is Step f(insideout::Task&, insideout::Context&)");
+  try {
+    Context ctx(t, c);
+    return static_cast<io_step>(F(as_task(t), ctx));
+  } catch (...) {
+    return detail::fail_current_exception(c);
+  }
+}
+
+// ---- coroutines ----------------------------------------------------------------------
+
+namespace detail {
+
+struct Promise;
+using Handle = std::coroutine_handle<Promise>;
+
+}  // namespace detail
+
+class CoContext;
+
+// The result of a child continuation, as its parent sees it.
+struct Outcome {
+  bool ok = false;
+  std::uint64_t value = 0;
+};
+
+namespace detail {
+struct Promise;
+}
+
+// What a coroutine continuation returns. Created suspended; the engine drives it.
+class [[nodiscard]] Continuation {
+ public:
+  using promise_type = detail::Promise;
+  explicit Continuation(detail::Handle h) noexcept : h_(h) {}
+  Continuation(Continuation&& o) noexcept : h_(o.h_) { o.h_ = {}; }
+  Continuation(const Continuation&) = delete;
+  Continuation& operator=(const Continuation&) = delete;
+  ~Continuation();
+  detail::Handle release() noexcept {
+    auto h = h_;
+    h_ = {};
+    return h;
+  }
+
+ private:
+  detail::Handle h_;
+};
+
+// The failure a coroutine returns: `co_return c.fail("why");`.
+struct Failure {
+  std::string_view message;
+  Error error = Error::kFailed;
+};
+
+// A coroutine's view of its continuation; take it by value. Valid across suspensions
+// (it refers to the coroutine's own state, which the engine updates at every step).
+class CoContext {
+ public:
+  // Made by insideout::coroutine<F>; bound to its coroutine's state by the promise.
+  explicit CoContext(const io_ctx_ops* ops) noexcept : ops_(ops) {}
+
+  std::uint64_t arg() const noexcept;
+  std::span<const std::byte> env() const noexcept;
+  std::span<std::byte> output() const noexcept;
+  void set_output_len(std::size_t n) noexcept;
+  Failure fail(std::string_view msg, Error e = Error::kFailed) const noexcept { return {msg, e}; }
+  std::uint32_t pool() const noexcept;
+  std::uint32_t worker() const noexcept;
+  std::int64_t pool_id(std::string_view name) const noexcept;
+  bool cancelled() const noexcept;
+  std::chrono::steady_clock::time_point now() const noexcept;
+
+  // Awaitables.
+  struct Suspend;
+  // Requeues: another worker may take the rest.
+  Suspend yield() const noexcept;
+  Suspend sleep_for(std::chrono::nanoseconds d) const noexcept;
+  Suspend sleep_until(std::chrono::steady_clock::time_point when) const noexcept;
+  // Continues on pool `pool` (an id from pool_id()); true when it moved.
+  struct Move;
+  Move move_to(std::uint32_t pool) const noexcept;
+  // Runs coroutine F once per argument in `args` (at most 65,535), each as a
+  // continuation of its own that any worker may take, and resumes when all have
+  // finished, their outcomes in `out` (same order; at most out.size() children).
+  struct Join;
+  template <auto F>
+  Join all(std::span<const std::uint64_t> args, std::span<Outcome> out) const noexcept;
+  // The same, but resumes with the index of the first child to succeed (or -1 when none
+  // did); the others see cancelled() and have finished when it resumes.
+  template <auto F>
+  Join any(std::span<const std::uint64_t> args, std::span<Outcome> out) const noexcept;
+
+ private:
+  friend struct detail::Promise;
+  detail::Promise* p_ = nullptr;
+  const io_ctx_ops* ops_ = nullptr;
+};
+
+namespace detail {
+
+struct Promise {
+  // The current step's engine objects (updated by co_step before each resume).
+  io_task* task = nullptr;
+  io_ctx* ctx = nullptr;
+  std::uint64_t arg = 0;
+  io_step next = IO_STEP_YIELD;  // what the step returns when the coroutine suspends
+  bool failed = false;
+  // Children (all()/any()).
+  Promise* parent = nullptr;  // this is a child: where it reports, in slot `index`
+  std::uint32_t index = 0;
+  bool first_wins = false;  // any(): cancel siblings once one succeeded
+  std::atomic<std::uint32_t> pending{0};  // children still running, +1 while deciding
+  std::atomic<bool> stop_children{false};
+  std::atomic<std::int32_t> first{-1};
+  ::insideout::Outcome* child_slots = nullptr;
+
+  explicit Promise(CoContext& c) noexcept { c.p_ = this; }
+
+  // Frames come from the engine's frame pool (per-worker caches): nothing of the pool
+  // lives in the plugin, so unloading it leaves no thread-local state behind. The
+  // engine's operations are remembered in front of the frame for the delete.
+  static void* operator new(std::size_t n, CoContext& c) {
+    const io_ctx_ops* ops = c.ops_;
+    void* raw = ops->frame_alloc(n + kFrameHeader);
+    if (raw == nullptr) throw std::bad_alloc();
+    *static_cast<const io_ctx_ops**>(raw) = ops;
+    return static_cast<std::byte*>(raw) + kFrameHeader;
+  }
+  static void operator delete(void* p, std::size_t n) noexcept {
+    void* raw = static_cast<std::byte*>(p) - kFrameHeader;
+    (*static_cast<const io_ctx_ops**>(raw))->frame_free(raw, n + kFrameHeader);
+  }
+  static constexpr std::size_t kFrameHeader = 16;
+
+  Continuation get_return_object() noexcept { return Continuation(Handle::from_promise(*this)); }
+  std::suspend_always initial_suspend() noexcept { return {}; }
+  std::suspend_always final_suspend() noexcept { return {}; }
+  void return_value(std::uint64_t v) noexcept { ctx->value = v; }
+  void return_value(Failure f) noexcept {
+    ctx->ops->fail(ctx, static_cast<std::uint32_t>(f.error), f.message.data(), f.message.size());
+    failed = true;
+  }
+  void unhandled_exception() noexcept {
+    (void)fail_current_exception(ctx);
+    failed = true;
+  }
+};
+
+}  // namespace detail
+
+inline Continuation::~Continuation() {
+  if (h_) h_.destroy();
+}
+
+inline std::uint64_t CoContext::arg() const noexcept { return p_->arg; }
+inline std::span<const std::byte> CoContext::env() const noexcept {
+  return Context(p_->task, p_->ctx).env();
+}
+inline std::span<std::byte> CoContext::output() const noexcept {
+  return Context(p_->task, p_->ctx).output();
+}
+inline void CoContext::set_output_len(std::size_t n) noexcept {
+  p_->ctx->ops->set_output_len(p_->ctx, n);
+}
+inline std::uint32_t CoContext::pool() const noexcept {
+  return p_->ctx->ops->current_pool(p_->ctx);
+}
+inline std::uint32_t CoContext::worker() const noexcept {
+  return p_->ctx->ops->worker_index(p_->ctx);
+}
+inline std::int64_t CoContext::pool_id(std::string_view name) const noexcept {
+  return p_->ctx->ops->pool_id(p_->ctx, name.data(), name.size());
+}
+inline bool CoContext::cancelled() const noexcept {
+  if (p_->parent != nullptr && p_->parent->stop_children.load(std::memory_order_relaxed))
+    return true;
+  return p_->ctx->ops->cancelled(p_->ctx, p_->task) != 0;
+}
+inline std::chrono::steady_clock::time_point CoContext::now() const noexcept {
+  return std::chrono::steady_clock::time_point(
+      std::chrono::nanoseconds(p_->ctx->ops->now_ns(p_->ctx)));
+}
+
+struct CoContext::Suspend {
+  detail::Promise* p;
+  std::int64_t until_ns;  // < 0: a plain yield
+  bool await_ready() const noexcept { return false; }
+  void await_suspend(detail::Handle) const noexcept {
+    if (until_ns < 0) {
+      p->next = IO_STEP_YIELD;
+    } else {
+      p->ctx->ops->park_until(p->ctx, p->task, until_ns);
+      p->next = IO_STEP_PARK;
+    }
+  }
+  void await_resume() const noexcept {}
+};
+
+inline CoContext::Suspend CoContext::yield() const noexcept { return {p_, -1}; }
+inline CoContext::Suspend CoContext::sleep_until(
+    std::chrono::steady_clock::time_point when) const noexcept {
+  const auto ns = when.time_since_epoch().count();
+  return {p_, ns < 0 ? 0 : ns};
+}
+inline CoContext::Suspend CoContext::sleep_for(std::chrono::nanoseconds d) const noexcept {
+  return sleep_until(now() + d);
+}
+
+struct CoContext::Move {
+  detail::Promise* p;
+  std::uint32_t pool;
+  bool moved = false;
+  bool await_ready() const noexcept { return false; }
+  bool await_suspend(detail::Handle) noexcept {
+    if (p->ctx->ops->move_to(p->ctx, p->task, pool) != 0) return false;  // resume at once
+    moved = true;
+    p->next = IO_STEP_MOVED;
+    return true;
+  }
+  bool await_resume() const noexcept { return moved; }
+};
+
+inline CoContext::Move CoContext::move_to(std::uint32_t pool) const noexcept { return {p_, pool}; }
+
+// Memory ordering of joins:
+//   J1 (a child's pending.fetch_sub, acq_rel, after it wrote its Outcome) pairs with J2
+//      (the parent's pending.fetch_sub, acq_rel, when it starts waiting): whoever brings
+//      the count to zero has seen every child's Outcome, and only that one resumes the
+//      parent (the parent itself, at once, or the last child through ops->resume()).
+struct CoContext::Join {
+  detail::Promise* p;
+  io_step_fn child;
+  std::span<const std::uint64_t> args;
+  std::span<Outcome> out;
+  bool first_wins;
+  bool await_ready() const noexcept { return args.empty(); }
+  bool await_suspend(detail::Handle) const noexcept {
+    std::size_t n = args.size() < out.size() ? args.size() : out.size();
+    if (n > 0xFFFF) n = 0xFFFF;
+    p->first_wins = first_wins;
+    p->stop_children.store(false, std::memory_order_relaxed);
+    p->first.store(-1, std::memory_order_relaxed);
+    p->child_slots = out.data();
+    // Relaxed: the children subtract only after they are spawned (the queue's release).
+    p->pending.store(n + 1, std::memory_order_relaxed);
+    for (std::size_t i = 0; i < n; ++i) {
+      out[i] = Outcome{};
+      // The child's entry step finds its parent and index in w1 (see child_entry<F>).
+      p->ctx->ops->spawn(p->ctx, child, args[i],
+                         reinterpret_cast<std::uint64_t>(p) | (std::uint64_t{i} << 48),
+                         0xFFFFFFFFu, IO_SHARE_ALWAYS);
+    }
+    // J2: pairs with J1.
+    if (p->pending.fetch_sub(1, std::memory_order_acq_rel) == 1) return false;  // all done
+    p->next = IO_STEP_WAIT;
+    return true;
+  }
+  std::int32_t await_resume() const noexcept {
+    return first_wins ? p->first.load(std::memory_order_relaxed) : 0;
+  }
+};
+
+
+namespace detail {
+
+// A child coroutine has finished (ok or not): report to the parent.
+inline void report_to_parent(Promise* parent, io_ctx* c, bool ok, std::uint64_t value,
+                             std::uint32_t index) noexcept {
+  parent->child_slots[index] = ::insideout::Outcome{ok, value};
+  if (ok && parent->first_wins) {
+    std::int32_t none = -1;
+    if (parent->first.compare_exchange_strong(none, static_cast<std::int32_t>(index),
+                                              std::memory_order_relaxed))
+      parent->stop_children.store(true, std::memory_order_relaxed);
+  }
+  // J1: pairs with J2.
+  if (parent->pending.fetch_sub(1, std::memory_order_acq_rel) == 1)
+    c->ops->resume(c, parent->task);
+}
+
+// Every step of a coroutine continuation: resume it, then say what its suspension means.
+inline io_step co_step(io_task* t, io_ctx* c) noexcept {
+  auto h = Handle::from_address(reinterpret_cast<void*>(t->w0));
+  Promise& p = h.promise();
+  p.task = t;
+  p.ctx = c;
+  if (c->cutoff != 0) {  // the engine cuts it off: release the frame
+    h.destroy();
+    return IO_STEP_FAIL;
+  }
+  p.next = IO_STEP_YIELD;
+  h.resume();
+  if (!h.done()) return p.next;
+  const bool ok = !p.failed;
+  Promise* parent = p.parent;
+  const std::uint32_t index = p.index;
+  h.destroy();
+  // A child reports to its parent (the engine completes children silently).
+  if (parent != nullptr) report_to_parent(parent, c, ok, c->value, index);
+  return ok ? IO_STEP_COMPLETE : IO_STEP_FAIL;
+}
+
+template <auto F>
+io_step start(io_task* t, io_ctx* c, Promise* parent, std::uint32_t index) noexcept {
+  static_assert(std::is_invocable_r_v<Continuation, decltype(F), CoContext>,
+                "a coroutine continuation is Continuation f(insideout::CoContext)");
+  Handle h;
+  try {
+    h = F(CoContext(c->ops)).release();
+  } catch (...) {
+    if (parent != nullptr) report_to_parent(parent, c, false, 0, index);
+    return fail_current_exception(c);  // no frame could be made
+  }
+  Promise& p = h.promise();
+  p.arg = t->w0;
+  p.parent = parent;
+  p.index = index;
+  t->w0 = reinterpret_cast<std::uint64_t>(h.address());
+  t->fn = &co_step;
+  c->ops->owns_state(c, t);
+  return IO_STEP_CONTINUE;
+}
+
+template <auto F>
+io_step child_entry(io_task* t, io_ctx* c) noexcept {
+  constexpr std::uint64_t kPointer = (std::uint64_t{1} << 48) - 1;
+  return start<F>(t, c, reinterpret_cast<Promise*>(t->w1 & kPointer),
+                  static_cast<std::uint32_t>(t->w1 >> 48));
+}
+
+}  // namespace detail
+
+// A coroutine continuation as the engine calls it: its entry step makes the coroutine
+// (its frame from the pool) and every later step resumes it.
+template <auto F>
+io_step coroutine(io_task* t, io_ctx* c) noexcept {
+  return detail::start<F>(t, c, nullptr, 0);
+}
+
+template <auto F>
+CoContext::Join CoContext::all(std::span<const std::uint64_t> args,
+                               std::span<Outcome> out) const noexcept {
+  return {p_, &detail::child_entry<F>, args, out, false};
+}
+template <auto F>
+CoContext::Join CoContext::any(std::span<const std::uint64_t> args,
+                               std::span<Outcome> out) const noexcept {
+  return {p_, &detail::child_entry<F>, args, out, true};
+}
+
+// ---- plugins -------------------------------------------------------------------------
+
+// What INSIDEOUT_PLUGIN's body registers functions with.
+class Plugin {
+ public:
+  explicit Plugin(const io_registrar* r) noexcept : r_(r) {}
+  // Registers `name` (prefixed with the plugin's name by the daemon). Returns false when
+  // the daemon refused it; init then fails and nothing of the plugin is loaded.
+  bool add(const char* name, const char* help, io_step_fn entry, std::uint32_t flags = 0,
+           std::uint64_t max_arg = 0) noexcept {
+    io_function_def d{};
+    d.size = sizeof d;
+    d.flags = flags;
+    d.name = name;
+    d.help = help;
+    d.entry = entry;
+    d.max_arg = max_arg;
+    if (r_->add(r_->host, &d) != 0) ok_ = false;
+    return ok_;
+  }
+  void error(const char* msg) noexcept {
+    r_->error(r_->host, msg);
+    ok_ = false;
+  }
+  bool ok() const noexcept { return ok_; }
+
+ private:
+  const io_registrar* r_;
+  bool ok_ = true;
+};
+
+}  // namespace insideout
+
+// Defines a plugin named `name` (its functions become "name.function"): the body
+// registers them through `var` (an insideout::Plugin&).
+#define INSIDEOUT_PLUGIN(name, version, var)                                         \
+  static void insideout_plugin_register_(::insideout::Plugin& var);                  \
+  static int insideout_plugin_init_(const io_registrar* r) {                          \
+    ::insideout::Plugin p(r);                                                         \
+    try {                                                                             \
+      insideout_plugin_register_(p);                                                  \
+    } catch (const std::exception& e) {                                               \
+      p.error(e.what());                                                              \
+    } catch (...) {                                                                   \
+      p.error("the plugin's init threw");                                             \
+    }                                                                                 \
+    return p.ok() ? 0 : 1;                                                            \
+  }                                                                                   \
+  extern "C" __attribute__((visibility("default"))) const io_plugin_info*             \
+  insideout_plugin_v1(void) {                                                         \
+    static const io_plugin_info info = {IO_SDK_ABI_VERSION, sizeof(io_plugin_info),   \
+                                        IO_SDK_VERSION,     0,                        \
+                                        name,               version,                  \
+                                        insideout_plugin_init_, nullptr};             \
+    return &info;                                                                     \
+  }                                                                                   \
+  static void insideout_plugin_register_(::insideout::Plugin& var)
