@@ -31,8 +31,8 @@ using insideout::daemon::FunctionRegistry;
 using insideout::daemon::ValidFrame;
 namespace shm = insideout::shm;
 
-insideout::daemon::Step never_runs(insideout::daemon::Task&, insideout::daemon::StepContext&) {
-  return insideout::daemon::Step::kComplete;
+io_step never_runs(io_task*, io_ctx*) {
+  return IO_STEP_COMPLETE;
 }
 
 // The built-ins, plus what they lack today: a function that needs a buffer and one with a

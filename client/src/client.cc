@@ -91,7 +91,9 @@ Status from_proto(v1::Status s) { return static_cast<Status>(static_cast<int>(s)
 std::string Result::error() const {
   if (status == Status::kOk) return "";
   std::string t = shm::status_name(status);
-  if (detail != ErrorDetail::kNone) t += std::string(": ") + shm::detail_name(detail);
+  if (detail != ErrorDetail::kNone && detail != ErrorDetail::kFunctionFailed)
+    t += std::string(": ") + shm::detail_name(detail);
+  if (!message.empty()) t += ": " + message;
   return t;
 }
 
@@ -205,6 +207,12 @@ struct Client::Impl {
     } else if (f->result_len != 0 && !(f->flags & shm::kFrameEnvInline) &&
                g.buffer_range_valid(f->env_off, f->result_len)) {
       r.data = {reinterpret_cast<const std::byte*>(base + f->env_off), f->result_len};
+    }
+    if (r.detail == ErrorDetail::kFunctionFailed) {
+      // The function's own words, NUL-terminated in the frame's message slot.
+      const char* m = reinterpret_cast<const char*>(base + g.messages_off) +
+                      std::size_t{idx} * shm::kMessageBytes;
+      r.message.assign(m, ::strnlen(m, shm::kMessageBytes - 1));
     }
     return r;
   }

@@ -85,19 +85,19 @@ Step fanout_node(Task& t, StepContext& ctx) {
       const std::uint64_t share = left / (kFanoutSplit - i);
       left -= share;
       // A sub-node: its own count starts at one (itself), its parent in w1.
-      ctx.spawn(fanout_node, 1, parent, static_cast<std::uint32_t>(share));
+      ctx.spawn(engine_step<fanout_node>, 1, parent, static_cast<std::uint32_t>(share));
     }
     set_to_make(t, 0);
   } else if (left != 0) {
     const std::uint64_t n = std::min(left, kFanoutBurst);
     count.fetch_add(n, std::memory_order_relaxed);  // relaxed, as above
     for (std::uint64_t i = 0; i < n; ++i) {
-      ctx.spawn(fanout_leaf, parent, 0, kNoFrame, StepContext::Share::kWhenHungry);
+      ctx.spawn(engine_step<fanout_leaf>, parent, 0, kNoFrame, StepContext::Share::kWhenHungry);
     }
     set_to_make(t, left - n);
     if (left - n != 0) return Step::kYield;
   }
-  t.fn = fanout_done;
+  t.fn = engine_step<fanout_done>;
   // Drop the node's own count; whoever reaches zero runs fanout_done.
   if (count.fetch_sub(1, std::memory_order_acq_rel) == 1) return Step::kContinue;
   return Step::kWait;
@@ -107,7 +107,7 @@ Step fanout(Task& t, StepContext&) {
   const std::uint64_t n = t.w0;
   t.w0 = 1;
   t.w1 = (n << 32) | n;
-  t.fn = n == 0 ? fanout_done : fanout_node;
+  t.fn = n == 0 ? engine_step<fanout_done> : engine_step<fanout_node>;
   t.flags = static_cast<std::uint16_t>(t.flags | kTaskNoCancel);
   return Step::kContinue;
 }
@@ -125,7 +125,7 @@ Step chain_step(Task& t, StepContext& ctx) {
 Step chain(Task& t, StepContext& ctx) {
   if (t.w0 == 0) return ctx.fail(Status::kInvalidArgument, ErrorDetail::kArgumentOutOfRange);
   t.w1 = t.w0;
-  t.fn = chain_step;
+  t.fn = engine_step<chain_step>;
   return Step::kContinue;
 }
 
@@ -133,7 +133,7 @@ Step chain(Task& t, StepContext& ctx) {
 Step sleep_done(Task&, StepContext&) { return Step::kComplete; }
 
 Step sleep(Task& t, StepContext& ctx) {
-  t.fn = sleep_done;
+  t.fn = engine_step<sleep_done>;
   ctx.park_for(t, std::chrono::nanoseconds(t.w0));
   return Step::kPark;
 }
@@ -141,16 +141,16 @@ Step sleep(Task& t, StepContext& ctx) {
 }  // namespace
 
 void register_builtins(FunctionRegistry& r) {
-  r.add({"noop", "does nothing and completes", noop});
-  r.add({"echo", "returns its environment (in place)", echo});
-  r.add({"checksum", "XXH3-64 of its environment, read in place", checksum});
+  r.add({"noop", "does nothing and completes", engine_step<noop>});
+  r.add({"echo", "returns its environment (in place)", engine_step<echo>});
+  r.add({"checksum", "XXH3-64 of its environment, read in place", engine_step<checksum>});
   // At most 2^30 children (a billion runs): the peak of task memory a fanout holds is
   // about 65 tasks per 65,536 children (kFanoutLeaf), ~33 MiB at the limit.
   r.add({"fanout", "spawns ARG children (at most 2^30) and completes with ARG when all have",
-         fanout, false, 1ull << 30});
-  r.add(
-      {"chain", "ARG steps, each a yield (may migrate between workers)", chain, false, 1ull << 40});
-  r.add({"sleep", "parks for ARG nanoseconds (at most one hour)", sleep, false,
+         engine_step<fanout>, false, 1ull << 30});
+  r.add({"chain", "ARG steps, each a yield (may migrate between workers)", engine_step<chain>,
+         false, 1ull << 40});
+  r.add({"sleep", "parks for ARG nanoseconds (at most one hour)", engine_step<sleep>, false,
          3600ull * 1'000'000'000});
 }
 

@@ -32,7 +32,8 @@ enum class SlotState : std::uint32_t { kFree, kActive, kClosing, kZombie };
 struct SerialJob {
   std::uint64_t tag = 0;
   std::string env;
-  std::string data;  // result bytes
+  std::string data;     // result bytes
+  std::string message;  // the function's failure message, if it gave one
   std::uint64_t value = 0;
   shm::Status status = shm::Status::kPending;
   shm::ErrorDetail detail = shm::ErrorDetail::kNone;
@@ -93,6 +94,12 @@ struct alignas(shm::kCacheLine) ClientSlot {
 
   shm::Frame* frame(std::uint32_t off) const noexcept {
     return reinterpret_cast<shm::Frame*>(base + off);
+  }
+  // The message slot of the frame at `off` (a valid frame offset).
+  char* message(std::uint32_t off) const noexcept {
+    const std::uint32_t index = (off - geom.frames_off) / sizeof(shm::Frame);
+    return reinterpret_cast<char*>(base + geom.messages_off) +
+           std::size_t{index} * shm::kMessageBytes;
   }
 };
 

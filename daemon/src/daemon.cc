@@ -188,7 +188,32 @@ absl::Status Daemon::start() {
   return absl::OkStatus();
 }
 
+std::shared_ptr<Scheduler> Daemon::find_pool(std::uint32_t id) const {
+  std::lock_guard lock(pools_mu_);
+  for (const auto& p : pools_) {
+    if (p.id == id) return p.scheduler;
+  }
+  return nullptr;
+}
+
+std::int64_t Daemon::pool_id(std::string_view name) const {
+  std::lock_guard lock(pools_mu_);
+  for (const auto& p : pools_) {
+    if (p.name == name) return p.id;
+  }
+  return -1;
+}
+
+std::int64_t Daemon::plugin_live(std::uint8_t slot) const {
+  if (slot >= kMaxPluginSlots) return 0;
+  std::int64_t sum = deleted_plugin_live_[slot].load(std::memory_order_relaxed);
+  for (const auto& p : pools()) sum += p.scheduler->plugin_live(slot);
+  return sum;
+}
+
 std::shared_ptr<Scheduler> Daemon::make_scheduler(SchedulerConfig sc) {
+  sc.tasks = &tasks_;
+  sc.directory = this;
   auto s = std::make_shared<Scheduler>(std::move(sc), registry_, clients_);
   // Runs on a worker, before the job's reference on the slot is dropped: the result is
   // copied out here, so the loop never looks at a slot that may be gone.
@@ -220,7 +245,9 @@ void Daemon::serial_done(ClientSlot& slot, std::uint32_t job) {
       auto* r = out.msg.mutable_result();
       r->set_tag(j.tag);
       r->set_status(to_proto(j.status));
-      if (j.status != Status::kOk) r->set_error(error_text(j.status, j.detail));
+      if (j.status != Status::kOk)
+        r->set_error(j.message.empty() ? error_text(j.status, j.detail)
+                                       : error_text(j.status, j.detail) + ": " + j.message);
       r->set_value(j.value);
       r->set_data(std::move(j.data));
       j = SerialJob{};
@@ -296,6 +323,15 @@ absl::Status Daemon::delete_pool(const std::string& name) {
   // No client can name it any more; what its departed clients left in flight finishes.
   const bool drained = victim->drain(config_.drain_timeout);
   victim->stop();
+  // Continuations that moved in from other pools carry on in the default pool.
+  for (Task* t : victim->take_leftovers()) {
+    if (!scheduler_->adopt(t))
+      spdlog::warn("pool '{}': a continuation moved into it was lost", name);
+  }
+  for (std::uint32_t slot = 1; slot < kMaxPluginSlots; ++slot) {
+    deleted_plugin_live_[slot].fetch_add(victim->plugin_live(static_cast<std::uint8_t>(slot)),
+                                         std::memory_order_relaxed);
+  }
   spdlog::info("pool '{}' deleted{}", name, drained ? "" : " (its drain timed out)");
   return absl::OkStatus();
 }
@@ -865,7 +901,12 @@ void Daemon::close_conn(int fd, const char* why) {
     // Stop reading its rings, cancel what it has parked, drop the connection's reference;
     // the slot is reclaimed once its last continuation has completed.
     s.state.store(SlotState::kClosing, std::memory_order_seq_cst);
-    (c.sched ? *c.sched : *scheduler_).client_closing(s);
+    Scheduler& home = c.sched ? *c.sched : *scheduler_;
+    home.client_closing(s);
+    // Its continuations may have moved to other pools and parked there.
+    for (const auto& p : pools()) {
+      if (p.scheduler.get() != &home) p.scheduler->client_closing(s);
+    }
     clients_.release(s);
   }
 }

@@ -29,7 +29,7 @@ namespace insideout::daemon {
 
 inline constexpr const char* kVersion = "0.1.0";
 
-class Daemon {
+class Daemon : public PoolDirectory {
  public:
   explicit Daemon(DaemonConfig config);
   ~Daemon();
@@ -160,6 +160,19 @@ class Daemon {
   std::string runtime_dir_;
   FunctionRegistry registry_;
   ClientTable clients_;
+  // Every pool's tasks: a continuation may move between pools (SchedulerConfig::tasks).
+  TaskPool tasks_;
+  // PoolDirectory, for continuations that move between pools.
+  std::shared_ptr<Scheduler> find_pool(std::uint32_t id) const override;
+  std::int64_t pool_id(std::string_view name) const override;
+  // Plugin tasks counted by pools since deleted (Scheduler::plugin_live()).
+  std::atomic<std::int64_t> deleted_plugin_live_[kMaxPluginSlots] = {};
+
+ public:
+  // Tasks of plugin slot `slot` that may still run: the sum over every pool.
+  std::int64_t plugin_live(std::uint8_t slot) const;
+
+ private:
   std::shared_ptr<Scheduler> scheduler_;  // the default pool's
   // Pools by name, under pools_mu_ (taken before info_mu_). A deleted pool's scheduler
   // lives on while a zombie's snapshot still holds it.

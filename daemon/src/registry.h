@@ -19,6 +19,8 @@ struct FunctionDef {
   StepFn entry = nullptr;
   bool needs_buffer = false;  // the environment must be a buffer in the client's segment
   std::uint64_t max_arg = ~std::uint64_t{0};
+  std::uint32_t flags = 0;  // IO_FN_* (sdk/abi.h)
+  std::uint8_t plugin = 0;  // the plugin slot of its code (0: built-in); see task.h
 };
 
 class FunctionRegistry {

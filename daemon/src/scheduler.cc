@@ -22,9 +22,6 @@ namespace {
 using shm::ErrorDetail;
 using shm::Status;
 
-constexpr std::uint16_t kTaskCancelled = 1u << 8;   // resumed by a cancelled timer
-constexpr std::uint16_t kTaskSampled = 1u << 9;     // its latency is measured
-constexpr std::uint16_t kTaskOverLimit = 1u << 10;  // its client has too many timers
 constexpr std::uint32_t kStealMax = 32;
 constexpr std::uint64_t kShareAcceptedBelow = 64;  // see push_local()
 // A client's bell in a worker's epoll set: a write wakes one sleeping worker of the pool
@@ -42,7 +39,90 @@ std::uint32_t next_random(std::uint32_t& s) {
 
 // ---- StepContext -------------------------------------------------------------------
 
+namespace {
+
+// The engine's services as the SDK's C ABI sees them (io_ctx_ops).
+const std::uint8_t* op_env(io_ctx* c, const io_task* t, std::size_t* len) {
+  const auto e = StepContext::of(c).env(*static_cast<const Task*>(t));
+  *len = e.size();
+  return reinterpret_cast<const std::uint8_t*>(e.data());
+}
+std::uint8_t* op_output(io_ctx* c, const io_task* t, std::size_t* capacity) {
+  const auto o = StepContext::of(c).output(*static_cast<const Task*>(t));
+  *capacity = o.size();
+  return reinterpret_cast<std::uint8_t*>(o.data());
+}
+void op_set_output_len(io_ctx* c, std::size_t len) {
+  auto& ctx = StepContext::of(c);
+  const auto env = ctx.current() != nullptr ? ctx.env(*ctx.current()).size() : 0;
+  ctx.set_result_is_env(static_cast<std::uint32_t>(std::min(len, env)));
+}
+io_step op_fail(io_ctx* c, std::uint32_t err, const char* msg, std::size_t len) {
+  return static_cast<io_step>(StepContext::of(c).fail(err, std::string_view(msg, len)));
+}
+void op_spawn(io_ctx* c, io_step_fn fn, std::uint64_t w0, std::uint64_t w1, std::uint32_t aux,
+              std::uint32_t share) {
+  StepContext::of(c).spawn(fn, w0, w1, aux,
+                           share == IO_SHARE_WHEN_HUNGRY ? StepContext::Share::kWhenHungry
+                                                         : StepContext::Share::kAlways);
+}
+void op_resume(io_ctx* c, io_task* t) { StepContext::of(c).resume(static_cast<Task*>(t)); }
+int op_park_until(io_ctx* c, io_task* t, std::int64_t steady_ns) {
+  StepContext::of(c).park_until(*static_cast<Task*>(t), std::chrono::steady_clock::time_point(
+                                                            std::chrono::nanoseconds(steady_ns)));
+  return 0;  // over the client's limit: the engine fails the task when it comes back
+}
+int op_move_to(io_ctx* c, io_task* t, std::uint32_t pool) {
+  return StepContext::of(c).move_to(*static_cast<Task*>(t), pool) ? 0 : 1;
+}
+std::int64_t op_pool_id(io_ctx* c, const char* name, std::size_t len) {
+  return StepContext::of(c).scheduler().pool_id(std::string_view(name, len));
+}
+std::uint32_t op_current_pool(io_ctx* c) { return StepContext::of(c).pool(); }
+std::uint32_t op_worker_index(io_ctx* c) { return StepContext::of(c).worker_index(); }
+int op_cancelled(io_ctx* c, const io_task* t) {
+  return StepContext::of(c).cancelled(*static_cast<const Task*>(t)) ? 1 : 0;
+}
+std::int64_t op_now_ns(io_ctx*) {
+  return std::chrono::steady_clock::now().time_since_epoch().count();
+}
+void op_owns_state(io_ctx*, io_task* t) {
+  auto& task = *static_cast<Task*>(t);
+  task.flags = static_cast<std::uint16_t>(task.flags | kTaskOwnsState);
+}
+void op_child_done(io_ctx* c, io_task* parent) {
+  StepContext::of(c).child_done(static_cast<Task*>(parent));
+}
+
+constexpr io_ctx_ops kOps = {
+    sizeof(io_ctx_ops),
+    0,
+    op_env,
+    op_output,
+    op_set_output_len,
+    op_fail,
+    op_spawn,
+    op_resume,
+    op_park_until,
+    op_move_to,
+    op_pool_id,
+    op_current_pool,
+    op_worker_index,
+    op_cancelled,
+    op_now_ns,
+    op_owns_state,
+    frame_allocate,
+    frame_release,
+    op_child_done,
+};
+
+}  // namespace
+
+StepContext::StepContext(Scheduler& s, Worker& w) noexcept
+    : io_ctx{&kOps, 0, 0, 0}, sched_(s), worker_(w) {}
+
 std::span<const std::byte> StepContext::env(const Task& t) const noexcept {
+  if (t.flags & kTaskChild) return {};
   ClientSlot& c = sched_.clients_.slot(t.client);
   if (t.flags & kTaskSerial) {
     const SerialJob* job;
@@ -60,15 +140,42 @@ std::span<const std::byte> StepContext::env(const Task& t) const noexcept {
   return {reinterpret_cast<const std::byte*>(c.base + off), len};
 }
 
+std::span<std::byte> StepContext::output(const Task& t) const noexcept {
+  // Only functions registered with IO_FN_OUTPUT: for them the client handed the buffer
+  // over for writing (the frame check accepted it as such).
+  if (!(t.flags & kTaskOutput)) return {};
+  const auto e = env(t);
+  return {const_cast<std::byte*>(e.data()), e.size()};
+}
+
+Step StepContext::fail(std::uint32_t sdk_error, std::string_view message) noexcept {
+  message_len_ = static_cast<std::uint32_t>(std::min(message.size(), kMessageMax));
+  std::memcpy(message_, message.data(), message_len_);
+  message_[message_len_] = '\0';
+  switch (sdk_error) {
+    case IO_ERR_INVALID_ARGUMENT:
+      return fail(Status::kInvalidArgument, ErrorDetail::kFunctionFailed);
+    case IO_ERR_RESULT_TOO_LARGE:
+      return fail(Status::kResultTooLarge, ErrorDetail::kFunctionFailed);
+    case IO_ERR_CANCELLED:
+      return fail(Status::kCancelled, cancel_detail());
+    default:
+      return fail(Status::kFailed, ErrorDetail::kFunctionFailed);
+  }
+}
+
 void StepContext::spawn(StepFn fn, std::uint64_t w0, std::uint64_t w1, std::uint32_t aux,
                         Share share) noexcept {
-  Task* t = sched_.pool_.allocate(worker_.cache);
+  Task* t = sched_.pool_->allocate(worker_.cache);
   t->fn = fn;
   t->w0 = w0;
   t->w1 = w1;
   t->frame = aux;
   t->client = current_ != nullptr ? current_->client : 0;  // so that cancelled() sees the client
-  t->flags = kTaskChild;
+  // A child runs its parent's code: it keeps the parent's plugin loaded too.
+  const std::uint8_t slot = current_ != nullptr ? plugin_slot(*current_) : 0;
+  t->flags = with_plugin_slot(kTaskChild, slot);
+  if (slot != 0) sched_.plugin_task_started(worker_, slot);
   worker_.stats.spawned.store(worker_.stats.spawned.load(std::memory_order_relaxed) + 1,
                               std::memory_order_relaxed);
   sched_.push_local(
@@ -77,6 +184,7 @@ void StepContext::spawn(StepFn fn, std::uint64_t w0, std::uint64_t w1, std::uint
 }
 
 bool StepContext::cancelled(const Task& t) const noexcept {
+  if (t.flags & kTaskCancelled) return true;
   return sched_.clients_.slot(t.client).state.load(std::memory_order_relaxed) ==
          SlotState::kClosing;
 }
@@ -92,8 +200,16 @@ void StepContext::child_done(Task* parent) noexcept {
 void StepContext::resume(Task* t) noexcept { sched_.push_local(worker_, t); }
 
 void StepContext::park_for(Task& t, std::chrono::nanoseconds d) noexcept {
+  park_until(t, std::chrono::steady_clock::now() + d);
+}
+
+void StepContext::park_until(Task& t, std::chrono::steady_clock::time_point when) noexcept {
   worker_.stats.timer_parks.fetch_add(1, std::memory_order_relaxed);
-  sched_.park_timer(&t, std::chrono::steady_clock::now() + d);
+  sched_.park_timer(&t, when);
+}
+
+bool StepContext::move_to(Task& t, std::uint32_t pool) noexcept {
+  return sched_.move_task(worker_, &t, pool);
 }
 
 ErrorDetail StepContext::cancel_detail() const noexcept {
@@ -102,11 +218,16 @@ ErrorDetail StepContext::cancel_detail() const noexcept {
 }
 
 std::uint32_t StepContext::worker_index() const noexcept { return worker_.index; }
+std::uint32_t StepContext::pool() const noexcept { return sched_.config_.pool; }
 
 // ---- lifecycle ---------------------------------------------------------------------
 
 Scheduler::Scheduler(SchedulerConfig config, const FunctionRegistry& registry, ClientTable& clients)
-    : config_(std::move(config)), registry_(registry), clients_(clients) {
+    : config_(std::move(config)),
+      registry_(registry),
+      clients_(clients),
+      own_pool_(config_.tasks == nullptr ? std::make_unique<TaskPool>() : nullptr),
+      pool_(config_.tasks != nullptr ? config_.tasks : own_pool_.get()) {
   std::uint32_t n = config_.workers;
   if (n == 0) n = config_.cpus.empty() ? 1 : static_cast<std::uint32_t>(config_.cpus.size());
   n = std::clamp<std::uint32_t>(n, 1, kMaxPoolWorkers);
@@ -417,7 +538,7 @@ void Scheduler::run(Worker& w) {
   flush_children(w);  // may resume a parent into w.local
   if (!stop_.load(std::memory_order_relaxed)) retire(w);
   flush_completions(w);
-  pool_.drain(w.cache);
+  pool_->drain(w.cache);
   w.alive.store(false,
                 std::memory_order_release);  // R5: pairs with R6; no slot pointer is held now
 }
@@ -724,13 +845,15 @@ void Scheduler::accept_one(Worker& w, ClientSlot& c, std::uint32_t off) {
   const FrameCheck checked = check_frame(f, c.geom, registry_);
   if (const auto* e = std::get_if<FrameError>(&checked)) return reject(e->status, e->detail);
   const ValidFrame& v = std::get<ValidFrame>(checked);
-  Task* t = pool_.allocate(w.cache);
+  Task* t = pool_->allocate(w.cache);
   t->fn = v.def->entry;
   t->w0 = v.arg;
   t->w1 = v.env;
   t->frame = off;
   t->client = static_cast<std::uint16_t>(c.index);
-  t->flags = v.task_flags;
+  t->flags = with_plugin_slot(v.task_flags, v.def->plugin);
+  if (v.def->flags & IO_FN_OUTPUT) t->flags |= kTaskOutput;
+  if (v.def->plugin != 0) plugin_task_started(w, v.def->plugin);
   if ((++w.accepted_batch + w.stats.accepted.load(std::memory_order_relaxed)) % 64 == 0) {
     t->flags |= kTaskSampled;
     std::lock_guard lock(sampled_mu_);
@@ -767,14 +890,16 @@ bool Scheduler::submit_serial(ClientSlot& c, std::uint32_t job, std::uint32_t fn
   Task* t;
   {
     std::lock_guard lock(inject_mu_);
-    t = pool_.allocate(inject_cache_);
+    t = pool_->allocate(inject_cache_);
   }
   t->fn = def->entry;
   t->w0 = arg;
   t->w1 = 0;
   t->frame = job;
   t->client = static_cast<std::uint16_t>(c.index);
-  t->flags = kTaskSerial;
+  t->flags = with_plugin_slot(kTaskSerial, def->plugin);
+  if (def->flags & IO_FN_OUTPUT) t->flags |= kTaskOutput;
+  if (def->plugin != 0) external_plugin_live_[def->plugin].fetch_add(1, std::memory_order_relaxed);
   inject(t);
   return true;
 }
@@ -789,27 +914,20 @@ void Scheduler::run_task(Worker& w, StepContext& ctx, Task* t) {
     const bool gone = c.state.load(std::memory_order_relaxed) == SlotState::kClosing;
     if (t->flags & kTaskOverLimit) {
       t->flags = static_cast<std::uint16_t>(t->flags & ~kTaskOverLimit);
-      ctx.reset();
-      ctx.fail(Status::kBackpressure, ErrorDetail::kTooManyTimers);
-      return finish(w, ctx, t, Step::kFail);
+      return cut_off(w, ctx, t, Status::kBackpressure, ErrorDetail::kTooManyTimers);
     }
     if ((t->flags & kTaskCancelled) || (gone && !(t->flags & kTaskNoCancel))) {
-      ctx.reset();
       const auto [st, d] = cut_off_reason(c);
-      ctx.fail(st, d);
-      return finish(w, ctx, t, Step::kFail);
+      return cut_off(w, ctx, t, st, d);
     }
   }
   std::uint64_t steps = 0;
   for (;;) {
     ctx.reset();
     ctx.set_current(t);
-    Step s;
-    try {
-      s = t->fn(*t, ctx);
-    } catch (...) {
-      s = ctx.fail(Status::kInternal, ErrorDetail::kStepThrew);
-    }
+    // Continuation code never throws into the engine: the SDK's wrappers catch what
+    // plugin code throws and fail the continuation with its message.
+    const auto s = static_cast<Step>(t->fn(t, &ctx));
     ++steps;
     if (s == Step::kContinue) continue;
     w.stats.steps.store(w.stats.steps.load(std::memory_order_relaxed) + steps,
@@ -820,12 +938,17 @@ void Scheduler::run_task(Worker& w, StepContext& ctx, Task* t) {
         break;
       case Step::kPark:
       case Step::kWait:
+      case Step::kMoved:
         break;
       case Step::kComplete:
       case Step::kFail:
         finish(w, ctx, t, s);
         break;
       case Step::kContinue:
+        break;
+      default:  // a value no step should return: a bug in continuation code
+        ctx.fail(IO_ERR_FAILED, "a step returned an unknown step value");
+        finish(w, ctx, t, Step::kFail);
         break;
     }
     if (w.pushed) {
@@ -836,9 +959,24 @@ void Scheduler::run_task(Worker& w, StepContext& ctx, Task* t) {
   }
 }
 
+void Scheduler::cut_off(Worker& w, StepContext& ctx, Task* t, Status st, ErrorDetail d) {
+  if (t->flags & kTaskOwnsState) {
+    // Its code releases what it holds (a coroutine frame); what it returns is ignored.
+    ctx.reset();
+    ctx.set_current(t);
+    ctx.cutoff = 1;
+    (void)t->fn(t, &ctx);
+    ctx.cutoff = 0;
+  }
+  ctx.reset();
+  ctx.fail(st, d);
+  finish(w, ctx, t, Step::kFail);
+}
+
 void Scheduler::finish(Worker& w, StepContext& ctx, Task* t, Step s) {
+  if (const std::uint8_t slot = plugin_slot(*t); slot != 0) plugin_task_ended(w, slot);
   if (t->flags & kTaskChild) {
-    pool_.free(w.cache, t);
+    pool_->free(w.cache, t);
     return;
   }
   ClientSlot& c = clients_.slot(t->client);
@@ -859,17 +997,19 @@ void Scheduler::finish(Worker& w, StepContext& ctx, Task* t, Step s) {
     }
     job->status = st;
     job->detail = d;
-    job->value = ctx.value();
-    if (ctx.result_is_env()) job->data = job->env;
+    job->value = ctx.result_value();
+    if (!ctx.message().empty()) job->message = std::string(ctx.message());
+    if (ctx.result_is_env()) job->data = job->env.substr(0, ctx.result_len());
     const std::uint32_t idx = t->frame;
-    pool_.free(w.cache, t);
+    pool_->free(w.cache, t);
     if (serial_sink_) serial_sink_(c, idx);
     release_client(c, 1);
   } else {
     const bool inline_result = ctx.result_is_env() && (t->flags & kTaskEnvInline);
     const std::uint32_t off = t->frame;
-    pool_.free(w.cache, t);
-    complete_frame(w, c, off, st, d, ctx.value(), ctx.result_len(),
+    pool_->free(w.cache, t);
+    if (!ctx.message().empty()) write_message(c, off, ctx.message());
+    complete_frame(w, c, off, st, d, ctx.result_value(), ctx.result_len(),
                    inline_result);  // takes the reference
   }
 }
@@ -893,6 +1033,13 @@ void Scheduler::release_client(ClientSlot& c, std::uint32_t n) {
     std::lock_guard lock(drain_mu_);
     drain_cv_.notify_all();
   }
+}
+
+void Scheduler::write_message(ClientSlot& c, std::uint32_t off, std::string_view msg) {
+  char* slot = c.message(off);
+  const std::size_t n = std::min<std::size_t>(msg.size(), shm::kMessageBytes - 1);
+  std::memcpy(slot, msg.data(), n);
+  slot[n] = '\0';
 }
 
 void Scheduler::complete_frame(Worker& w, ClientSlot& c, std::uint32_t off, Status st,
@@ -1103,6 +1250,55 @@ void Scheduler::client_closing(ClientSlot& slot) {
     }
   }
   for (auto& e : keep) timers_.push(e);
+}
+
+// ---- moving between pools, plugins ---------------------------------------------------
+
+bool Scheduler::move_task(Worker& w, Task* t, std::uint32_t pool) {
+  if (pool == config_.pool) {  // already here: a yield
+    push_local(w, t);
+    return true;
+  }
+  if (config_.directory == nullptr) return false;
+  const std::shared_ptr<Scheduler> target = config_.directory->find_pool(pool);
+  return target != nullptr && target->adopt(t);
+}
+
+bool Scheduler::adopt(Task* t) {
+  if (draining_.load(std::memory_order_relaxed)) return false;
+  inject(t);
+  return true;
+}
+
+std::vector<Task*> Scheduler::take_leftovers() {
+  std::vector<Task*> out;
+  {
+    std::lock_guard lock(inject_mu_);
+    out.assign(injected_.begin(), injected_.end());
+    injected_.clear();
+    injected_size_.store(0, std::memory_order_relaxed);
+  }
+  const std::uint32_t n = allocated_.load(std::memory_order_acquire);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    Worker& w = *workers_[i];
+    while (Task* t = w.queue.pop()) out.push_back(t);
+    while (Task* t = w.local.pop_front()) out.push_back(t);
+  }
+  return out;
+}
+
+std::int64_t Scheduler::plugin_live(std::uint8_t slot) const {
+  if (slot >= kMaxPluginSlots) return 0;
+  std::int64_t sum = external_plugin_live_[slot].load(std::memory_order_relaxed);
+  const std::uint32_t n = allocated_.load(std::memory_order_acquire);
+  for (std::uint32_t i = 0; i < n; ++i)
+    sum += workers_[i]->plugin_live[slot].load(std::memory_order_relaxed);
+  return sum;
+}
+
+std::int64_t Scheduler::pool_id(std::string_view name) const {
+  if (config_.directory != nullptr) return config_.directory->pool_id(name);
+  return name == "default" ? std::int64_t{config_.pool} : -1;
 }
 
 // ---- timers ------------------------------------------------------------------------

@@ -37,9 +37,11 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <queue>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -58,6 +60,17 @@ namespace insideout::daemon {
 // The most workers one pool (one Scheduler) may have.
 inline constexpr std::uint32_t kMaxPoolWorkers = 256;
 
+class Scheduler;
+
+// Where a continuation that moves between pools (Step::kMoved) finds its target; the
+// daemon implements it over its pools. Any worker may call it.
+class PoolDirectory {
+ public:
+  virtual ~PoolDirectory() = default;
+  virtual std::shared_ptr<Scheduler> find_pool(std::uint32_t id) const = 0;
+  virtual std::int64_t pool_id(std::string_view name) const = 0;  // -1: none
+};
+
 struct SchedulerConfig {
   std::uint32_t pool = 0;     // client slots with this ClientSlot::pool are this scheduler's
   std::uint32_t workers = 0;  // 0: one per CPU in `cpus`
@@ -67,6 +80,10 @@ struct SchedulerConfig {
   std::uint32_t accept_batch = 64;     // offsets taken from one client per visit (fairness)
   std::uint32_t queue_capacity = 1024;
   std::string thread_prefix = "io-w";
+  // Shared by every pool of a host, so that a continuation can move between pools and be
+  // freed by any of them; it must outlive them. Null: the scheduler has its own.
+  TaskPool* tasks = nullptr;
+  const PoolDirectory* directory = nullptr;
 };
 
 inline constexpr std::size_t kStatusSlots = 16;  // > every shm::Status value
@@ -136,6 +153,10 @@ struct alignas(shm::kCacheLine) Worker {
   // Finished children of one parent not yet subtracted from its count.
   Task* done_parent = nullptr;
   std::uint64_t done_children = 0;
+  // Tasks running plugin code, by plugin slot: +1 where one starts, -1 where one ends
+  // (possibly on another worker or pool), so only the sum means anything. Written by
+  // this worker only (relaxed), summed by Scheduler::plugin_live().
+  std::atomic<std::int64_t> plugin_live[kMaxPluginSlots] = {};
 
   explicit Worker(std::uint32_t capacity) : queue(capacity) {}
 };
@@ -241,7 +262,21 @@ class Scheduler {
   // worker has passed a quiescent point since it was taken.
   std::vector<std::uint64_t> epochs() const;
   bool quiescent_since(const std::vector<std::uint64_t>& snapshot) const;
-  std::size_t task_bytes_reserved() const { return pool_.bytes_reserved(); }
+  std::size_t task_bytes_reserved() const { return pool_->bytes_reserved(); }
+
+  // Tasks of plugin slot `slot` started minus ended on this pool's workers (a task may
+  // start on one pool and end on another: only the sum over every pool is a count).
+  // Once no new task can get the slot and a grace period has passed, a sum of 0 means
+  // no code of that plugin can run any more.
+  std::int64_t plugin_live(std::uint8_t slot) const;
+  // The pool's id by name (PoolDirectory), -1 when there is none.
+  std::int64_t pool_id(std::string_view name) const;
+  // Takes a task that moves here from another pool (Step::kMoved) or is handed over by
+  // a deleted pool. False when this pool is draining.
+  bool adopt(Task* t);
+  // After stop(): the tasks left in the queues (moved in from other pools), for
+  // another pool to adopt.
+  std::vector<Task*> take_leftovers();
 
  private:
   friend class StepContext;
@@ -265,6 +300,7 @@ class Scheduler {
                       shm::ErrorDetail d, std::uint64_t value, std::uint32_t result_len,
                       bool result_inline);
   void fault_client(Worker& w, ClientSlot& c, std::string why);
+  void write_message(ClientSlot& c, std::uint32_t off, std::string_view msg);
   void flush_completions(Worker& w);
   void flush_children(Worker& w);
   enum class Origin { kSpawned, kAccepted, kResumed };
@@ -282,6 +318,18 @@ class Scheduler {
   void start_worker(std::uint32_t i);
   void wait_for_tids(std::uint32_t from, std::uint32_t to);
   void release_client(ClientSlot& c, std::uint32_t n);
+  bool move_task(Worker& w, Task* t, std::uint32_t pool);
+  void plugin_task_started(Worker& w, std::uint8_t slot) noexcept {
+    auto& n = w.plugin_live[slot];
+    n.store(n.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
+  void plugin_task_ended(Worker& w, std::uint8_t slot) noexcept {
+    auto& n = w.plugin_live[slot];
+    n.store(n.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+  }
+  // Cuts a task off at a step boundary: its code drops its state (kTaskOwnsState), and it
+  // ends with `st`/`d`.
+  void cut_off(Worker& w, StepContext& ctx, Task* t, shm::Status st, shm::ErrorDetail d);
 
   // Timers (a simple heap on its own thread until the event queue replaces it).
   void park_timer(Task* t, std::chrono::steady_clock::time_point when);
@@ -290,7 +338,10 @@ class Scheduler {
   SchedulerConfig config_;
   const FunctionRegistry& registry_;
   ClientTable& clients_;
-  TaskPool pool_;
+  std::unique_ptr<TaskPool> own_pool_;
+  TaskPool* pool_;
+  // Plugin tasks started off the workers (the serialized path): see plugin_live().
+  std::atomic<std::int64_t> external_plugin_live_[kMaxPluginSlots] = {};
   // Fixed capacity: never reallocated while workers run (stealers index it). Slots
   // [0, count_) run; slots past it up to allocated_ hold retired workers, kept for reuse.
   std::unique_ptr<Worker> workers_[kMaxPoolWorkers];

@@ -1,12 +1,16 @@
 // What a step function may do besides returning its Step: read its environment, set its
-// result, spawn children, resume a waiting continuation, park on a timer.
+// result, spawn children, resume a waiting continuation, park on a timer, move to another
+// pool. It is the SDK's io_ctx (sdk/include/insideout/sdk/abi.h): plugins reach the same
+// members through io_ctx_ops, built-ins call them directly.
 #pragma once
 
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string_view>
 
+#include "insideout/sdk/abi.h"
 #include "insideout/shm/layout.h"
 #include "task.h"
 
@@ -15,17 +19,21 @@ namespace insideout::daemon {
 class Scheduler;
 struct Worker;
 
-class StepContext {
+class StepContext : public io_ctx {
  public:
-  StepContext(Scheduler& s, Worker& w) noexcept : sched_(s), worker_(w) {}
+  StepContext(Scheduler& s, Worker& w) noexcept;
+
+  static StepContext& of(io_ctx* c) noexcept { return *static_cast<StepContext*>(c); }
 
   // The environment bytes of `t` (inline, in the client's segment, or the serialized
   // job's), already validated at accept. Client memory may change underfoot; steps treat
-  // it as data only.
+  // it as data only. Empty for children.
   std::span<const std::byte> env(const Task& t) const noexcept;
+  // IO_FN_OUTPUT functions: the environment, writable (else empty).
+  std::span<std::byte> output(const Task& t) const noexcept;
 
-  void set_value(std::uint64_t v) noexcept { value_ = v; }
-  // The result data is the environment itself, in place (echo).
+  void set_value(std::uint64_t v) noexcept { value = v; }
+  // The result data is the first `len` bytes of the environment (echo, or output()).
   void set_result_is_env(std::uint32_t len) noexcept {
     result_len_ = len;
     result_is_env_ = true;
@@ -35,6 +43,9 @@ class StepContext {
     detail_ = d;
     return Step::kFail;
   }
+  // Fails with a message (the SDK's fail): the client sees its first kMessageMax bytes.
+  Step fail(std::uint32_t sdk_error, std::string_view message) noexcept;
+  static constexpr std::size_t kMessageMax = 127;
 
   // A child continuation of the current one (same client); `aux` lands in the child's
   // `frame` field, which children may use. A child worth stealing (a spawner, a large
@@ -57,33 +68,50 @@ class StepContext {
   void resume(Task* t) noexcept;
   // With Step::kPark: the timer queue resumes the task (with task.fn) after `d`.
   void park_for(Task& t, std::chrono::nanoseconds d) noexcept;
+  void park_until(Task& t, std::chrono::steady_clock::time_point when) noexcept;
+  // With Step::kMoved: the task continues on pool `pool`. False when there is none.
+  bool move_to(Task& t, std::uint32_t pool) noexcept;
 
   std::uint32_t worker_index() const noexcept;
+  std::uint32_t pool() const noexcept;
 
   // Read by the scheduler after the step.
   void set_current(const Task* t) noexcept { current_ = t; }
+  const Task* current() const noexcept { return current_; }
   void reset() noexcept {
-    value_ = 0;
+    value = 0;
     result_len_ = 0;
     result_is_env_ = false;
     status_ = shm::Status::kOk;
     detail_ = shm::ErrorDetail::kNone;
+    message_len_ = 0;
   }
-  std::uint64_t value() const noexcept { return value_; }
+  std::uint64_t result_value() const noexcept { return value; }
   std::uint32_t result_len() const noexcept { return result_len_; }
   bool result_is_env() const noexcept { return result_is_env_; }
   shm::Status status() const noexcept { return status_; }
   shm::ErrorDetail detail() const noexcept { return detail_; }
+  std::string_view message() const noexcept { return {message_, message_len_}; }
+
+  Scheduler& scheduler() const noexcept { return sched_; }
+  Worker& worker() const noexcept { return worker_; }
 
  private:
   Scheduler& sched_;
   Worker& worker_;
   const Task* current_ = nullptr;
-  std::uint64_t value_ = 0;
   std::uint32_t result_len_ = 0;
   bool result_is_env_ = false;
   shm::Status status_ = shm::Status::kOk;
   shm::ErrorDetail detail_ = shm::ErrorDetail::kNone;
+  std::uint32_t message_len_ = 0;
+  char message_[kMessageMax + 1];
 };
+
+// A built-in's step, `Step f(Task&, StepContext&)`, as the io_step_fn the engine calls.
+template <Step (*F)(Task&, StepContext&)>
+io_step engine_step(io_task* t, io_ctx* c) noexcept {
+  return static_cast<io_step>(F(*static_cast<Task*>(t), StepContext::of(c)));
+}
 
 }  // namespace insideout::daemon

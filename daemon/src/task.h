@@ -1,9 +1,10 @@
 // A continuation inside the daemon: 32 bytes, allocated from per-worker caches of a
 // chunked pool (no heap allocation per continuation), moved between workers by pointer.
 //
-// A step function runs one step and says what happens next (Step). The words w0 and w1
-// belong to the step functions of the continuation's function; the daemon reads only
-// fn, frame, client and flags.
+// Its first fields are the SDK's io_task (sdk/include/insideout/sdk/abi.h): the next
+// step and the two words w0 and w1, which belong to the continuation's function; the
+// engine reads only fn, frame, client and flags. A step is an io_step_fn, so built-ins
+// and plugins' functions run through the same call.
 #pragma once
 
 #include <cstddef>
@@ -12,41 +13,65 @@
 #include <mutex>
 #include <vector>
 
+#include "insideout/sdk/abi.h"
+
 namespace insideout::daemon {
 
 struct Task;
 class StepContext;
 
-// What a step returns.
-enum class Step : std::uint8_t {
-  kContinue,  // run task.fn (already replaced) at once, on this worker: the trampoline
-  kYield,     // requeue at the back of this worker's queue; another worker may steal it
-  kPark,      // handed to the timer queue by StepContext::park_for(); resumes with task.fn
-  kWait,      // someone else resumes it (a fanout parent waiting on its children)
-  kComplete,  // done: the result was set through StepContext
-  kFail,      // done with the error set through StepContext::fail()
+// What a step returns (the SDK's io_step values).
+enum class Step : io_step {
+  kContinue = IO_STEP_CONTINUE,  // run task.fn (already replaced) at once, on this worker
+  kYield = IO_STEP_YIELD,        // requeue on this worker; another worker may steal it
+  kPark = IO_STEP_PARK,          // handed to the timer queue (StepContext::park_for())
+  kWait = IO_STEP_WAIT,          // someone else resumes it (a parent waiting on children)
+  kComplete = IO_STEP_COMPLETE,  // done: the result was set through StepContext
+  kFail = IO_STEP_FAIL,          // done with the error set through StepContext::fail()
+  kMoved = IO_STEP_MOVED,        // handed to another pool (StepContext::move_to())
 };
 
-using StepFn = Step (*)(Task&, StepContext&);
+using StepFn = io_step_fn;
 
+// The low 9 bits of Task::flags; the high 7 bits are the plugin slot (plugin_slot()).
 enum TaskFlags : std::uint16_t {
   kTaskEnvInline = 1u << 0,  // the environment is the client frame's inline bytes
-  kTaskSerial = 1u << 1,     // w1 points at a SerialJob (the protobuf path)
+  kTaskSerial = 1u << 1,     // frame indexes a SerialJob (the protobuf path)
   kTaskChild = 1u << 2,      // spawned inside the daemon; no frame of its own
   kTaskNoCancel = 1u << 3,   // has children outstanding: it decides itself when to stop
+  kTaskCancelled = 1u << 4,  // resumed by a cancelled timer
+  kTaskSampled = 1u << 5,    // its latency is measured
+  kTaskOverLimit = 1u << 6,  // its client has too many timers
+  kTaskOwnsState = 1u << 7,  // its code holds state: run it once with cutoff to drop it
+  kTaskOutput = 1u << 8,     // its function writes output in place (IO_FN_OUTPUT)
 };
+inline constexpr unsigned kPluginSlotShift = 9;
+inline constexpr std::uint32_t kMaxPluginSlots = 1u << (16 - kPluginSlotShift);  // 128
 
 inline constexpr std::uint32_t kNoFrame = 0xFFFFFFFFu;
 
-struct Task {
-  StepFn fn;
-  std::uint64_t w0;
-  std::uint64_t w1;
+struct Task : io_task {
   std::uint32_t frame;   // offset of the client frame to complete, or kNoFrame
   std::uint16_t client;  // client slot
-  std::uint16_t flags;   // TaskFlags
+  std::uint16_t flags;   // TaskFlags | plugin slot << kPluginSlotShift
 };
 static_assert(sizeof(Task) == 32, "an empty continuation must stay at 32 bytes");
+static_assert(sizeof(io_task) == 24);
+
+// Which loaded plugin's code a task runs (0: the built-ins): it keeps that library
+// mapped until the task is done (Scheduler::plugin_live()).
+inline std::uint8_t plugin_slot(const Task& t) noexcept {
+  return static_cast<std::uint8_t>(t.flags >> kPluginSlotShift);
+}
+inline std::uint16_t with_plugin_slot(std::uint16_t flags, std::uint8_t slot) noexcept {
+  return static_cast<std::uint16_t>((flags & ((1u << kPluginSlotShift) - 1)) |
+                                    (unsigned{slot} << kPluginSlotShift));
+}
+
+// Coroutine frames of continuation code (io_ctx_ops::frame_alloc): per-thread free lists
+// by size class, so a coroutine continuation costs no malloc once warm (frame_pool.cc).
+void* frame_allocate(std::size_t n) noexcept;
+void frame_release(void* p, std::size_t n) noexcept;
 
 // The pool. Tasks come in chunks of kChunkTasks; each thread keeps a Cache (a free
 // list threaded through w0) and trades whole batches with the pool under a mutex, so a

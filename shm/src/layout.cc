@@ -37,6 +37,8 @@ const char* status_name(Status s) noexcept {
       return "result too large";
     case Status::kDraining:
       return "draining";
+    case Status::kFailed:
+      return "failed";
   }
   return "unknown status";
 }
@@ -69,6 +71,8 @@ const char* detail_name(ErrorDetail d) noexcept {
       return "too many parked continuations for this client (--max-timers)";
     case ErrorDetail::kStepThrew:
       return "step threw an exception";
+    case ErrorDetail::kFunctionFailed:
+      return "the function failed";
   }
   return "unknown detail";
 }
@@ -97,6 +101,9 @@ bool SegmentGeometry::compute(const SegmentRequest& req, SegmentGeometry* out) n
   g.buffer_block_size = req.buffer_block_size;
   g.buffer_block_count = req.buffer_block_count;
   off += std::uint64_t{req.buffer_block_size} * req.buffer_block_count;
+  off = align_up(off, kCacheLine);
+  g.messages_off = static_cast<std::uint32_t>(off);
+  off += std::uint64_t{req.frame_count} * kMessageBytes;
   off = align_up(off, 4096);
   if (off > 0xFFFFFFFFull) return false;
   g.size = off;
@@ -127,6 +134,7 @@ void initialize_segment(void* base, const SegmentGeometry& g, std::uint32_t daem
   h->buffers_off = g.buffers_off;
   h->buffer_block_size = g.buffer_block_size;
   h->buffer_block_count = g.buffer_block_count;
+  h->messages_off = g.messages_off;
   char* b = static_cast<char*>(base);
   ring_initialize(b + g.submit_ring_off, g.ring_capacity);
   ring_initialize(b + g.completion_ring_off, g.ring_capacity);
@@ -152,7 +160,8 @@ CheckResult check_segment(const void* base, std::size_t size, SegmentGeometry* o
   SegmentGeometry g;
   if (!SegmentGeometry::compute(req, &g) || g.size != h->segment_size || g.size > size ||
       h->completion_ring_capacity != g.ring_capacity || h->frames_off != g.frames_off ||
-      h->buffers_off != g.buffers_off || h->frame_size != sizeof(Frame)) {
+      h->buffers_off != g.buffers_off || h->messages_off != g.messages_off ||
+      h->frame_size != sizeof(Frame)) {
     return CheckResult::kGeometryMismatch;
   }
   *out = g;

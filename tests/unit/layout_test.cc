@@ -14,7 +14,7 @@ namespace {
 // These numbers are the wire format between processes built at different times: a
 // change here must come with a kLayoutVersion bump.
 TEST(Layout, ShouldPinTheSegmentHeader) {
-  EXPECT_EQ(kLayoutVersion, 2u);
+  EXPECT_EQ(kLayoutVersion, 3u);
   EXPECT_EQ(sizeof(SegmentHeader), 128u);
   EXPECT_EQ(offsetof(SegmentHeader, magic), 0u);
   EXPECT_EQ(offsetof(SegmentHeader, layout_version), 8u);
@@ -37,6 +37,8 @@ TEST(Layout, ShouldPinTheSegmentHeader) {
   EXPECT_EQ(offsetof(SegmentHeader, buffers_off), 88u);
   EXPECT_EQ(offsetof(SegmentHeader, buffer_block_size), 92u);
   EXPECT_EQ(offsetof(SegmentHeader, buffer_block_count), 96u);
+  EXPECT_EQ(offsetof(SegmentHeader, messages_off), 100u);
+  EXPECT_EQ(kMessageBytes, 128u);
 }
 
 TEST(Layout, ShouldPinTheFrame) {

@@ -73,6 +73,7 @@ struct Result {
   ErrorDetail detail = ErrorDetail::kNone;
   std::uint64_t value = 0;
   std::span<const std::byte> data;
+  std::string message;  // a failed function's own words (ErrorDetail::kFunctionFailed)
 
   bool ok() const noexcept { return status == Status::kOk; }
   std::string error() const;

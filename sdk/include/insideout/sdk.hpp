@@ -100,7 +100,8 @@ class Context {
     return Step::kComplete;
   }
   Step fail(std::string_view msg, Error e = Error::kFailed) noexcept {
-    return static_cast<Step>(c_->ops->fail(c_, static_cast<std::uint32_t>(e), msg.data(), msg.size()));
+    return static_cast<Step>(
+        c_->ops->fail(c_, static_cast<std::uint32_t>(e), msg.data(), msg.size()));
   }
 
   // Parking: return the Step these return.
@@ -273,7 +274,7 @@ struct Promise {
   // Children (all()/any()).
   Promise* parent = nullptr;  // this is a child: where it reports, in slot `index`
   std::uint32_t index = 0;
-  bool first_wins = false;  // any(): cancel siblings once one succeeded
+  bool first_wins = false;                // any(): cancel siblings once one succeeded
   std::atomic<std::uint32_t> pending{0};  // children still running, +1 while deciding
   std::atomic<bool> stop_children{false};
   std::atomic<std::int32_t> first{-1};
@@ -412,8 +413,8 @@ struct CoContext::Join {
       out[i] = Outcome{};
       // The child's entry step finds its parent and index in w1 (see child_entry<F>).
       p->ctx->ops->spawn(p->ctx, child, args[i],
-                         reinterpret_cast<std::uint64_t>(p) | (std::uint64_t{i} << 48),
-                         0xFFFFFFFFu, IO_SHARE_ALWAYS);
+                         reinterpret_cast<std::uint64_t>(p) | (std::uint64_t{i} << 48), 0xFFFFFFFFu,
+                         IO_SHARE_ALWAYS);
     }
     // J2: pairs with J1.
     if (p->pending.fetch_sub(1, std::memory_order_acq_rel) == 1) return false;  // all done
@@ -424,7 +425,6 @@ struct CoContext::Join {
     return first_wins ? p->first.load(std::memory_order_relaxed) : 0;
   }
 };
-
 
 namespace detail {
 
@@ -439,8 +439,7 @@ inline void report_to_parent(Promise* parent, io_ctx* c, bool ok, std::uint64_t 
       parent->stop_children.store(true, std::memory_order_relaxed);
   }
   // J1: pairs with J2.
-  if (parent->pending.fetch_sub(1, std::memory_order_acq_rel) == 1)
-    c->ops->resume(c, parent->task);
+  if (parent->pending.fetch_sub(1, std::memory_order_acq_rel) == 1) c->ops->resume(c, parent->task);
 }
 
 // Every step of a coroutine continuation: resume it, then say what its suspension means.
@@ -548,25 +547,29 @@ class Plugin {
 
 // Defines a plugin named `name` (its functions become "name.function"): the body
 // registers them through `var` (an insideout::Plugin&).
-#define INSIDEOUT_PLUGIN(name, version, var)                                         \
-  static void insideout_plugin_register_(::insideout::Plugin& var);                  \
-  static int insideout_plugin_init_(const io_registrar* r) {                          \
-    ::insideout::Plugin p(r);                                                         \
-    try {                                                                             \
-      insideout_plugin_register_(p);                                                  \
-    } catch (const std::exception& e) {                                               \
-      p.error(e.what());                                                              \
-    } catch (...) {                                                                   \
-      p.error("the plugin's init threw");                                             \
-    }                                                                                 \
-    return p.ok() ? 0 : 1;                                                            \
-  }                                                                                   \
-  extern "C" __attribute__((visibility("default"))) const io_plugin_info*             \
-  insideout_plugin_v1(void) {                                                         \
-    static const io_plugin_info info = {IO_SDK_ABI_VERSION, sizeof(io_plugin_info),   \
-                                        IO_SDK_VERSION,     0,                        \
-                                        name,               version,                  \
-                                        insideout_plugin_init_, nullptr};             \
-    return &info;                                                                     \
-  }                                                                                   \
+#define INSIDEOUT_PLUGIN(name, version, var)                                                   \
+  static void insideout_plugin_register_(::insideout::Plugin& var);                            \
+  static int insideout_plugin_init_(const io_registrar* r) {                                   \
+    ::insideout::Plugin p(r);                                                                  \
+    try {                                                                                      \
+      insideout_plugin_register_(p);                                                           \
+    } catch (const std::exception& e) {                                                        \
+      p.error(e.what());                                                                       \
+    } catch (...) {                                                                            \
+      p.error("the plugin's init threw");                                                      \
+    }                                                                                          \
+    return p.ok() ? 0 : 1;                                                                     \
+  }                                                                                            \
+  extern "C" __attribute__((visibility("default"))) const io_plugin_info* insideout_plugin_v1( \
+      void) {                                                                                  \
+    static const io_plugin_info info = {IO_SDK_ABI_VERSION,                                    \
+                                        sizeof(io_plugin_info),                                \
+                                        IO_SDK_VERSION,                                        \
+                                        0,                                                     \
+                                        name,                                                  \
+                                        version,                                               \
+                                        insideout_plugin_init_,                                \
+                                        nullptr};                                              \
+    return &info;                                                                              \
+  }                                                                                            \
   static void insideout_plugin_register_(::insideout::Plugin& var)

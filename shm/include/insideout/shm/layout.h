@@ -19,7 +19,7 @@ namespace insideout::shm {
 
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::uint64_t kSegmentMagic = 0x3154554F44534E49ULL;  // "INSDOUT1"
-inline constexpr std::uint32_t kLayoutVersion = 2;    // 2: the pool bell replaced Doorbells::submit
+inline constexpr std::uint32_t kLayoutVersion = 3;    // 3: failure messages; 2: the pool bell
 inline constexpr std::uint32_t kProtocolVersion = 2;  // 2: Welcome passes three descriptors
 
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
@@ -54,13 +54,20 @@ struct SegmentHeader {
   std::uint32_t buffers_off;
   std::uint32_t buffer_block_size;
   std::uint32_t buffer_block_count;
-  std::uint32_t reserved[7];
+  std::uint32_t messages_off;  // kMessageBytes per frame: why the frame's continuation failed
+  std::uint32_t reserved[6];
 };
 static_assert(std::is_standard_layout_v<SegmentHeader>);
 static_assert(sizeof(SegmentHeader) == 128);
 static_assert(offsetof(SegmentHeader, layout_version) == 8);
 static_assert(offsetof(SegmentHeader, heartbeat_ns) == 40);
 static_assert(offsetof(SegmentHeader, buffer_block_count) == 96);
+static_assert(offsetof(SegmentHeader, messages_off) == 100);
+
+// The message of a failed continuation (its function's words, "zstd: corrupt input"):
+// written by the daemon into the frame's message slot, NUL-terminated, before the frame
+// is completed; read by the client with the failed status. Slot i belongs to frame i.
+inline constexpr std::uint32_t kMessageBytes = 128;
 
 // A futex-backed event: the waiter announces itself in `waiters` before it re-checks its
 // condition and sleeps on `seq`; the notifier bumps `seq` and wakes only when it sees a
@@ -132,6 +139,8 @@ enum class Status : std::uint16_t {
   // after insideoutctl resume. New in protocol 1 without a version bump: only a value
   // was added, and a client that does not know it reports "unknown status".
   kDraining = 10,
+  // The function reported a failure (the SDK's fail()); the message says why.
+  kFailed = 11,
 };
 const char* status_name(Status s) noexcept;
 
@@ -171,7 +180,8 @@ enum class ErrorDetail : std::uint32_t {
   kClientGone = 9,
   kShutdown = 10,
   kStepThrew = 11,
-  kTooManyTimers = 12,  // the client's parked continuations are at its limit
+  kTooManyTimers = 12,   // the client's parked continuations are at its limit
+  kFunctionFailed = 13,  // the function failed it; see the frame's message
 };
 const char* detail_name(ErrorDetail d) noexcept;
 
@@ -211,6 +221,7 @@ struct SegmentGeometry {
   std::uint32_t buffers_off;
   std::uint32_t buffer_block_size;
   std::uint32_t buffer_block_count;
+  std::uint32_t messages_off;
   std::uint64_t size;
 
   // Returns false where the request cannot be laid out (zero or non-power-of-two
