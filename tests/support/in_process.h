@@ -100,6 +100,9 @@ class InProcessDaemon {
   shm::Doorbells* doorbells() const { return slot_->segment.doorbells(); }
   daemon::ClientSlot& slot() { return *slot_; }
   daemon::ClientTable& table() { return table_; }
+  // More functions: from a before_start callback only (the registry is read-only once
+  // the workers run).
+  daemon::FunctionRegistry& registry() { return registry_; }
   daemon::Scheduler& scheduler() { return *scheduler_; }
   const shm::SegmentGeometry& geometry() const { return geom_; }
   char* base() const { return base_; }
