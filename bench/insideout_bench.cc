@@ -194,17 +194,17 @@ std::uint64_t rss_bytes() {
 // Memory of queued continuations: the daemon's own structures (its task pool and a
 // worker's run queue with its private deque), filled in this process and measured by RSS.
 int memory(const Options& o) {
-  emit("memory", kSystem, "bytes_per_empty_continuation", sizeof(daemon::Task), "B");
+  emit("memory", kSystem, "bytes_per_empty_continuation", sizeof(engine::Task), "B");
   for (std::uint64_t n : {o.pick(10'000'000, 10'000'000, 100'000), o.pick(100'000'000, 0, 0)}) {
     if (n == 0) continue;
     const std::uint64_t before = rss_bytes();
     {
-      daemon::TaskPool pool;
-      daemon::TaskPool::Cache cache;
-      daemon::WorkQueue queue(1024);
-      std::deque<daemon::Task*> local;  // as Worker::local
+      engine::TaskPool pool;
+      engine::TaskPool::Cache cache;
+      engine::WorkQueue queue(1024);
+      std::deque<engine::Task*> local;  // as Worker::local
       for (std::uint64_t i = 0; i < n; ++i) {
-        daemon::Task* t = pool.allocate(cache);
+        engine::Task* t = pool.allocate(cache);
         t->fn = nullptr;
         t->w0 = i;
         if (!queue.push(t)) local.push_back(t);
@@ -214,7 +214,7 @@ int memory(const Options& o) {
       emit(scenario, kSystem, "rss_delta", double(after - before) / (1024.0 * 1024.0), "MiB");
       emit(scenario, kSystem, "bytes_per_queued", double(after - before) / double(n), "B");
       emit(scenario, kSystem, "queue_bytes_per_item",
-           double(after - before) / double(n) - double(sizeof(daemon::Task)), "B");
+           double(after - before) / double(n) - double(sizeof(engine::Task)), "B");
     }
   }
   return 0;

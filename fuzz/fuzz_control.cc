@@ -22,7 +22,7 @@
 #include "control_checks.h"
 #include "fuzz_check.h"
 #include "insideout/v1/scheduler.pb.h"
-#include "scheduler.h"
+#include "engine.h"
 namespace {
 
 namespace daemon = insideout::daemon;

@@ -20,8 +20,7 @@
 #include "frame_check.h"
 #include "fuzz_check.h"
 #include "insideout/shm/layout.h"
-#include "registry.h"
-#include "task.h"
+#include "engine.h"
 namespace {
 
 using insideout::daemon::FrameCheck;

@@ -44,14 +44,14 @@
 #include <string>
 #include <thread>
 
+#include "client_source.h"
 #include "clients.h"
+#include "engine.h"
 #include "insideout/shm/bell.h"
 #include "insideout/shm/futex.h"
 #include "insideout/shm/layout.h"
 #include "insideout/shm/ring.h"
 #include "insideout/shm/segment.h"
-#include "registry.h"
-#include "scheduler.h"
 
 namespace {
 
@@ -163,14 +163,15 @@ class Harness {
     cfg.idle = shm::IdleStrategy::kBlock;
     cfg.queue_capacity = 64;
     cfg.thread_prefix = "fz-w";
-    sched_ = std::make_unique<daemon::Scheduler>(cfg, registry(), table_);
+    sched_ = std::make_unique<daemon::Scheduler>(
+        cfg, registry(), std::make_unique<daemon::ClientSource>(table_, registry(), cfg.pool));
     slot_ = table_.reserve();
     std::string err;
     slot_->segment = shm::Segment::create(g_, 1, 1, 0, &err);
     FUZZ_CHECK(slot_->segment.valid(), "%s", err.c_str());
     slot_->geom = g_;
     slot_->has_segment = true;
-    FUZZ_CHECK(sched_->attach_client(*slot_, &err), "%s", err.c_str());
+    FUZZ_CHECK(daemon::ClientSource::of(*sched_).attach_client(*slot_, &err), "%s", err.c_str());
     bell_ = shm::SubmitBell(sched_->bell_page(), slot_->bell_fd);
     table_.activate(*slot_);
     base_ = static_cast<char*>(slot_->segment.base());
@@ -376,7 +377,7 @@ class Harness {
     closed_ = true;
     poked_ = true;
     slot_->state.store(daemon::SlotState::kClosing, std::memory_order_seq_cst);
-    sched_->client_closing(*slot_);
+    daemon::ClientSource::of(*sched_).client_closing(*slot_);
     table_.release(*slot_);
   }
 

@@ -7,7 +7,7 @@
 #include <limits>
 #include <string>
 
-#include "task.h"
+#include "engine.h"
 
 namespace insideout::daemon {
 

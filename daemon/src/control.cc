@@ -36,7 +36,7 @@
 #include "insideout/shm/stats_area.h"
 #include "insideout/v1/scheduler.grpc.pb.h"
 #include "runtime_dir.h"
-#include "scheduler.h"
+#include "engine.h"
 #include "unix_listener.h"
 
 namespace insideout::daemon {
@@ -628,7 +628,7 @@ class SchedulerService final : public v1::Scheduler::Service {
     const std::uint32_t job = s.new_job(tag, req->env());
     shm::Status st;
     shm::ErrorDetail d;
-    if (!sched->submit_serial(s, job, *id, req->arg(), &st, &d)) {
+    if (!ClientSource::of(*sched).submit_serial(s, job, *id, req->arg(), &st, &d)) {
       {
         std::lock_guard lock(s.jobs_mu);
         s.free_jobs.push_back(job);

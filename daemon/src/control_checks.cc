@@ -7,7 +7,7 @@
 #include <string>
 
 #include "config.h"
-#include "scheduler.h"
+#include "engine.h"
 
 namespace insideout::daemon {
 namespace {

@@ -214,12 +214,15 @@ std::int64_t Daemon::plugin_live(std::uint8_t slot) const {
 std::shared_ptr<Scheduler> Daemon::make_scheduler(SchedulerConfig sc) {
   sc.tasks = &tasks_;
   sc.directory = this;
-  auto s = std::make_shared<Scheduler>(std::move(sc), registry_, clients_);
+  const std::uint32_t pool = sc.pool;
+  auto source = std::make_unique<ClientSource>(clients_, registry_, pool);
+  ClientSource& src = *source;
+  auto s = std::make_shared<Scheduler>(std::move(sc), registry_, std::move(source));
   // Runs on a worker, before the job's reference on the slot is dropped: the result is
   // copied out here, so the loop never looks at a slot that may be gone.
-  s->set_serial_sink([this](ClientSlot& slot, std::uint32_t job) { serial_done(slot, job); });
+  src.set_serial_sink([this](ClientSlot& slot, std::uint32_t job) { serial_done(slot, job); });
   // Runs on a worker that found a client's rings unusable: the loop disconnects it.
-  s->set_fault_sink([this](ClientSlot& slot) {
+  src.set_fault_sink([this](ClientSlot& slot) {
     {
       std::lock_guard lock(evict_mu_);
       faulted_.push_back({slot.index, slot.id, slot.fault_reason});
@@ -740,7 +743,7 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
     slot->geom = g;
     slot->has_segment = true;
     seg_fd = slot->segment.fd();
-    if (!pool.scheduler->attach_client(*slot, &err)) {
+    if (!ClientSource::of(*pool.scheduler).attach_client(*slot, &err)) {
       clients_.reclaim(*slot);
       pools_lock.unlock();
       return refuse("could not make the client's bell: " + err);
@@ -838,7 +841,7 @@ void Daemon::on_submit(Conn& c, const v1::Continuation& cont) {
   const std::uint32_t job = s.new_job(cont.tag(), cont.env());
   Status st;
   ErrorDetail d;
-  if (!c.sched->submit_serial(s, job, *id, cont.arg(), &st, &d)) {
+  if (!ClientSource::of(*c.sched).submit_serial(s, job, *id, cont.arg(), &st, &d)) {
     {
       std::lock_guard lock(s.jobs_mu);
       s.free_jobs.push_back(job);
@@ -902,10 +905,11 @@ void Daemon::close_conn(int fd, const char* why) {
     // the slot is reclaimed once its last continuation has completed.
     s.state.store(SlotState::kClosing, std::memory_order_seq_cst);
     Scheduler& home = c.sched ? *c.sched : *scheduler_;
-    home.client_closing(s);
+    ClientSource::of(home).client_closing(s);
     // Its continuations may have moved to other pools and parked there.
     for (const auto& p : pools()) {
-      if (p.scheduler.get() != &home) p.scheduler->client_closing(s);
+      if (p.scheduler.get() != &home)
+        p.scheduler->cancel_parked_if([&](const Task& t) { return t.client == s.index; });
     }
     clients_.release(s);
   }

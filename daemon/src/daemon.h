@@ -19,11 +19,11 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "client_source.h"
 #include "clients.h"
 #include "config.h"
+#include "engine.h"
 #include "insideout/v1/continuation.pb.h"
-#include "registry.h"
-#include "scheduler.h"
 
 namespace insideout::daemon {
 

@@ -1,9 +1,10 @@
 #include "frame_check.h"
 
-#include "task.h"
+#include "engine.h"
 
 namespace insideout::daemon {
 
+using engine::kTaskEnvInline;
 using shm::ErrorDetail;
 using shm::Status;
 

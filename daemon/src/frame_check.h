@@ -9,7 +9,7 @@
 #include <variant>
 
 #include "insideout/shm/layout.h"
-#include "registry.h"
+#include "engine.h"
 
 namespace insideout::daemon {
 

@@ -11,14 +11,14 @@
 #include <memory>
 #include <optional>
 
+#include "client_source.h"
 #include "clients.h"
+#include "engine.h"
 #include "insideout/shm/arena.h"
 #include "insideout/shm/bell.h"
 #include "insideout/shm/futex.h"
 #include "insideout/shm/ring.h"
 #include "insideout/shm/segment.h"
-#include "registry.h"
-#include "scheduler.h"
 
 namespace insideout::testing {
 
@@ -34,7 +34,8 @@ class InProcessDaemon {
     daemon::SchedulerConfig cfg;
     cfg.workers = workers;
     cfg.idle = idle;
-    scheduler_ = std::make_unique<daemon::Scheduler>(cfg, registry_, table_);
+    scheduler_ = std::make_unique<daemon::Scheduler>(
+        cfg, registry_, std::make_unique<daemon::ClientSource>(table_, registry_, cfg.pool));
     slot_ = table_.reserve();
     EXPECT_TRUE(shm::SegmentGeometry::compute(req, &geom_));
     std::string err;
@@ -42,7 +43,7 @@ class InProcessDaemon {
     EXPECT_TRUE(slot_->segment.valid()) << err;
     slot_->geom = geom_;
     slot_->has_segment = true;
-    EXPECT_TRUE(scheduler_->attach_client(*slot_, &err)) << err;
+    EXPECT_TRUE(daemon::ClientSource::of(*scheduler_).attach_client(*slot_, &err)) << err;
     bell_ = shm::SubmitBell(scheduler_->bell_page(), slot_->bell_fd);
     table_.activate(*slot_);
     base_ = static_cast<char*>(slot_->segment.base());
@@ -93,7 +94,7 @@ class InProcessDaemon {
   // What the daemon does when a client hangs up.
   void close_client() {
     slot_->state.store(daemon::SlotState::kClosing);
-    scheduler_->client_closing(*slot_);
+    daemon::ClientSource::of(*scheduler_).client_closing(*slot_);
     table_.release(*slot_);
   }
 
@@ -104,6 +105,7 @@ class InProcessDaemon {
   // the workers run).
   daemon::FunctionRegistry& registry() { return registry_; }
   daemon::Scheduler& scheduler() { return *scheduler_; }
+  daemon::ClientSource& source() { return daemon::ClientSource::of(*scheduler_); }
   const shm::SegmentGeometry& geometry() const { return geom_; }
   char* base() const { return base_; }
 

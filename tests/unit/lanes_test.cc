@@ -4,7 +4,7 @@
 
 #include <vector>
 
-namespace insideout::daemon {
+namespace insideout::engine {
 namespace {
 
 std::vector<Task> tasks_of(std::uint16_t client, std::size_t n) {
@@ -71,4 +71,4 @@ TEST(Lanes, ShouldTakeTurnsOneTaskPerClient) {
 }
 
 }  // namespace
-}  // namespace insideout::daemon
+}  // namespace insideout::engine

@@ -281,7 +281,7 @@ TEST(Scheduler, ShouldNotReviveAClientThatClosedBetweenItsCheckAndTheAccept) {
   std::atomic<bool> closed{false};
   InProcessDaemon d(1, {}, shm::IdleStrategy::kSpinThenBlock, [&](InProcessDaemon& self) {
     self.table().set_on_zombie([&] { zombies.fetch_add(1); });
-    self.scheduler().set_before_accept_hook([&](daemon::ClientSlot&) {
+    self.source().set_before_accept_hook([&](daemon::ClientSlot&) {
       if (!closed.exchange(true)) self.close_client();  // the connection's reference: zero
     });
   });

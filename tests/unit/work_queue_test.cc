@@ -11,7 +11,7 @@
 #include "registry.h"
 #include "task.h"
 
-namespace insideout::daemon {
+namespace insideout::engine {
 namespace {
 
 // Counts constructions and destructions, so that a queue that loses or duplicates an
@@ -114,6 +114,9 @@ TEST(Registry, ShouldRegisterTheBuiltins) {
 }
 
 TEST(Config, ShouldParseCpuLists) {
+  using daemon::allowed_cpus;
+  using daemon::format_cpu_list;
+  using daemon::parse_cpu_list;
   std::string err;
   EXPECT_EQ(parse_cpu_list("0-3,8", &err), (std::vector<int>{0, 1, 2, 3, 8}));
   EXPECT_EQ(parse_cpu_list("5,1,1", &err), (std::vector<int>{1, 5}));
@@ -126,4 +129,4 @@ TEST(Config, ShouldParseCpuLists) {
 }
 
 }  // namespace
-}  // namespace insideout::daemon
+}  // namespace insideout::engine

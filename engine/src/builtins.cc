@@ -9,7 +9,7 @@
 #include "registry.h"
 #include "step_context.h"
 
-namespace insideout::daemon {
+namespace insideout::engine {
 namespace {
 
 using shm::ErrorDetail;
@@ -154,4 +154,4 @@ void register_builtins(FunctionRegistry& r) {
          3600ull * 1'000'000'000});
 }
 
-}  // namespace insideout::daemon
+}  // namespace insideout::engine

@@ -1,6 +1,6 @@
 #include "registry.h"
 
-namespace insideout::daemon {
+namespace insideout::engine {
 
 std::uint32_t FunctionRegistry::add(FunctionDef def) {
   defs_.push_back(std::move(def));
@@ -14,4 +14,4 @@ std::optional<std::uint32_t> FunctionRegistry::id_of(std::string_view name) cons
   return std::nullopt;
 }
 
-}  // namespace insideout::daemon
+}  // namespace insideout::engine

@@ -11,7 +11,7 @@
 
 #include "task.h"
 
-namespace insideout::daemon {
+namespace insideout::engine {
 namespace {
 
 constexpr std::size_t kGrain = 64, kClasses = 64, kKeep = 256;
@@ -61,4 +61,4 @@ void frame_release(void* p, std::size_t n) noexcept {
   ::operator delete(p);
 }
 
-}  // namespace insideout::daemon
+}  // namespace insideout::engine

@@ -1,6 +1,6 @@
 #include "task.h"
 
-namespace insideout::daemon {
+namespace insideout::engine {
 
 void TaskPool::refill(Cache& c) {
   std::lock_guard lock(mu_);
@@ -48,4 +48,4 @@ std::size_t TaskPool::bytes_reserved() const {
   return chunks_.size() * kChunkTasks * sizeof(Task);
 }
 
-}  // namespace insideout::daemon
+}  // namespace insideout::engine

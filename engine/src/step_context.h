@@ -14,7 +14,7 @@
 #include "insideout/shm/layout.h"
 #include "task.h"
 
-namespace insideout::daemon {
+namespace insideout::engine {
 
 class Scheduler;
 struct Worker;
@@ -114,4 +114,4 @@ io_step engine_step(io_task* t, io_ctx* c) noexcept {
   return static_cast<io_step>(F(*static_cast<Task*>(t), StepContext::of(c)));
 }
 
-}  // namespace insideout::daemon
+}  // namespace insideout::engine

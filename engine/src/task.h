@@ -15,7 +15,7 @@
 
 #include "insideout/sdk/abi.h"
 
-namespace insideout::daemon {
+namespace insideout::engine {
 
 struct Task;
 class StepContext;
@@ -117,4 +117,4 @@ class TaskPool {
   std::vector<Task*> batches_;      // free lists of kBatch tasks each
 };
 
-}  // namespace insideout::daemon
+}  // namespace insideout::engine

@@ -46,16 +46,16 @@
 #include <unordered_map>
 #include <vector>
 
-#include "clients.h"
 #include "insideout/shm/bell.h"
 #include "insideout/shm/futex.h"
 #include "lanes.h"
 #include "registry.h"
+#include "source.h"
 #include "step_context.h"
 #include "task.h"
 #include "work_queue.h"
 
-namespace insideout::daemon {
+namespace insideout::engine {
 
 // The most workers one pool (one Scheduler) may have.
 inline constexpr std::uint32_t kMaxPoolWorkers = 256;
@@ -126,7 +126,6 @@ struct alignas(shm::kCacheLine) Worker {
   bool hungry = false;      // counted in Scheduler::hungry_
   bool share_hint = false;  // hungry_ != 0, as last read (every 64 looks)
   TaskPool::Cache cache;
-  std::uint32_t client_cursor = 0;
   std::uint32_t rng = 0;
   std::uint32_t tick = 0;
   bool pushed = false;  // this step pushed work others could take
@@ -144,12 +143,7 @@ struct alignas(shm::kCacheLine) Worker {
   alignas(shm::kCacheLine) std::atomic<std::uint64_t> epoch{0};
   WorkerStats stats;
   std::thread thread;
-  std::uint32_t accepted_batch = 0;
-  // Completed frames of one client not yet pushed to its completion ring.
-  static constexpr std::uint32_t kOutMax = 64;
-  ClientSlot* out_client = nullptr;
-  std::uint32_t out_n = 0, out_ok = 0, out_failed = 0;
-  std::uint32_t out_offs[kOutMax];
+  std::uint32_t sample_tick = 0;  // one accepted task in 64 has its latency measured
   // Finished children of one parent not yet subtracted from its count.
   Task* done_parent = nullptr;
   std::uint64_t done_children = 0;
@@ -186,7 +180,10 @@ struct SchedulerTotals {
 
 class Scheduler {
  public:
-  Scheduler(SchedulerConfig config, const FunctionRegistry& registry, ClientTable& clients);
+  // `source` is where the pool's work comes from (the daemon's clients, the embedded
+  // runtime's callers); it lives as long as the scheduler.
+  Scheduler(SchedulerConfig config, const FunctionRegistry& registry,
+            std::unique_ptr<WorkSource> source);
   ~Scheduler();
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
@@ -213,16 +210,6 @@ class Scheduler {
   // Joins the workers (after drain()).
   void stop();
 
-  // The serialized path: a job in `slot.jobs[job]` runs `fn_id` with `arg`.
-  // Returns false (and completes nothing) when fn_id is unknown or the argument is out
-  // of range; the caller answers with an error.
-  bool submit_serial(ClientSlot& slot, std::uint32_t job, std::uint32_t fn_id, std::uint64_t arg,
-                     shm::Status* status, shm::ErrorDetail* detail);
-  // Called on a worker when a serialized job has completed.
-  void set_serial_sink(std::function<void(ClientSlot&, std::uint32_t job)> sink) {
-    serial_sink_ = std::move(sink);
-  }
-
   // Live resizing (one caller at a time; not concurrently with start()/stop()): starts
   // workers in the next free slots (pinned per config.cpus, index modulo its size) and
   // waits until each has recorded its tid, or retires the highest ones: each hands its
@@ -231,26 +218,31 @@ class Scheduler {
   std::uint32_t resize(std::uint32_t workers);
   const SchedulerConfig& config() const noexcept { return config_; }
 
-  // A client of this pool registers: its bell eventfd is made (slot.bell_fd, closed
-  // when the slot is reclaimed) and every worker's epoll set watches it. False (and
-  // *error) when the kernel refuses a descriptor.
-  bool attach_client(ClientSlot& slot, std::string* error);
-  // The client hung up: its bell is no longer watched, its parked continuations resume
-  // at once and are cancelled.
-  void client_closing(ClientSlot& slot);
   // Wakes every worker.
   void wake_all();
   // The pool's bell page, which every client of the pool maps read-only.
   int bell_fd() const noexcept { return bell_.fd(); }
   const shm::PoolBell* bell_page() const noexcept { return bell_.page(); }
-  // Called on a worker (once per client) when a client's rings turned out unusable: the
-  // daemon closes its connection. slot.fault_reason says why.
-  void set_fault_sink(std::function<void(ClientSlot&)> sink) { fault_sink_ = std::move(sink); }
-  // Tests only: runs in poll_clients() between a client's state check and accepting
-  // from it, so that a test can close the client in that window.
-  void set_before_accept_hook(std::function<void(ClientSlot&)> hook) {
-    before_accept_hook_ = std::move(hook);
-  }
+
+  // ---- for the source (source.h) ----
+  WorkSource& source() noexcept { return *source_; }
+  // A task for a new root continuation, from worker w's cache / from any other thread.
+  Task* new_task(Worker& w);
+  Task* new_external_task();
+  // Hands a root task over: on worker w (in WorkSource::poll()) / from any other thread.
+  void accept(Worker& w, Task* t);
+  void accept_external(Task* t);
+  // Every worker's epoll set watches `fd` (EPOLLIN, edge-triggered, EPOLLEXCLUSIVE: a
+  // write wakes one sleeping worker), or no longer does. False (and *error) when the
+  // kernel refuses.
+  bool watch(int fd, std::string* error);
+  void unwatch(int fd);
+  // Parked tasks for which `which` is true resume at once, cancelled.
+  void cancel_parked_if(const std::function<bool(const Task&)>& which);
+  // The source's accepted work went down while draining or paused: wake drain().
+  void notify_drain();
+  bool draining() const noexcept { return draining_.load(std::memory_order_relaxed); }
+  bool shutting_down() const noexcept { return shutting_down_.load(std::memory_order_relaxed); }
 
   const FunctionRegistry& registry() const noexcept { return registry_; }
   // R2: pairs with R1 in resize().
@@ -283,25 +275,12 @@ class Scheduler {
 
   void run(Worker& w);
   Task* find_work(Worker& w);
-  Task* poll_clients(Worker& w);
-  bool accept_from(Worker& w, ClientSlot& c);
-  // While paused: completes what `c` submitted with kDraining, as accept_from() would
-  // accept it (same budget, same in-flight bound). True when it took anything.
-  bool refuse_from(Worker& w, ClientSlot& c);
-  // How a continuation cut off at a step boundary ends (client gone, shutdown, drain).
-  std::pair<shm::Status, shm::ErrorDetail> cut_off_reason(const ClientSlot& c) const noexcept;
+  Task* poll_source(Worker& w);
   void cancel_timers();
-  void accept_one(Worker& w, ClientSlot& c, std::uint32_t off);
   Task* steal(Worker& w);
   Task* take_injected();
   void run_task(Worker& w, StepContext& ctx, Task* t);
   void finish(Worker& w, StepContext& ctx, Task* t, Step s);
-  void complete_frame(Worker& w, ClientSlot& c, std::uint32_t off, shm::Status st,
-                      shm::ErrorDetail d, std::uint64_t value, std::uint32_t result_len,
-                      bool result_inline);
-  void fault_client(Worker& w, ClientSlot& c, std::string why);
-  void write_message(ClientSlot& c, std::uint32_t off, std::string_view msg);
-  void flush_completions(Worker& w);
   void flush_children(Worker& w);
   enum class Origin { kSpawned, kAccepted, kResumed };
   void push_local(Worker& w, Task* t, Origin origin = Origin::kResumed);
@@ -311,13 +290,11 @@ class Scheduler {
   void maybe_wake();
   void park(Worker& w);
   bool any_work(const Worker& w);
-  bool held_back(const ClientSlot& c) const noexcept;
   void retire(Worker& w);
   std::unique_ptr<Worker> make_worker(std::uint32_t i);  // under bells_mu_
   void wake(Worker& w);
   void start_worker(std::uint32_t i);
   void wait_for_tids(std::uint32_t from, std::uint32_t to);
-  void release_client(ClientSlot& c, std::uint32_t n);
   bool move_task(Worker& w, Task* t, std::uint32_t pool);
   void plugin_task_started(Worker& w, std::uint8_t slot) noexcept {
     auto& n = w.plugin_live[slot];
@@ -337,7 +314,7 @@ class Scheduler {
 
   SchedulerConfig config_;
   const FunctionRegistry& registry_;
-  ClientTable& clients_;
+  std::unique_ptr<WorkSource> source_;
   std::unique_ptr<TaskPool> own_pool_;
   TaskPool* pool_;
   // Plugin tasks started off the workers (the serialized path): see plugin_live().
@@ -350,9 +327,6 @@ class Scheduler {
   std::mutex resize_mu_;
   std::mutex tid_mu_;  // a new worker announces its kernel tid (wait_for_tids())
   std::condition_variable tid_cv_;
-  std::function<void(ClientSlot&, std::uint32_t)> serial_sink_;
-  std::function<void(ClientSlot&)> fault_sink_;
-  std::function<void(ClientSlot&)> before_accept_hook_;
 
   // The pool's bell page, and the client bells every worker's epoll set watches.
   shm::BellPage bell_;
@@ -402,4 +376,4 @@ class Scheduler {
   std::thread timer_thread_;
 };
 
-}  // namespace insideout::daemon
+}  // namespace insideout::engine

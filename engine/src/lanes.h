@@ -14,7 +14,7 @@
 
 #include "task.h"
 
-namespace insideout::daemon {
+namespace insideout::engine {
 
 class LaneQueue {
  public:
@@ -99,4 +99,4 @@ class LaneQueue {
   std::size_t size_ = 0;
 };
 
-}  // namespace insideout::daemon
+}  // namespace insideout::engine

@@ -2,7 +2,6 @@
 
 #include <pthread.h>
 #include <sched.h>
-#include <spdlog/spdlog.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
@@ -14,9 +13,9 @@
 #include <stdexcept>
 #include <variant>
 
-#include "frame_check.h"
+#include "log.h"
 
-namespace insideout::daemon {
+namespace insideout::engine {
 namespace {
 
 using shm::ErrorDetail;
@@ -123,29 +122,14 @@ StepContext::StepContext(Scheduler& s, Worker& w) noexcept
 
 std::span<const std::byte> StepContext::env(const Task& t) const noexcept {
   if (t.flags & kTaskChild) return {};
-  ClientSlot& c = sched_.clients_.slot(t.client);
-  if (t.flags & kTaskSerial) {
-    const SerialJob* job;
-    {
-      std::lock_guard lock(c.jobs_mu);  // the table may grow meanwhile; the job does not move
-      job = c.jobs[t.frame].get();
-    }
-    return std::as_bytes(std::span(job->env.data(), job->env.size()));
-  }
-  const auto len = static_cast<std::uint32_t>(t.w1 >> 32);
-  if (t.flags & kTaskEnvInline) {
-    return {reinterpret_cast<const std::byte*>(c.frame(t.frame)->inline_data), len};
-  }
-  const auto off = static_cast<std::uint32_t>(t.w1);
-  return {reinterpret_cast<const std::byte*>(c.base + off), len};
+  return sched_.source_->env(t);
 }
 
 std::span<std::byte> StepContext::output(const Task& t) const noexcept {
-  // Only functions registered with IO_FN_OUTPUT: for them the client handed the buffer
-  // over for writing (the frame check accepted it as such).
-  if (!(t.flags & kTaskOutput)) return {};
-  const auto e = env(t);
-  return {const_cast<std::byte*>(e.data()), e.size()};
+  // Only functions registered with IO_FN_OUTPUT: for them the owner handed the buffer
+  // over for writing.
+  if ((t.flags & (kTaskOutput | kTaskChild)) != kTaskOutput) return {};
+  return sched_.source_->env(t);
 }
 
 Step StepContext::fail(std::uint32_t sdk_error, std::string_view message) noexcept {
@@ -185,8 +169,7 @@ void StepContext::spawn(StepFn fn, std::uint64_t w0, std::uint64_t w1, std::uint
 
 bool StepContext::cancelled(const Task& t) const noexcept {
   if (t.flags & kTaskCancelled) return true;
-  return sched_.clients_.slot(t.client).state.load(std::memory_order_relaxed) ==
-         SlotState::kClosing;
+  return sched_.source_->gone(t);
 }
 
 void StepContext::child_done(Task* parent) noexcept {
@@ -222,10 +205,11 @@ std::uint32_t StepContext::pool() const noexcept { return sched_.config_.pool; }
 
 // ---- lifecycle ---------------------------------------------------------------------
 
-Scheduler::Scheduler(SchedulerConfig config, const FunctionRegistry& registry, ClientTable& clients)
+Scheduler::Scheduler(SchedulerConfig config, const FunctionRegistry& registry,
+                     std::unique_ptr<WorkSource> source)
     : config_(std::move(config)),
       registry_(registry),
-      clients_(clients),
+      source_(std::move(source)),
       own_pool_(config_.tasks == nullptr ? std::make_unique<TaskPool>() : nullptr),
       pool_(config_.tasks != nullptr ? config_.tasks : own_pool_.get()) {
   std::uint32_t n = config_.workers;
@@ -240,6 +224,7 @@ Scheduler::Scheduler(SchedulerConfig config, const FunctionRegistry& registry, C
   allocated_.store(n, std::memory_order_relaxed);
   count_.store(n, std::memory_order_relaxed);
   idle_.reserve(kMaxPoolWorkers);
+  source_->bind(*this);
 }
 
 Scheduler::~Scheduler() {
@@ -280,31 +265,6 @@ void Scheduler::wake(Worker& w) {
   // K3: the eventfd stays readable (and its edge queued) until the worker's epoll_wait.
   const std::uint64_t one = 1;
   (void)!::write(w.wake_fd, &one, sizeof(one));
-}
-
-bool Scheduler::attach_client(ClientSlot& slot, std::string* error) {
-  if (slot.bell_fd < 0) {
-    slot.bell_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (slot.bell_fd < 0) {
-      *error = std::string("eventfd: ") + std::strerror(errno);
-      return false;
-    }
-  }
-  std::lock_guard lock(bells_mu_);
-  // Every Worker object, retired ones too (a grow restarts them with their epoll set).
-  const std::uint32_t alloc = allocated_.load(std::memory_order_relaxed);  // under bells_mu_
-  for (std::uint32_t i = 0; i < alloc; ++i) {
-    epoll_event ev{};
-    ev.events = kClientBellEvents;
-    if (::epoll_ctl(workers_[i]->epfd, EPOLL_CTL_ADD, slot.bell_fd, &ev) != 0) {
-      *error = std::string("epoll_ctl: ") + std::strerror(errno);
-      for (std::uint32_t j = 0; j < i; ++j)
-        ::epoll_ctl(workers_[j]->epfd, EPOLL_CTL_DEL, slot.bell_fd, nullptr);
-      return false;
-    }
-  }
-  bell_fds_.push_back(slot.bell_fd);
-  return true;
 }
 
 void Scheduler::start() {
@@ -393,7 +353,7 @@ void Scheduler::cancel_timers() {
   while (!timers_.empty()) {
     Task* t = timers_.top().task;
     timers_.pop();
-    clients_.slot(t->client).timers.fetch_sub(1, std::memory_order_relaxed);
+    source_->park_ends(*t);
     t->flags |= kTaskCancelled;
     inject(t);
   }
@@ -408,19 +368,6 @@ void Scheduler::pause() {
 void Scheduler::resume() {
   paused_.store(false, std::memory_order_seq_cst);
   wake_all();
-}
-
-bool Scheduler::busy() const {
-  const std::uint32_t hw = clients_.high_water();
-  for (std::uint32_t i = 0; i < hw; ++i) {
-    ClientSlot& c = clients_.slot(i);
-    const SlotState st = c.state.load(std::memory_order_acquire);
-    if (st == SlotState::kFree || st == SlotState::kZombie || c.pool != config_.pool) continue;
-    // Active slots hold one reference for the connection; closing ones may hold none.
-    const std::uint32_t base = st == SlotState::kActive ? 1 : 0;
-    if (c.refs.load(std::memory_order_acquire) > base) return true;
-  }
-  return false;
 }
 
 bool Scheduler::wait_idle(std::chrono::milliseconds timeout) {
@@ -496,7 +443,8 @@ void Scheduler::run(Worker& w) {
     CPU_ZERO(&set);
     CPU_SET(w.cpu, &set);
     if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set) != 0) {
-      spdlog::warn("worker {}: could not pin to CPU {}", w.index, w.cpu);
+      log(LogLevel::kWarn,
+          "worker " + std::to_string(w.index) + ": could not pin to CPU " + std::to_string(w.cpu));
     }
   }
   StepContext ctx(*this, w);
@@ -537,7 +485,7 @@ void Scheduler::run(Worker& w) {
   set_hungry(w, false);
   flush_children(w);  // may resume a parent into w.local
   if (!stop_.load(std::memory_order_relaxed)) retire(w);
-  flush_completions(w);
+  source_->flush(w);
   pool_->drain(w.cache);
   w.alive.store(false,
                 std::memory_order_release);  // R5: pairs with R6; no slot pointer is held now
@@ -613,8 +561,8 @@ Task* Scheduler::find_work(Worker& w) {
   // this point sees the slot is no longer active.
   if ((w.tick & 63) == 0) {
     w.epoch.store(w.tick, std::memory_order_seq_cst);
-    flush_children(w);     // bounds how long a parent waits for its last children
-    flush_completions(w);  // and a completion behind busy local work
+    flush_children(w);  // bounds how long a parent waits for its last children
+    source_->flush(w);  // and a completion behind busy local work
     w.share_hint = hungry_.load(std::memory_order_relaxed) != 0;  // read once per 64 looks
     if (w.share_hint && w.local.size() > 1) share(w);
     // R4: relaxed, once per 64 looks: a retiring worker stops here and hands its work
@@ -627,7 +575,7 @@ Task* Scheduler::find_work(Worker& w) {
     if (injected_size_.load(std::memory_order_relaxed) != 0) {
       if (Task* t = take_injected()) return t;
     }
-    if (Task* t = poll_clients(w)) return t;
+    if (Task* t = poll_source(w)) return t;
   }
   // Shared work (what thieves could otherwise take) and private work by turns: a
   // client that floods the shared queue (a fanout's nodes) cannot starve the private
@@ -641,15 +589,15 @@ Task* Scheduler::find_work(Worker& w) {
   // before looking further.
   flush_children(w);
   if (Task* t = w.local.pop_front()) return t;  // a parent the children just resumed
-  flush_completions(w);
+  source_->flush(w);
   if (injected_size_.load(std::memory_order_relaxed) != 0) {
     if (Task* t = take_injected()) return t;
   }
-  if (Task* t = poll_clients(w)) return t;
+  if (Task* t = poll_source(w)) return t;
   if (Task* t = steal(w)) return t;
   // Nothing to do: completions buffered on the way (rejected frames) go out now, and
   // the worker holds no slot pointer when it spins or parks.
-  flush_completions(w);
+  source_->flush(w);
   return nullptr;
 }
 
@@ -724,201 +672,19 @@ void Scheduler::maybe_wake() {
 
 // ---- client rings ------------------------------------------------------------------
 
-Task* Scheduler::poll_clients(Worker& w) {
-  if (draining_.load(std::memory_order_relaxed)) return nullptr;
-  const std::uint32_t hw = clients_.high_water();
-  if (hw == 0) return nullptr;
-  const std::uint32_t start = w.client_cursor++ % hw;
-  for (std::uint32_t i = 0; i < hw; ++i) {
-    ClientSlot& c = clients_.slot((start + i) % hw);
-    // S2: pairs with S1 in ClientTable::activate().
-    if (c.state.load(std::memory_order_acquire) != SlotState::kActive || !c.has_segment ||
-        c.pool != config_.pool || c.faulted.load(std::memory_order_relaxed)) {
-      continue;
-    }
-    // A peek without the lock: is the slot at the consumer's position published?
-    const std::uint64_t head = c.peek_head.load(std::memory_order_relaxed);
-    shm::RingView view(c.base + c.geom.submit_ring_off, c.geom.ring_capacity);
-    const std::uint64_t word = view.slot(head).load(std::memory_order_relaxed);
-    if (static_cast<std::uint32_t>(word >> 32) != static_cast<std::uint32_t>(head + 1)) continue;
-    if (c.draining.exchange(true, std::memory_order_acquire)) continue;  // another worker drains it
-    if (before_accept_hook_) before_accept_hook_(c);
-    const bool got =
-        paused_.load(std::memory_order_relaxed) ? refuse_from(w, c) : accept_from(w, c);
-    c.draining.store(false, std::memory_order_release);
-    if (got) {
-      if (Task* t = w.queue.pop()) {
-        if (w.queue.size() != 0) maybe_wake();
-        return t;
-      }
-      if (Task* t = w.local.pop_front()) return t;
-    }
-  }
-  return nullptr;
-}
-
-bool Scheduler::accept_from(Worker& w, ClientSlot& c) {
-  // The client may have at most max_inflight continuations in the daemon; the rest wait
-  // in its ring (backpressure it sees as a full ring).
-  if (held_back(c)) {
-    c.backpressure.fetch_add(1, std::memory_order_relaxed);
-    w.stats.backpressure.fetch_add(1, std::memory_order_relaxed);
-    return false;
-  }
-  const std::uint32_t refs = c.refs.load(std::memory_order_relaxed);
-  const std::uint32_t inflight = refs > 0 ? refs - 1 : 0;
-  std::uint32_t budget = std::min(config_.accept_batch, c.max_inflight - inflight);
-  std::uint32_t offs[256];
-  budget = std::min<std::uint32_t>(budget, 256);
-  // One reference per continuation it may accept, taken before any can complete, and
-  // only from a slot that still has one: a client that hung up after poll_clients() saw
-  // it active may have dropped its last reference already (its slot is a zombie).
-  if (!clients_.try_acquire(c, budget)) return false;
-  const std::size_t n = c.submit.pop_batch(std::span<std::uint32_t>(offs, budget));
-  c.peek_head.store(c.submit.head(), std::memory_order_relaxed);
-  if (n < budget) release_client(c, budget - static_cast<std::uint32_t>(n));
-  if (n == 0) return false;
-  w.accepted_batch = 0;
-  // The frames were last written by the client's core: fetch their lines together
-  // rather than one miss at a time (out-of-range offsets are harmless to prefetch).
-  for (std::size_t i = 0; i < n; ++i) __builtin_prefetch(c.base + (offs[i] % c.geom.size));
-  for (std::size_t i = 0; i < n; ++i) accept_one(w, c, offs[i]);
-  // Relaxed: statistics, counted once per batch.
-  c.accepted.fetch_add(w.accepted_batch, std::memory_order_relaxed);
-  w.stats.accepted.store(w.stats.accepted.load(std::memory_order_relaxed) + w.accepted_batch,
-                         std::memory_order_relaxed);
-  // The client may be waiting for room in its ring.
-  shm::event_notify(c.doorbells->space);
-  return true;
-}
-
-bool Scheduler::refuse_from(Worker& w, ClientSlot& c) {
-  // Each refusal is a completion in the client's ring: take no more than accept_from()
-  // would (the completion ring has room for what the client may have in flight).
-  if (held_back(c)) return false;
-  const std::uint32_t refs = c.refs.load(std::memory_order_relaxed);
-  const std::uint32_t inflight = refs > 0 ? refs - 1 : 0;
-  std::uint32_t offs[256];
-  const std::uint32_t budget =
-      std::min<std::uint32_t>({config_.accept_batch, c.max_inflight - inflight, 256});
-  // One reference each, as if accepted, and only from a live slot (see accept_from()):
-  // complete_frame() takes them over, an offset that is no frame drops its own.
-  if (!clients_.try_acquire(c, budget)) return false;
-  const std::size_t n = c.submit.pop_batch(std::span<std::uint32_t>(offs, budget));
-  c.peek_head.store(c.submit.head(), std::memory_order_relaxed);
-  if (n < budget) release_client(c, budget - static_cast<std::uint32_t>(n));
-  if (n == 0) return false;
-  for (std::size_t i = 0; i < n; ++i) {
-    if (!c.geom.frame_offset_valid(offs[i])) {
-      c.rejected.fetch_add(1, std::memory_order_relaxed);
-      c.dropped.fetch_add(1, std::memory_order_relaxed);
-      w.stats.rejected.fetch_add(1, std::memory_order_relaxed);
-      release_client(c, 1);
-      continue;
-    }
-    c.refused.fetch_add(1, std::memory_order_relaxed);
-    complete_frame(w, c, offs[i], Status::kDraining, ErrorDetail::kNone, 0, 0, false);
-  }
-  shm::event_notify(c.doorbells->space);  // the client may be waiting for room in its ring
-  return true;
-}
-
-void Scheduler::accept_one(Worker& w, ClientSlot& c, std::uint32_t off) {
-  if (!c.geom.frame_offset_valid(off)) {
-    // No frame to complete: count it and drop the reference taken for it.
-    c.rejected.fetch_add(1, std::memory_order_relaxed);
-    c.dropped.fetch_add(1, std::memory_order_relaxed);
-    w.stats.rejected.fetch_add(1, std::memory_order_relaxed);
-    release_client(c, 1);
-    return;
-  }
-  // Copy the descriptor out once; only the copy is used from here on.
-  shm::Frame f;
-  std::memcpy(&f, c.base + off, sizeof(f));
-  auto reject = [&](Status st, ErrorDetail d) {
-    // ClientCounters keeps unknown function ids apart from bad offsets, lengths and flags.
-    (st == Status::kUnknownFunction ? c.rejected_function : c.rejected)
-        .fetch_add(1, std::memory_order_relaxed);
-    w.stats.rejected.fetch_add(1, std::memory_order_relaxed);
-    complete_frame(w, c, off, st, d, 0, 0, false);  // takes over the reference
-  };
-  const FrameCheck checked = check_frame(f, c.geom, registry_);
-  if (const auto* e = std::get_if<FrameError>(&checked)) return reject(e->status, e->detail);
-  const ValidFrame& v = std::get<ValidFrame>(checked);
-  Task* t = pool_->allocate(w.cache);
-  t->fn = v.def->entry;
-  t->w0 = v.arg;
-  t->w1 = v.env;
-  t->frame = off;
-  t->client = static_cast<std::uint16_t>(c.index);
-  t->flags = with_plugin_slot(v.task_flags, v.def->plugin);
-  if (v.def->flags & IO_FN_OUTPUT) t->flags |= kTaskOutput;
-  if (v.def->plugin != 0) plugin_task_started(w, v.def->plugin);
-  if ((++w.accepted_batch + w.stats.accepted.load(std::memory_order_relaxed)) % 64 == 0) {
-    t->flags |= kTaskSampled;
-    std::lock_guard lock(sampled_mu_);
-    sampled_[t] = std::chrono::steady_clock::now();
-  }
-  push_local(w, t, Origin::kAccepted);
-}
-
-bool Scheduler::submit_serial(ClientSlot& c, std::uint32_t job, std::uint32_t fn_id,
-                              std::uint64_t arg, Status* status, ErrorDetail* detail) {
-  const FunctionDef* def = registry_.find(fn_id);
-  if (def == nullptr) {
-    *status = Status::kUnknownFunction;
-    *detail = ErrorDetail::kUnknownFunction;
-    return false;
-  }
-  if (arg > def->max_arg) {
-    *status = Status::kInvalidArgument;
-    *detail = ErrorDetail::kArgumentOutOfRange;
-    return false;
-  }
-  if (draining_.load(std::memory_order_relaxed)) {  // a pool being deleted or a daemon stopping
-    *status = Status::kCancelled;
-    *detail = ErrorDetail::kShutdown;
-    return false;
-  }
-  if (paused_.load(std::memory_order_relaxed)) {  // drained by the control plane
-    *status = Status::kDraining;
-    *detail = ErrorDetail::kNone;
-    return false;
-  }
-  c.refs.fetch_add(1, std::memory_order_relaxed);
-  c.accepted.fetch_add(1, std::memory_order_relaxed);
-  Task* t;
-  {
-    std::lock_guard lock(inject_mu_);
-    t = pool_->allocate(inject_cache_);
-  }
-  t->fn = def->entry;
-  t->w0 = arg;
-  t->w1 = 0;
-  t->frame = job;
-  t->client = static_cast<std::uint16_t>(c.index);
-  t->flags = with_plugin_slot(kTaskSerial, def->plugin);
-  if (def->flags & IO_FN_OUTPUT) t->flags |= kTaskOutput;
-  if (def->plugin != 0) external_plugin_live_[def->plugin].fetch_add(1, std::memory_order_relaxed);
-  inject(t);
-  return true;
-}
-
 // ---- running and completing --------------------------------------------------------
 
 void Scheduler::run_task(Worker& w, StepContext& ctx, Task* t) {
   // A root continuation of a client that hung up, or one resumed by a cancelled timer,
   // is cancelled at its next step boundary.
   if (!(t->flags & kTaskChild)) {
-    ClientSlot& c = clients_.slot(t->client);
-    const bool gone = c.state.load(std::memory_order_relaxed) == SlotState::kClosing;
     if (t->flags & kTaskOverLimit) {
       t->flags = static_cast<std::uint16_t>(t->flags & ~kTaskOverLimit);
       return cut_off(w, ctx, t, Status::kBackpressure, ErrorDetail::kTooManyTimers);
     }
-    if ((t->flags & kTaskCancelled) || (gone && !(t->flags & kTaskNoCancel))) {
-      const auto [st, d] = cut_off_reason(c);
-      return cut_off(w, ctx, t, st, d);
+    if ((t->flags & kTaskCancelled) || (!(t->flags & kTaskNoCancel) && source_->gone(*t))) {
+      const Outcome why = source_->cut_off_reason(*t);
+      return cut_off(w, ctx, t, why.status, why.detail);
     }
   }
   std::uint64_t steps = 0;
@@ -975,94 +741,18 @@ void Scheduler::cut_off(Worker& w, StepContext& ctx, Task* t, Status st, ErrorDe
 
 void Scheduler::finish(Worker& w, StepContext& ctx, Task* t, Step s) {
   if (const std::uint8_t slot = plugin_slot(*t); slot != 0) plugin_task_ended(w, slot);
-  if (t->flags & kTaskChild) {
-    pool_->free(w.cache, t);
-    return;
+  if (!(t->flags & kTaskChild)) {  // a child's code reports to its parent itself
+    if (t->flags & kTaskSampled) sample_done(t);
+    Outcome o;
+    o.status = s == Step::kComplete ? Status::kOk : ctx.status();
+    o.detail = s == Step::kComplete ? ErrorDetail::kNone : ctx.detail();
+    o.value = ctx.result_value();
+    o.result_len = ctx.result_len();
+    o.result_is_env = ctx.result_is_env();
+    o.message = ctx.message();
+    source_->complete(w, *t, o);
   }
-  ClientSlot& c = clients_.slot(t->client);
-  const Status st = s == Step::kComplete ? Status::kOk : ctx.status();
-  const ErrorDetail d = s == Step::kComplete ? ErrorDetail::kNone : ctx.detail();
-  if (t->flags & kTaskSampled) sample_done(t);
-  if (t->flags & kTaskSerial) {
-    auto& by = w.stats.failed_by[static_cast<std::size_t>(st) % kStatusSlots];
-    if (st != Status::kOk)
-      by.store(by.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-    (st == Status::kOk ? c.completed : c.failed).fetch_add(1, std::memory_order_relaxed);
-    auto& counter = st == Status::kOk ? w.stats.completed : w.stats.failed;
-    counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-    SerialJob* job;
-    {
-      std::lock_guard lock(c.jobs_mu);
-      job = c.jobs[t->frame].get();
-    }
-    job->status = st;
-    job->detail = d;
-    job->value = ctx.result_value();
-    if (!ctx.message().empty()) job->message = std::string(ctx.message());
-    if (ctx.result_is_env()) job->data = job->env.substr(0, ctx.result_len());
-    const std::uint32_t idx = t->frame;
-    pool_->free(w.cache, t);
-    if (serial_sink_) serial_sink_(c, idx);
-    release_client(c, 1);
-  } else {
-    const bool inline_result = ctx.result_is_env() && (t->flags & kTaskEnvInline);
-    const std::uint32_t off = t->frame;
-    pool_->free(w.cache, t);
-    if (!ctx.message().empty()) write_message(c, off, ctx.message());
-    complete_frame(w, c, off, st, d, ctx.result_value(), ctx.result_len(),
-                   inline_result);  // takes the reference
-  }
-}
-
-std::pair<Status, ErrorDetail> Scheduler::cut_off_reason(const ClientSlot& c) const noexcept {
-  // The daemon stopping closes every connection after its drain timeout: that is a
-  // shutdown, not a client that went away.
-  if (shutting_down_.load(std::memory_order_relaxed))
-    return {Status::kCancelled, ErrorDetail::kShutdown};
-  if (c.state.load(std::memory_order_relaxed) == SlotState::kClosing)
-    return {Status::kCancelled, ErrorDetail::kClientGone};
-  if (draining_.load(std::memory_order_relaxed))  // a pool being deleted
-    return {Status::kCancelled, ErrorDetail::kShutdown};
-  if (paused_.load(std::memory_order_relaxed)) return {Status::kDraining, ErrorDetail::kNone};
-  return {Status::kCancelled, ErrorDetail::kShutdown};
-}
-
-void Scheduler::release_client(ClientSlot& c, std::uint32_t n) {
-  clients_.release(c, n);
-  if (draining_.load(std::memory_order_relaxed) || paused_.load(std::memory_order_relaxed)) {
-    std::lock_guard lock(drain_mu_);
-    drain_cv_.notify_all();
-  }
-}
-
-void Scheduler::write_message(ClientSlot& c, std::uint32_t off, std::string_view msg) {
-  char* slot = c.message(off);
-  const std::size_t n = std::min<std::size_t>(msg.size(), shm::kMessageBytes - 1);
-  std::memcpy(slot, msg.data(), n);
-  slot[n] = '\0';
-}
-
-void Scheduler::complete_frame(Worker& w, ClientSlot& c, std::uint32_t off, Status st,
-                               ErrorDetail d, std::uint64_t value, std::uint32_t result_len,
-                               bool result_inline) {
-  shm::Frame* f = c.frame(off);
-  f->result = value;
-  f->result_len = result_len;
-  f->detail = static_cast<std::uint32_t>(d);
-  if (result_inline) f->flags = static_cast<std::uint16_t>(f->flags | shm::kFrameResultInline);
-  f->status = static_cast<std::uint16_t>(st);
-  // Completions are pushed in batches per client (one ring reservation, one doorbell,
-  // one reference drop): see flush_completions().
-  if (w.out_client != &c || w.out_n == Worker::kOutMax) flush_completions(w);
-  w.out_client = &c;
-  w.out_offs[w.out_n++] = off;
-  if (st == Status::kOk) {
-    ++w.out_ok;
-  } else {
-    ++w.out_failed;
-    auto& by = w.stats.failed_by[static_cast<std::size_t>(st) % kStatusSlots];
-    by.store(by.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-  }
+  pool_->free(w.cache, t);
 }
 
 void Scheduler::sample_done(const Task* t) {
@@ -1100,52 +790,6 @@ void Scheduler::flush_children(Worker& w) {
   }
 }
 
-void Scheduler::flush_completions(Worker& w) {
-  if (w.out_n == 0) return;
-  ClientSlot& c = *w.out_client;
-  const std::span<const std::uint32_t> offs(w.out_offs, w.out_n);
-  // Relaxed: statistics. Counted before the ring's release stores publish the frames, so
-  // whoever has seen a completion also sees it counted (tests compare the counts then).
-  if (w.out_ok) c.completed.fetch_add(w.out_ok, std::memory_order_relaxed);
-  if (w.out_failed) c.failed.fetch_add(w.out_failed, std::memory_order_relaxed);
-  w.stats.completed.store(w.stats.completed.load(std::memory_order_relaxed) + w.out_ok,
-                          std::memory_order_relaxed);
-  w.stats.failed.store(w.stats.failed.load(std::memory_order_relaxed) + w.out_failed,
-                       std::memory_order_relaxed);
-  std::size_t pushed = 0;
-  shm::PushFailure why = shm::PushFailure::kNone;
-  // Bounded whatever the client wrote: each round pushes at least one or stops.
-  while (pushed < offs.size() && !c.faulted.load(std::memory_order_relaxed)) {
-    // The ring's release stores publish the frames' results (P1 in ring.h).
-    const std::size_t n = c.completion.try_push_batch(offs.subspan(pushed), &why);
-    if (n == 0) break;
-    pushed += n;
-  }
-  if (pushed < offs.size() && !c.faulted.load(std::memory_order_relaxed)) {
-    // An honest client cannot fill its completion ring (it has no more frames than
-    // slots), nor write a tag ahead of the daemon's own position: these are lost.
-    fault_client(w, c,
-                 why == shm::PushFailure::kCorrupt
-                     ? "its completion ring is forged (a slot's tag is ahead of the daemon's "
-                       "position)"
-                     : "its completion ring is full (frames submitted twice, or a forged ring)");
-  }
-  if (pushed != 0) shm::event_notify(c.doorbells->completion, INT32_MAX);
-  const std::uint32_t n = w.out_n;
-  w.out_n = w.out_ok = w.out_failed = 0;
-  w.out_client = nullptr;
-  release_client(c, n);
-}
-
-void Scheduler::fault_client(Worker& w, ClientSlot& c, std::string why) {
-  if (c.faulted.exchange(true, std::memory_order_relaxed)) return;  // one report per client
-  w.stats.faulted.fetch_add(1, std::memory_order_relaxed);
-  spdlog::warn("client {} (pid {}): {}; its completions are dropped and it is disconnected", c.id,
-               c.pid, why);
-  c.fault_reason = std::move(why);  // read by the daemon after the sink's hand-over
-  if (fault_sink_) fault_sink_(c);
-}
-
 // ---- parking -----------------------------------------------------------------------
 
 bool Scheduler::any_work(const Worker& self) {
@@ -1156,21 +800,7 @@ bool Scheduler::any_work(const Worker& self) {
   }
   if (injected_size_.load(std::memory_order_relaxed) != 0) return true;
   if (draining_.load(std::memory_order_relaxed)) return false;
-  const std::uint32_t hw = clients_.high_water();
-  for (std::uint32_t i = 0; i < hw; ++i) {
-    ClientSlot& c = clients_.slot(i);
-    // A client accept_from() would refuse is no work: its held-back items wait for one
-    // of its continuations to complete, on a worker that is awake to complete it.
-    if (c.state.load(std::memory_order_acquire) != SlotState::kActive || !c.has_segment ||
-        c.pool != config_.pool || c.faulted.load(std::memory_order_relaxed) || held_back(c)) {
-      continue;
-    }
-    const std::uint64_t head = c.peek_head.load(std::memory_order_relaxed);
-    shm::RingView view(c.base + c.geom.submit_ring_off, c.geom.ring_capacity);
-    const std::uint64_t word = view.slot(head).load(std::memory_order_seq_cst);
-    if (static_cast<std::uint32_t>(word >> 32) == static_cast<std::uint32_t>(head + 1)) return true;
-  }
-  return false;
+  return source_->has_work();
 }
 
 void Scheduler::park(Worker& w) {
@@ -1217,32 +847,84 @@ void Scheduler::park(Worker& w) {
   }
 }
 
-bool Scheduler::held_back(const ClientSlot& c) const noexcept {
-  // At most max_inflight continuations of one client in the daemon; the rest wait in its
-  // ring (backpressure it sees as a full ring). refs counts the connection's too.
-  const std::uint32_t refs = c.refs.load(std::memory_order_relaxed);
-  return (refs > 0 ? refs - 1 : 0) >= c.max_inflight;
+// ---- the source's side -------------------------------------------------------------
+
+Task* Scheduler::new_task(Worker& w) { return pool_->allocate(w.cache); }
+
+Task* Scheduler::new_external_task() {
+  std::lock_guard lock(inject_mu_);
+  return pool_->allocate(inject_cache_);
 }
 
-void Scheduler::client_closing(ClientSlot& slot) {
-  if (slot.bell_fd >= 0) {
-    std::lock_guard lock(bells_mu_);
-    auto it = std::find(bell_fds_.begin(), bell_fds_.end(), slot.bell_fd);
-    if (it != bell_fds_.end()) {
-      bell_fds_.erase(it);
-      // The client may keep its copy open: without this its writes would still wake us.
-      const std::uint32_t alloc = allocated_.load(std::memory_order_relaxed);  // under bells_mu_
-      for (std::uint32_t i = 0; i < alloc; ++i)
-        ::epoll_ctl(workers_[i]->epfd, EPOLL_CTL_DEL, slot.bell_fd, nullptr);
+void Scheduler::accept(Worker& w, Task* t) {
+  if (const std::uint8_t slot = plugin_slot(*t); slot != 0) plugin_task_started(w, slot);
+  if (++w.sample_tick % 64 == 0) {
+    t->flags |= kTaskSampled;
+    std::lock_guard lock(sampled_mu_);
+    sampled_[t] = std::chrono::steady_clock::now();
+  }
+  push_local(w, t, Origin::kAccepted);
+}
+
+void Scheduler::accept_external(Task* t) {
+  if (const std::uint8_t slot = plugin_slot(*t); slot != 0)
+    external_plugin_live_[slot].fetch_add(1, std::memory_order_relaxed);
+  inject(t);
+}
+
+Task* Scheduler::poll_source(Worker& w) {
+  if (draining_.load(std::memory_order_relaxed)) return nullptr;
+  if (!source_->poll(w)) return nullptr;
+  if (Task* t = w.queue.pop()) {
+    if (w.queue.size() != 0) maybe_wake();
+    return t;
+  }
+  return w.local.pop_front();
+}
+
+bool Scheduler::busy() const { return source_->busy(); }
+
+void Scheduler::notify_drain() {
+  std::lock_guard lock(drain_mu_);
+  drain_cv_.notify_all();
+}
+
+bool Scheduler::watch(int fd, std::string* error) {
+  std::lock_guard lock(bells_mu_);
+  // Every Worker object, retired ones too (a grow restarts them with their epoll set).
+  const std::uint32_t alloc = allocated_.load(std::memory_order_relaxed);  // under bells_mu_
+  for (std::uint32_t i = 0; i < alloc; ++i) {
+    epoll_event ev{};
+    ev.events = kClientBellEvents;
+    if (::epoll_ctl(workers_[i]->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+      *error = std::string("epoll_ctl: ") + std::strerror(errno);
+      for (std::uint32_t j = 0; j < i; ++j)
+        ::epoll_ctl(workers_[j]->epfd, EPOLL_CTL_DEL, fd, nullptr);
+      return false;
     }
   }
+  bell_fds_.push_back(fd);
+  return true;
+}
+
+void Scheduler::unwatch(int fd) {
+  std::lock_guard lock(bells_mu_);
+  auto it = std::find(bell_fds_.begin(), bell_fds_.end(), fd);
+  if (it == bell_fds_.end()) return;
+  bell_fds_.erase(it);
+  const std::uint32_t alloc = allocated_.load(std::memory_order_relaxed);  // under bells_mu_
+  for (std::uint32_t i = 0; i < alloc; ++i)
+    ::epoll_ctl(workers_[i]->epfd, EPOLL_CTL_DEL, fd, nullptr);
+}
+
+void Scheduler::cancel_parked_if(const std::function<bool(const Task&)>& which) {
   std::lock_guard lock(timer_mu_);
   std::vector<TimerEntry> keep;
   while (!timers_.empty()) {
     TimerEntry e = timers_.top();
     timers_.pop();
-    if (e.task->client == slot.index) {
-      slot.timers.fetch_sub(1, std::memory_order_relaxed);
+    if (which(*e.task)) {
+      source_->park_ends(*e.task);
       e.task->flags |= kTaskCancelled;
       inject(e.task);
     } else {
@@ -1310,9 +992,7 @@ void Scheduler::park_timer(Task* t, std::chrono::steady_clock::time_point when) 
     // A task whose client hung up after its step began must not park: client_closing()
     // has already swept the timers (under timer_mu_, after the slot became kClosing), so
     // it would sleep out its whole timeout and keep the segment mapped meanwhile.
-    const bool client_gone =
-        !(t->flags & kTaskChild) &&
-        clients_.slot(t->client).state.load(std::memory_order_seq_cst) == SlotState::kClosing;
+    const bool client_gone = !(t->flags & kTaskChild) && source_->gone(*t);
     if (draining_.load(std::memory_order_relaxed) || paused_.load(std::memory_order_relaxed) ||
         client_gone) {
       t->flags |= kTaskCancelled;
@@ -1321,13 +1001,11 @@ void Scheduler::park_timer(Task* t, std::chrono::steady_clock::time_point when) 
     }
     // Each client's parked continuations are bounded (--max-timers): the heap, and the
     // sweep when a client leaves, are bounded by the clients times that.
-    ClientSlot& c = clients_.slot(t->client);
-    if (c.max_timers != 0 && c.timers.load(std::memory_order_relaxed) >= c.max_timers) {
+    if (!source_->park_begins(*t)) {  // its owner has too many parked already
       t->flags |= kTaskOverLimit;
       inject(t);
       return;
     }
-    c.timers.fetch_add(1, std::memory_order_relaxed);  // under timer_mu_, like every change
     earliest = timers_.empty() || when < timers_.top().when;
     timers_.push({when, t});
   }
@@ -1349,9 +1027,9 @@ void Scheduler::timer_loop() {
     }
     Task* t = timers_.top().task;
     timers_.pop();
-    clients_.slot(t->client).timers.fetch_sub(1, std::memory_order_relaxed);
+    source_->park_ends(*t);
     inject(t);
   }
 }
 
-}  // namespace insideout::daemon
+}  // namespace insideout::engine

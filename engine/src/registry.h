@@ -11,7 +11,7 @@
 
 #include "task.h"
 
-namespace insideout::daemon {
+namespace insideout::engine {
 
 struct FunctionDef {
   std::string name;
@@ -40,4 +40,4 @@ class FunctionRegistry {
 // noop, echo, checksum, fanout, chain, sleep.
 void register_builtins(FunctionRegistry& registry);
 
-}  // namespace insideout::daemon
+}  // namespace insideout::engine

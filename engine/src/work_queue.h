@@ -21,7 +21,7 @@
 #include "insideout/shm/layout.h"
 #include "task.h"
 
-namespace insideout::daemon {
+namespace insideout::engine {
 
 class WorkQueue {
  public:
@@ -89,4 +89,4 @@ class WorkQueue {
   std::uint64_t mask_;
 };
 
-}  // namespace insideout::daemon
+}  // namespace insideout::engine
