@@ -353,9 +353,12 @@ SchedulerTotals Scheduler::totals() const {
     t.backpressure += s.backpressure.load(std::memory_order_relaxed);
     t.spawned += s.spawned.load(std::memory_order_relaxed);
     t.faulted += s.faulted.load(std::memory_order_relaxed);
+    t.refused += s.refused.load(std::memory_order_relaxed);
     for (std::size_t k = 0; k < kStatusSlots; ++k)
       t.failed_by[k] += s.failed_by[k].load(std::memory_order_relaxed);
   }
+  t.accepted += serial_accepted_.load(std::memory_order_relaxed);
+  t.submitted = t.accepted + t.rejected + t.refused;
   return t;
 }
 
@@ -692,10 +695,12 @@ bool Scheduler::refuse_from(Worker& w, ClientSlot& c) {
       c.rejected.fetch_add(1, std::memory_order_relaxed);
       c.dropped.fetch_add(1, std::memory_order_relaxed);
       w.stats.rejected.fetch_add(1, std::memory_order_relaxed);
+      w.stats.failed.fetch_add(1, std::memory_order_relaxed);  // dropped: ends here
       release_client(c, 1);
       continue;
     }
     c.refused.fetch_add(1, std::memory_order_relaxed);
+    w.stats.refused.fetch_add(1, std::memory_order_relaxed);
     complete_frame(w, c, offs[i], Status::kDraining, ErrorDetail::kNone, 0, 0, false);
   }
   shm::event_notify(c.doorbells->space);  // the client may be waiting for room in its ring
@@ -708,6 +713,7 @@ void Scheduler::accept_one(Worker& w, ClientSlot& c, std::uint32_t off) {
     c.rejected.fetch_add(1, std::memory_order_relaxed);
     c.dropped.fetch_add(1, std::memory_order_relaxed);
     w.stats.rejected.fetch_add(1, std::memory_order_relaxed);
+    w.stats.failed.fetch_add(1, std::memory_order_relaxed);  // dropped: ends here
     release_client(c, 1);
     return;
   }
@@ -764,6 +770,7 @@ bool Scheduler::submit_serial(ClientSlot& c, std::uint32_t job, std::uint32_t fn
   }
   c.refs.fetch_add(1, std::memory_order_relaxed);
   c.accepted.fetch_add(1, std::memory_order_relaxed);
+  serial_accepted_.fetch_add(1, std::memory_order_relaxed);  // statistics
   Task* t;
   {
     std::lock_guard lock(inject_mu_);
