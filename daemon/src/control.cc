@@ -646,7 +646,8 @@ class SchedulerService final : public v1::Scheduler::Service {
       }
       if (st == shm::Status::kCancelled && d == shm::ErrorDetail::kShutdown)
         return Status(StatusCode::UNAVAILABLE, "insideoutd is shutting down");
-      std::string why = std::string("rejected: ") + shm::status_name(st) + ": " + shm::detail_name(d);
+      std::string why =
+          std::string("rejected: ") + shm::status_name(st) + ": " + shm::detail_name(d);
       if (d == shm::ErrorDetail::kArgumentOutOfRange) {
         why += " (" + std::to_string(req->arg()) + "; '" + req->function() + "' takes at most " +
                std::to_string(reg.find(*id)->max_arg) + ")";

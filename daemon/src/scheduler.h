@@ -157,8 +157,8 @@ struct alignas(shm::kCacheLine) Worker {
 // socket or call and counted in none of them.
 struct SchedulerTotals {
   std::uint64_t steps = 0, accepted = 0, completed = 0, failed = 0, rejected = 0, steals = 0,
-                parks = 0, timer_parks = 0, backpressure = 0, spawned = 0, faulted = 0,
-                refused = 0, submitted = 0;
+                parks = 0, timer_parks = 0, backpressure = 0, spawned = 0, faulted = 0, refused = 0,
+                submitted = 0;
   std::uint64_t failed_by[kStatusSlots] =
       {};  // completions by shm::Status (failures and rejections)
 
