@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Benchmarks insideout beside its peers: installs what is missing, builds the release
-# preset, runs every bench_* program in build/release/bin for every scenario, interleaved
+# Benchmarks insideout beside its peers: installs what is missing, builds the
+# release-native preset, runs every bench_* program in build/release-native/bin for every
+# scenario, interleaved
 # run by run (A B C, A B C, ...) so that drift hits all of them alike, then aggregates
 # (bench/out/results.csv, a table on the terminal) and plots (bench/out/*.png).
 set -euo pipefail
@@ -51,18 +52,21 @@ fi
 insideout_install_deps
 
 # ---- build ----
-# The release preset builds the whole project, insideout's own benchmark included. Where
-# it cannot be configured or built (a tree without the main project), the peers alone are
-# built standalone from bench/.
+# The release-native preset (release plus -march=native: figures of this machine, binaries
+# for it alone) builds the whole project, insideout's own benchmark included;
+# INSIDEOUT_BENCH_PRESET=release measures the portable build. Where it cannot be
+# configured or built (a tree without the main project), the peers alone are built
+# standalone from bench/.
+preset="${INSIDEOUT_BENCH_PRESET:-release-native}"
 mkdir -p build
 if [[ -n $prebuilt ]]; then
   bin="$prebuilt"
-elif cmake --preset release >build/release-configure.log 2>&1 \
-    && cmake --build --preset release --parallel "$jobs"; then
-  bin=build/release/bin
+elif cmake --preset "$preset" >"build/$preset-configure.log" 2>&1 \
+    && cmake --build --preset "$preset" --parallel "$jobs"; then
+  bin="build/$preset/bin"
 else
-  echo "bench.sh: warning: the release preset did not configure or build" \
-       "(see build/release-configure.log or the output above); building the peers alone" >&2
+  echo "bench.sh: warning: the $preset preset did not configure or build" \
+       "(see build/$preset-configure.log or the output above); building the peers alone" >&2
   cmake -S bench -B build/bench -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
   cmake --build build/bench --parallel "$jobs"
   bin=build/bench/bin

@@ -7,16 +7,23 @@
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <termios.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <fstream>
 #include <iostream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <optional>
@@ -60,24 +67,38 @@ const char* code_name(grpc::StatusCode c) {
       return "OK";
     case grpc::StatusCode::CANCELLED:
       return "CANCELLED";
+    case grpc::StatusCode::UNKNOWN:
+      return "UNKNOWN";
     case grpc::StatusCode::INVALID_ARGUMENT:
       return "INVALID_ARGUMENT";
     case grpc::StatusCode::DEADLINE_EXCEEDED:
       return "DEADLINE_EXCEEDED";
     case grpc::StatusCode::NOT_FOUND:
       return "NOT_FOUND";
+    case grpc::StatusCode::ALREADY_EXISTS:
+      return "ALREADY_EXISTS";
     case grpc::StatusCode::PERMISSION_DENIED:
       return "PERMISSION_DENIED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return "RESOURCE_EXHAUSTED";
     case grpc::StatusCode::FAILED_PRECONDITION:
       return "FAILED_PRECONDITION";
+    case grpc::StatusCode::ABORTED:
+      return "ABORTED";
+    case grpc::StatusCode::OUT_OF_RANGE:
+      return "OUT_OF_RANGE";
     case grpc::StatusCode::UNIMPLEMENTED:
       return "UNIMPLEMENTED";
     case grpc::StatusCode::INTERNAL:
       return "INTERNAL";
     case grpc::StatusCode::UNAVAILABLE:
       return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS:
+      return "DATA_LOSS";
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return "UNAUTHENTICATED";
     default:
-      return "ERROR";
+      return "UNKNOWN";
   }
 }
 
@@ -103,16 +124,30 @@ class Ctl {
                     std::chrono::milliseconds(timeout_ms ? timeout_ms : o_.timeout_ms));
     return c;
   }
-  // Maps a failed call to an exit code and one line on stderr.
+  // Maps a failed call to an exit code and one line on stderr: UNAVAILABLE and a deadline
+  // that passed without an answer mean the daemon cannot be reached (3); any other code
+  // is the daemon's answer (1), printed with its name.
   int error(const grpc::Status& st) const {
-    if (st.error_code() == grpc::StatusCode::UNAVAILABLE ||
-        (st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED &&
-         ::access(path_.c_str(), F_OK) != 0)) {
-      return fail(kUnreachable, "cannot reach insideoutd at " + path_ + ": " + st.error_message());
+    if (st.error_code() == grpc::StatusCode::UNAVAILABLE) {
+      return fail(kUnreachable,
+                  "UNAVAILABLE: cannot reach insideoutd at " + path_ + ": " + st.error_message());
+    }
+    if (st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && !answered_deadline(st)) {
+      return fail(kUnreachable, "DEADLINE_EXCEEDED: insideoutd at " + path_ +
+                                    " did not answer in time (is it stopped or overloaded? "
+                                    "--timeout-ms waits longer)");
     }
     return fail(kDaemonError, std::string(code_name(st.error_code())) + ": " + st.error_message());
   }
 
+ private:
+  // The daemon's own DEADLINE_EXCEEDED (Submit: no result in time) carries its words;
+  // gRPC's, when our deadline passed with no answer, says only "Deadline Exceeded".
+  static bool answered_deadline(const grpc::Status& st) {
+    return !st.error_message().empty() && st.error_message() != "Deadline Exceeded";
+  }
+
+ public:
  private:
   Options o_;
   std::string dir_, path_;
@@ -304,7 +339,63 @@ v1::Stats stats_from_area(const insideout::shm::StatsArea& a) {
   return s;
 }
 
-void print_prometheus(const v1::Stats& s, const insideout::shm::StatsArea* a) {
+// Whether the daemon that writes the counters area still does: it refreshes the area
+// every 100 ms (updated_realtime_ns), so figures older than kStaleAfter, or a pid that
+// is gone, mean the daemon is not running (killed: it had no chance to remove the file)
+// or not running any more than a stopped process does.
+constexpr double kStaleAfterSeconds = 2.0;
+
+struct Liveness {
+  bool up = true;
+  double age_seconds = 0;  // of the figures
+  std::string why;         // when !up
+};
+
+Liveness liveness(const insideout::shm::StatsArea& a) {
+  Liveness l;
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  const std::int64_t now = static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+  const auto updated =
+      static_cast<std::int64_t>(a.header.updated_realtime_ns.load(std::memory_order_relaxed));
+  l.age_seconds = std::max(0.0, static_cast<double>(now - updated) / 1e9);
+  const auto pid = static_cast<pid_t>(a.header.pid);
+  bool gone = pid <= 0 || (::kill(pid, 0) != 0 && errno == ESRCH);
+  if (!gone) {  // a zombie (killed, not yet reaped by its parent) runs no more
+    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto paren = stat.rfind(')');
+    gone = paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z';
+  }
+  char age[32];
+  std::snprintf(age, sizeof(age), "%.1f", l.age_seconds);
+  if (gone) {
+    l.up = false;
+    l.why = "insideoutd is not running (pid " + std::to_string(pid) +
+            " is gone); its last counters are " + age + " s old";
+  } else if (l.age_seconds > kStaleAfterSeconds) {
+    l.up = false;
+    l.why = "insideoutd is not running: pid " + std::to_string(pid) +
+            " has not refreshed its counters for " + age + " s (stopped or hung?)";
+  }
+  return l;
+}
+
+void print_prometheus(const v1::Stats& s, const insideout::shm::StatsArea* a,
+                      const Liveness* live) {
+  if (live != nullptr) {
+    std::printf(
+        "# HELP insideout_up Whether insideoutd is running and refreshing its counters.\n"
+        "# TYPE insideout_up gauge\ninsideout_up %d\n"
+        "# HELP insideout_stats_age_seconds Seconds since insideoutd last refreshed these "
+        "figures.\n# TYPE insideout_stats_age_seconds gauge\ninsideout_stats_age_seconds "
+        "%.3f\n",
+        live->up ? 1 : 0, live->age_seconds);
+  } else {
+    std::printf(
+        "# HELP insideout_up Whether insideoutd is running.\n# TYPE insideout_up gauge\n"
+        "insideout_up 1\n");
+  }
   auto counter = [](const char* name, const char* help, std::uint64_t v) {
     std::printf("# HELP insideout_%s %s\n# TYPE insideout_%s counter\ninsideout_%s %llu\n", name,
                 help, name, name, static_cast<unsigned long long>(v));
@@ -406,29 +497,126 @@ void print_stats_text(const v1::Stats& s) {
   }
 }
 
+// ---- usage --------------------------------------------------------------------------
+
+std::size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diag = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+// When the command line names a command that does not exist (at the top, or under a
+// command that takes one, like `pool`): "unknown command 'statuss' (did you mean
+// 'status'?)". Empty when the parse failed for another reason.
+std::string unknown_command(const CLI::App& app, int argc, char** argv) {
+  const CLI::App* at = &app;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--") return "";
+    if (a.rfind("-", 0) == 0) {
+      // An option of `at` that takes a value in the next word: skip that word.
+      if (a.find('=') == std::string::npos) {
+        const CLI::Option* opt = at->get_option_no_throw(a);
+        if (opt != nullptr && opt->get_type_size_max() > 0) ++i;
+      }
+      continue;
+    }
+    const auto subs = at->get_subcommands([](const CLI::App*) { return true; });
+    const auto sub =
+        std::find_if(subs.begin(), subs.end(), [&](const CLI::App* s) { return s->check_name(a); });
+    if (sub != subs.end()) {
+      at = *sub;
+      continue;
+    }
+    if (subs.empty()) return "";  // a positional argument of a command
+    std::string best;
+    std::size_t best_d = std::string::npos;
+    for (const CLI::App* s : subs) {
+      const std::size_t d = edit_distance(a, s->get_name());
+      if (d < best_d) {
+        best_d = d;
+        best = s->get_name();
+      }
+    }
+    std::string where = at == &app ? "" : " of '" + at->get_name() + "'";
+    std::string msg = "unknown command '" + a + "'" + where;
+    if (!best.empty() && best_d <= std::max<std::size_t>(2, a.size() / 3))
+      msg += " (did you mean '" + best + "'?)";
+    return msg;
+  }
+  return "";
+}
+
 // ---- top ----------------------------------------------------------------------------
+
+// The terminal as top found it, restored on every way out: the destructor on a return,
+// the handler on a signal that ends the process (Ctrl-C, SIGTERM, a hang-up, an abort).
+// Restoring is a write(2) and a tcsetattr(3), both async-signal-safe.
+termios g_saved_termios{};
+volatile std::sig_atomic_t g_termios_saved = 0;
+volatile std::sig_atomic_t g_screen_taken = 0;
+// Attributes off (ESC also ends a sequence cut short), show the cursor, leave the
+// alternate screen.
+constexpr char kLeaveScreen[] = "\x1b[0m\x1b[?25h\x1b[?1049l";
+constexpr int kEndingSignals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGABRT};
+
+void restore_terminal() noexcept {
+  if (g_screen_taken != 0) {
+    g_screen_taken = 0;
+    (void)!::write(1, kLeaveScreen, sizeof(kLeaveScreen) - 1);
+  }
+  if (g_termios_saved != 0) {
+    g_termios_saved = 0;
+    ::tcsetattr(0, TCSANOW, &g_saved_termios);
+  }
+}
+
+extern "C" void restore_terminal_and_die(int sig) {
+  restore_terminal();
+  // SA_RESETHAND put the default action back: end as the signal says (128 + sig).
+  ::raise(sig);
+}
 
 class RawTerminal {
  public:
   RawTerminal() {
-    if (::isatty(0) && ::tcgetattr(0, &old_) == 0) {
-      termios t = old_;
+    struct sigaction sa {};
+    sa.sa_handler = restore_terminal_and_die;
+    sa.sa_flags = SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    for (std::size_t i = 0; i < std::size(kEndingSignals); ++i)
+      ::sigaction(kEndingSignals[i], &sa, &old_actions_[i]);
+    if (::isatty(0) && ::tcgetattr(0, &g_saved_termios) == 0) {
+      termios t = g_saved_termios;
       t.c_lflag &= static_cast<tcflag_t>(~(ICANON | ECHO));
       t.c_cc[VMIN] = 0;
       t.c_cc[VTIME] = 0;
-      raw_ = ::tcsetattr(0, TCSANOW, &t) == 0;
+      if (::tcsetattr(0, TCSANOW, &t) == 0) g_termios_saved = 1;
     }
     std::fputs("\x1b[?1049h\x1b[?25l", stdout);  // alternate screen, hide the cursor
+    std::fflush(stdout);
+    g_screen_taken = 1;
   }
   ~RawTerminal() {
-    std::fputs("\x1b[?25h\x1b[?1049l", stdout);
     std::fflush(stdout);
-    if (raw_) ::tcsetattr(0, TCSANOW, &old_);
+    restore_terminal();
+    for (std::size_t i = 0; i < std::size(kEndingSignals); ++i)
+      ::sigaction(kEndingSignals[i], &old_actions_[i], nullptr);
   }
+  RawTerminal(const RawTerminal&) = delete;
+  RawTerminal& operator=(const RawTerminal&) = delete;
 
  private:
-  termios old_{};
-  bool raw_ = false;
+  struct sigaction old_actions_[std::size(kEndingSignals)]{};
 };
 
 // Returns the failed call's status (printed once the terminal is restored), or OK.
@@ -619,7 +807,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::string msg = e.what();
+    std::string msg = unknown_command(app, argc, argv);
+    if (msg.empty()) msg = e.what();
     return fail(kUsage, msg + " (see --help)");
   }
 
@@ -757,9 +946,10 @@ int main(int argc, char** argv) {
     return kOk;
   }
   if (*stats) {
-    auto show = [&](const v1::Stats& s, const insideout::shm::StatsArea* a) {
+    auto show = [&](const v1::Stats& s, const insideout::shm::StatsArea* a,
+                    const Liveness* live = nullptr) {
       if (prometheus) {
-        print_prometheus(s, a);
+        print_prometheus(s, a, live);
       } else if (o.json) {
         print_json(s);
       } else {
@@ -794,7 +984,14 @@ int main(int argc, char** argv) {
     }
     for (unsigned n = 0;; ++n) {
       if (area) {
-        show(stats_from_area(area->area()), &area->area());
+        const Liveness live = liveness(area->area());
+        if (!live.up) {
+          // Prometheus still gets figures to scrape, saying the daemon is down and how old
+          // they are; everyone gets exit code 3 and one line saying why.
+          if (prometheus) show(stats_from_area(area->area()), &area->area(), &live);
+          return fail(kUnreachable, live.why + " (" + ctl.stats_path() + ")");
+        }
+        show(stats_from_area(area->area()), &area->area(), &live);
       } else {
         v1::Stats s;
         if (auto st = stub.GetStats(ctl.context().get(), {}, &s); !st.ok()) return ctl.error(st);

@@ -4,6 +4,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <climits>
@@ -195,6 +196,53 @@ struct Client::Impl {
     buffers.free(first, n);
   }
 
+  // Whether a completed frame's result data is its environment buffer (see result_of()).
+  bool result_in_env(std::uint32_t idx) const {
+    const Frame* f = arena.frame(idx);
+    return !(f->flags & shm::kFrameResultInline) && f->result_len != 0 &&
+           !(f->flags & shm::kFrameEnvInline);
+  }
+
+  // Under OnFull::kWait, retries `take` until it succeeds, the daemon is lost or
+  // options.full_timeout passes; false then. Completions drained here free the frames of
+  // let-go handles and the buffers of finished continuations and wake it at once; frames
+  // and buffers freed by other threads are seen within a slice (1 ms).
+  template <class Take>
+  bool wait_for_room(Take&& take) {
+    if (take()) return true;
+    if (options.on_full != OnFull::kWait) return false;
+    const auto deadline = std::chrono::steady_clock::now() + options.full_timeout;
+    full_waits.fetch_add(1, std::memory_order_relaxed);
+    for (;;) {
+      poll();
+      if (take()) return true;
+      if (lost.load(std::memory_order_acquire)) return false;  // L2
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= deadline) return false;
+      const auto slice =
+          std::min<std::chrono::nanoseconds>(deadline - now, std::chrono::milliseconds(1));
+      shm::event_wait(
+          doorbells->completion,
+          [&] { return completion_ready() || lost.load(std::memory_order_acquire); }, slice);
+    }
+  }
+
+  // How to ask for more of the segment, for error messages.
+  std::string frames_hint() const {
+    return "all " + std::to_string(arena.frame_count()) +
+           " frames are in use (a frame is held until its handle is waited on and released, "
+           "or let go); raise ClientOptions::segment.frame_count";
+  }
+  std::string buffers_hint(std::size_t bytes) const {
+    const auto& g = segment.geometry();
+    const std::uint64_t total = std::uint64_t{g.buffer_block_size} * g.buffer_block_count;
+    return "no room for " + std::to_string(bytes) + " bytes in the segment's buffers (" +
+           std::to_string(total) + " bytes: " + std::to_string(g.buffer_block_count) +
+           " blocks of " + std::to_string(g.buffer_block_size) +
+           "); raise ClientOptions::segment.buffer_block_count (the segment is at most "
+           "insideoutd --max-segment-mib)";
+  }
+
   Result result_of(std::uint32_t idx) const {
     const Frame* f = arena.frame(idx);
     Result r;
@@ -235,6 +283,13 @@ struct Client::Impl {
       for (std::size_t i = 0; i < n; ++i) {
         if (!segment.geometry().frame_offset_valid(offs[i])) continue;
         const std::uint32_t idx = index_of(offs[i]);
+        // Until the exchange below publishes kDone, only the drainer touches owned_buffer:
+        // a buffer submit() copied the environment into goes back now unless the result
+        // lives in it, so that a caller holding handles does not hold buffers too.
+        if (FrameState& s = states[idx]; !s.owned_buffer.empty() && !result_in_env(idx)) {
+          free_buffer(s.owned_buffer);
+          s.owned_buffer = {};
+        }
         const std::uint8_t prev = states[idx].state.exchange(kDone, std::memory_order_acq_rel);
         switch (prev) {
           case kInFlight:
@@ -661,15 +716,35 @@ std::size_t Client::allocate_frames(std::span<Frame*> out) noexcept {
 void Client::release_frame(Frame* f) noexcept { impl_->arena.free(f); }
 
 std::span<std::byte> Client::allocate_buffer(std::size_t bytes) {
-  if (!impl_->has_segment || bytes == 0) return {};
-  const auto& g = impl_->segment.geometry();
-  const auto n =
-      static_cast<std::uint32_t>((bytes + g.buffer_block_size - 1) / g.buffer_block_size);
-  const long first = impl_->buffers.allocate(n);
-  if (first < 0) return {};
-  auto* p = reinterpret_cast<std::byte*>(impl_->base + g.buffers_off +
+  auto b = allocate_buffer_or_error(bytes);
+  return b.ok() ? *b : std::span<std::byte>{};
+}
+
+absl::StatusOr<std::span<std::byte>> Client::allocate_buffer_or_error(std::size_t bytes) {
+  auto& d = *impl_;
+  if (!d.has_segment)
+    return absl::FailedPreconditionError("this client has no segment (want_segment = false)");
+  if (bytes == 0) return absl::InvalidArgumentError("a buffer of 0 bytes");
+  const auto& g = d.segment.geometry();
+  const std::uint64_t n64 = (bytes + g.buffer_block_size - 1) / g.buffer_block_size;
+  if (n64 > g.buffer_block_count) {
+    return absl::ResourceExhaustedError(d.buffers_hint(bytes) + ": larger than all of them");
+  }
+  const auto n = static_cast<std::uint32_t>(n64);
+  long first = -1;
+  if (!d.wait_for_room([&] { return (first = d.buffers.allocate(n)) >= 0; })) {
+    if (d.lost.load(std::memory_order_acquire))
+      return absl::UnavailableError("daemon lost: " + lost_reason());
+    if (d.options.on_full == OnFull::kWait) {
+      return absl::DeadlineExceededError(d.buffers_hint(bytes) + " after waiting " +
+                                         std::to_string(d.options.full_timeout.count()) +
+                                         " ms (ClientOptions::full_timeout)");
+    }
+    return absl::ResourceExhaustedError(d.buffers_hint(bytes));
+  }
+  auto* p = reinterpret_cast<std::byte*>(d.base + g.buffers_off +
                                          static_cast<std::size_t>(first) * g.buffer_block_size);
-  return {p, bytes};
+  return std::span<std::byte>(p, bytes);
 }
 
 void Client::free_buffer(std::span<std::byte> buffer) {
@@ -691,11 +766,16 @@ absl::StatusOr<Handle> Client::submit(std::uint32_t function_id, std::span<const
                                       std::uint64_t arg) {
   if (!impl_->has_segment)
     return absl::FailedPreconditionError("this client has no segment (want_segment = false)");
-  Frame* f = allocate_frame();
-  if (f == nullptr) {
-    return absl::ResourceExhaustedError(
-        "all " + std::to_string(impl_->arena.frame_count()) +
-        " frames are in use: release handles or ask for more frames");
+  Frame* f = nullptr;
+  if (!impl_->wait_for_room([&] { return (f = allocate_frame()) != nullptr; })) {
+    if (impl_->lost.load(std::memory_order_acquire))
+      return absl::UnavailableError("daemon lost: " + lost_reason());
+    if (impl_->options.on_full == OnFull::kWait) {
+      return absl::DeadlineExceededError(impl_->frames_hint() + " (waited " +
+                                         std::to_string(impl_->options.full_timeout.count()) +
+                                         " ms, ClientOptions::full_timeout)");
+    }
+    return absl::ResourceExhaustedError(impl_->frames_hint());
   }
   f->fn = function_id;
   f->arg = arg;
@@ -705,12 +785,12 @@ absl::StatusOr<Handle> Client::submit(std::uint32_t function_id, std::span<const
     f->env_len = static_cast<std::uint32_t>(env.size());
     if (!env.empty()) std::memcpy(f->inline_data, env.data(), env.size());
   } else {
-    owned = allocate_buffer(env.size());
-    if (owned.empty()) {
+    auto b = allocate_buffer_or_error(env.size());
+    if (!b.ok()) {
       release_frame(f);
-      return absl::ResourceExhaustedError("no room for a " + std::to_string(env.size()) +
-                                          "-byte environment in the segment's buffers");
+      return b.status();
     }
+    owned = *b;
     std::memcpy(owned.data(), env.data(), env.size());
     f->env_off = offset_of(owned.data());
     f->env_len = static_cast<std::uint32_t>(env.size());

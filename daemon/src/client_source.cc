@@ -172,10 +172,12 @@ bool ClientSource::refuse_from(Worker& w, ClientSlot& c) {
       c.rejected.fetch_add(1, std::memory_order_relaxed);
       c.dropped.fetch_add(1, std::memory_order_relaxed);
       w.stats.rejected.fetch_add(1, std::memory_order_relaxed);
+      w.stats.failed.fetch_add(1, std::memory_order_relaxed);  // dropped: ends here
       release_client(c, 1);
       continue;
     }
     c.refused.fetch_add(1, std::memory_order_relaxed);
+    w.stats.refused.fetch_add(1, std::memory_order_relaxed);
     complete_frame(w, c, offs[i], Status::kDraining, ErrorDetail::kNone, 0, 0, false);
   }
   shm::event_notify(c.doorbells->space);  // the client may be waiting for room in its ring
@@ -188,6 +190,7 @@ void ClientSource::accept_one(Worker& w, ClientSlot& c, std::uint32_t off) {
     c.rejected.fetch_add(1, std::memory_order_relaxed);
     c.dropped.fetch_add(1, std::memory_order_relaxed);
     w.stats.rejected.fetch_add(1, std::memory_order_relaxed);
+    w.stats.failed.fetch_add(1, std::memory_order_relaxed);  // dropped: ends here
     release_client(c, 1);
     return;
   }

@@ -646,7 +646,13 @@ class SchedulerService final : public v1::Scheduler::Service {
       }
       if (st == shm::Status::kCancelled && d == shm::ErrorDetail::kShutdown)
         return Status(StatusCode::UNAVAILABLE, "insideoutd is shutting down");
-      return invalid(std::string("rejected: ") + shm::status_name(st) + ": " + shm::detail_name(d));
+      std::string why =
+          std::string("rejected: ") + shm::status_name(st) + ": " + shm::detail_name(d);
+      if (d == shm::ErrorDetail::kArgumentOutOfRange) {
+        why += " (" + std::to_string(req->arg()) + "; '" + req->function() + "' takes at most " +
+               std::to_string(reg.find(*id)->max_arg) + ")";
+      }
+      return invalid(why);
     }
     const auto timeout =
         std::chrono::milliseconds(req->timeout_ms() == 0 ? 10000 : req->timeout_ms());
@@ -871,9 +877,8 @@ class SchedulerService final : public v1::Scheduler::Service {
 
   void stats(v1::Stats* out) const {
     const auto pools = daemon_.pools();
-    SchedulerTotals t;
-    for (const auto& p : pools) t += p.scheduler->totals();
-    out->set_submitted(t.accepted);
+    const SchedulerTotals t = daemon_.totals();
+    out->set_submitted(t.submitted);
     out->set_completed(t.completed);
     out->set_failed(t.failed);
     out->set_steals(t.steals);
@@ -892,7 +897,7 @@ class SchedulerService final : public v1::Scheduler::Service {
       invalid_frames += s.rejected.load(std::memory_order_relaxed);
     }
     auto& reasons = *out->mutable_failed_by_reason();
-    reasons["step_failed_or_cancelled"] = t.failed - std::min(t.failed, t.rejected);
+    reasons["step_failed_or_cancelled"] = t.failed - std::min(t.failed, t.rejected + t.refused);
     reasons["rejected"] = t.rejected;
     reasons["rejected_unknown_function_current_clients"] = unknown_fn;
     reasons["rejected_invalid_current_clients"] = invalid_frames;
@@ -1131,10 +1136,9 @@ void ControlServer::publish_once() {
   constexpr auto r = std::memory_order_relaxed;
   // Every pool: totals summed, workers listed pool after pool (default first).
   const auto pools = daemon_.pools();
-  SchedulerTotals t;
-  for (const auto& p : pools) t += p.scheduler->totals();
+  const SchedulerTotals t = daemon_.totals();
   auto& k = stats_->totals;
-  k.submitted.store(t.accepted, r);
+  k.submitted.store(t.submitted, r);
   k.completed.store(t.completed, r);
   k.failed.store(t.failed, r);
   k.rejected.store(t.rejected, r);

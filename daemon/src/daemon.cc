@@ -270,6 +270,14 @@ std::vector<Daemon::PoolInfo> Daemon::pools() const {
   return pools_;
 }
 
+SchedulerTotals Daemon::totals() const {
+  std::lock_guard lock(pools_mu_);
+  SchedulerTotals t = deleted_totals_;
+  for (const auto& p : pools_) t += p.scheduler->totals();
+  for (const auto& s : deleting_) t += s->totals();
+  return t;
+}
+
 std::shared_ptr<Scheduler> Daemon::pool(const std::string& name) const {
   std::lock_guard lock(pools_mu_);
   for (const auto& p : pools_) {
@@ -322,6 +330,7 @@ absl::Status Daemon::delete_pool(const std::string& name) {
     }
     victim = it->scheduler;
     pools_.erase(it);
+    deleting_.push_back(victim);
   }
   // No client can name it any more; what its departed clients left in flight finishes.
   const bool drained = victim->drain(config_.drain_timeout);
@@ -334,6 +343,11 @@ absl::Status Daemon::delete_pool(const std::string& name) {
   for (std::uint32_t slot = 1; slot < kMaxPluginSlots; ++slot) {
     deleted_plugin_live_[slot].fetch_add(victim->plugin_live(static_cast<std::uint8_t>(slot)),
                                          std::memory_order_relaxed);
+  }
+  {
+    std::lock_guard lock(pools_mu_);
+    deleted_totals_ += victim->totals();
+    std::erase(deleting_, victim);
   }
   spdlog::info("pool '{}' deleted{}", name, drained ? "" : " (its drain timed out)");
   return absl::OkStatus();
@@ -846,6 +860,12 @@ void Daemon::on_submit(Conn& c, const v1::Continuation& cont) {
       std::lock_guard lock(s.jobs_mu);
       s.free_jobs.push_back(job);
     }
+    if (d == ErrorDetail::kArgumentOutOfRange) {
+      return answer(st, d,
+                    error_text(st, d) + " (" + std::to_string(cont.arg()) + "; '" +
+                        cont.function() + "' takes at most " +
+                        std::to_string(registry_.find(*id)->max_arg) + ")");
+    }
     return answer(st, d,
                   st == Status::kDraining
                       ? "draining: insideoutd takes no work until `insideoutctl resume`"
@@ -1018,10 +1038,12 @@ void Daemon::shutdown() {
     if (s.state.load(std::memory_order_acquire) != SlotState::kFree) clients_.reclaim(s);
   }
   zombies_.clear();
-  SchedulerTotals t;
-  for (const auto& p : all) t += p.scheduler->totals();
-  spdlog::info("stopped: {} accepted, {} completed, {} failed, {} rejected, {} steps, {} steals",
-               t.accepted, t.completed, t.failed, t.rejected, t.steps, t.steals);
+  // Every pool's counts, deleted ones' included (the definitions: scheduler.h).
+  const SchedulerTotals t = totals();
+  spdlog::info(
+      "stopped: {} submitted ({} accepted, {} rejected, {} refused while drained), {} completed, "
+      "{} failed, {} steps, {} steals",
+      t.submitted, t.accepted, t.rejected, t.refused, t.completed, t.failed, t.steps, t.steals);
   ::unlink((runtime_dir_ + "/" + shm::kLockFileName).c_str());
 }
 

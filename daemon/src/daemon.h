@@ -57,6 +57,8 @@ class Daemon : public PoolDirectory {
   };
   // Every pool, "default" first, then by name.
   std::vector<PoolInfo> pools() const;
+  // The counts over the daemon's life: every pool's, deleted ones' included.
+  SchedulerTotals totals() const;
   // nullptr when there is no such pool.
   std::shared_ptr<Scheduler> pool(const std::string& name) const;
   // Starts a pool's workers (config.pool and thread_prefix are filled in here).
@@ -178,6 +180,9 @@ class Daemon : public PoolDirectory {
   // lives on while a zombie's snapshot still holds it.
   mutable std::mutex pools_mu_;
   std::vector<PoolInfo> pools_;
+  // Pools being deleted (still counted live) and what deleted ones counted.
+  std::vector<std::shared_ptr<Scheduler>> deleting_;
+  SchedulerTotals deleted_totals_;
   std::uint32_t next_pool_id_ = 1;
 
   int lock_fd_ = -1;

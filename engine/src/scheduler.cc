@@ -421,9 +421,12 @@ SchedulerTotals Scheduler::totals() const {
     t.backpressure += s.backpressure.load(std::memory_order_relaxed);
     t.spawned += s.spawned.load(std::memory_order_relaxed);
     t.faulted += s.faulted.load(std::memory_order_relaxed);
+    t.refused += s.refused.load(std::memory_order_relaxed);
     for (std::size_t k = 0; k < kStatusSlots; ++k)
       t.failed_by[k] += s.failed_by[k].load(std::memory_order_relaxed);
   }
+  t.accepted += serial_accepted_.load(std::memory_order_relaxed);
+  t.submitted = t.accepted + t.rejected + t.refused;
   return t;
 }
 
@@ -867,6 +870,7 @@ void Scheduler::accept(Worker& w, Task* t) {
 }
 
 void Scheduler::accept_external(Task* t) {
+  serial_accepted_.fetch_add(1, std::memory_order_relaxed);  // statistics
   if (const std::uint8_t slot = plugin_slot(*t); slot != 0)
     external_plugin_live_[slot].fetch_add(1, std::memory_order_relaxed);
   inject(t);

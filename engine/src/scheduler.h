@@ -111,6 +111,7 @@ struct alignas(shm::kCacheLine) WorkerStats {
   std::atomic<std::uint64_t> backpressure{0};
   std::atomic<std::uint64_t> spawned{0};
   std::atomic<std::uint64_t> faulted{0};  // clients this worker found with unusable rings
+  std::atomic<std::uint64_t> refused{0};  // frames answered kDraining, never accepted
   std::atomic<std::uint64_t> failed_by[kStatusSlots] = {};  // completions by shm::Status
 };
 
@@ -155,9 +156,24 @@ struct alignas(shm::kCacheLine) Worker {
   explicit Worker(std::uint32_t capacity) : queue(capacity) {}
 };
 
+// The counts, one definition each (docs/ARCHITECTURE.md, "Counters"). Once nothing is in
+// flight, submitted == completed + failed.
+//   submitted  every continuation a pool took from a client: each offset a worker popped
+//              from a submit ring, and each serialized or control-plane continuation
+//              accepted to run; = accepted + rejected + refused
+//   accepted   taken on to run (a valid frame, or a serialized continuation)
+//   rejected   offsets refused as invalid (answered with an error, or dropped when they
+//              are no frame: nothing to answer)
+//   refused    frames answered kDraining while the pool was drained, never run
+//   completed  ended with kOk
+//   failed     ended otherwise: a failed or cancelled step, a rejection, a refusal, a drop
+// A serialized or control-plane submission refused before it reaches a pool (unknown
+// function, argument out of range, backpressure, draining) is answered at once on its
+// socket or call and counted in none of them.
 struct SchedulerTotals {
   std::uint64_t steps = 0, accepted = 0, completed = 0, failed = 0, rejected = 0, steals = 0,
-                parks = 0, timer_parks = 0, backpressure = 0, spawned = 0, faulted = 0;
+                parks = 0, timer_parks = 0, backpressure = 0, spawned = 0, faulted = 0, refused = 0,
+                submitted = 0;
   std::uint64_t failed_by[kStatusSlots] =
       {};  // completions by shm::Status (failures and rejections)
 
@@ -173,6 +189,8 @@ struct SchedulerTotals {
     backpressure += o.backpressure;
     spawned += o.spawned;
     faulted += o.faulted;
+    refused += o.refused;
+    submitted += o.submitted;
     for (std::size_t k = 0; k < kStatusSlots; ++k) failed_by[k] += o.failed_by[k];
     return *this;
   }
@@ -340,6 +358,8 @@ class Scheduler {
   LatencyHistogram latency_;
 
   std::atomic<bool> stop_{false};
+  // Serialized continuations accepted (submit_serial() runs outside the workers).
+  std::atomic<std::uint64_t> serial_accepted_{0};
   std::atomic<bool> draining_{false};
   // Relaxed, as draining_: a worker that misses a change takes (or refuses) one more
   // batch; pause()/resume() wake every worker after storing it.

@@ -342,7 +342,12 @@ TEST(HostileClient, ShouldSleepWhileAHeldBackClientHasWorkInItsRing) {
   ASSERT_TRUE(shm::SegmentGeometry::compute(co.segment, &g));
   shm::RingProducer raw(
       shm::RingView(static_cast<char*>((*c)->segment_base()) + g.submit_ring_off, g.ring_capacity));
-  ASSERT_TRUE(raw.try_push(g.frames_off));
+  // The ring has room once the daemon has taken the 64 sleeps (on a loaded machine that
+  // may take a moment).
+  bool pushed = false;
+  for (int i = 0; i < 500 && !(pushed = raw.try_push(g.frames_off)); ++i)
+    std::this_thread::sleep_for(10ms);
+  ASSERT_TRUE(pushed);
   (*c)->ring_bell();
   std::this_thread::sleep_for(300ms);  // the spinning phase of the idle strategy is over
   const double share = cpu_share(daemon.pid(), 1s);

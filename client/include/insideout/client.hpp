@@ -12,6 +12,21 @@
 //
 // Thread safety: a Client may be used from many threads; a Handle from one at a time.
 // Handles must not outlive their Client.
+//
+// Limits. Each client gets one segment, sized by ClientOptions::segment (SegmentRequest in
+// <insideout/shm/layout.h>); the defaults are
+//   - 4,096 frames (segment.frame_count): one per continuation in flight or not yet
+//     released; a Handle holds its frame until it is reset or destroyed;
+//   - 1 MiB of buffers (segment.buffer_block_count = 4,096 blocks of
+//     segment.buffer_block_size = 256 bytes): environments over 16 bytes are copied into a
+//     buffer, which takes whole blocks (a 300-byte environment takes 2); a buffer submit()
+//     allocated goes back when its continuation completes, unless the result is in it;
+//   - 4,096 slots in each ring (segment.ring_capacity).
+// Ask for more with ClientOptions::segment (the daemon caps a segment at its
+// --max-segment-mib, 256 MiB by default). When frames, buffers or ring slots run out,
+// OnFull::kWait (the default) waits for room up to ClientOptions::full_timeout, draining
+// completions meanwhile, and then fails with kDeadlineExceeded; OnFull::kFailFast fails at
+// once with kResourceExhausted. Either error names the option that raises the limit.
 #pragma once
 
 #include <chrono>
@@ -37,7 +52,8 @@ using shm::ErrorDetail;
 using shm::Frame;
 using shm::Status;
 
-// What submit does when the submit ring is full.
+// What submit and allocate_buffer do when the submit ring is full or no frame or buffer
+// is free.
 enum class OnFull : std::uint8_t {
   kFailFast,  // return kResourceExhausted at once
   kWait,      // wait for room, up to ClientOptions::full_timeout
@@ -46,11 +62,11 @@ enum class OnFull : std::uint8_t {
 struct ClientOptions {
   std::string
       runtime_dir;  // empty: $INSIDEOUT_RUNTIME_DIR, /run/insideout or $XDG_RUNTIME_DIR/insideout
-  std::string socket_path;   // overrides runtime_dir
-  std::string name;          // shown by the daemon's logs and insideoutctl
-  std::string pool;          // the pool whose workers run this client's work; empty: "default"
-  bool want_segment = true;  // false: the serialized path only
-  shm::SegmentRequest segment{};
+  std::string socket_path;        // overrides runtime_dir
+  std::string name;               // shown by the daemon's logs and insideoutctl
+  std::string pool;               // the pool whose workers run this client's work; empty: "default"
+  bool want_segment = true;       // false: the serialized path only
+  shm::SegmentRequest segment{};  // frames, buffers, ring slots: see "Limits" above
   shm::IdleStrategy idle = shm::IdleStrategy::kSpinThenBlock;
   std::chrono::microseconds spin{20};  // spin-then-block: how long a wait spins
   OnFull on_full = OnFull::kWait;
@@ -91,7 +107,7 @@ struct ClientStats {
   std::uint64_t submitted = 0;
   std::uint64_t completed = 0;
   std::uint64_t full_fail_fast = 0;  // submissions refused because the ring was full
-  std::uint64_t full_waits = 0;      // submissions that waited for room
+  std::uint64_t full_waits = 0;      // submissions and allocations that waited for room
 };
 
 class Client;
@@ -149,6 +165,7 @@ class Client {
   absl::StatusOr<std::uint32_t> function_id(std::string_view name) const;
 
   // Copies `env` into the frame (up to 16 bytes) or a buffer in the segment and submits.
+  // Waits for a free frame and buffer as ClientOptions::on_full says.
   absl::StatusOr<Handle> submit(std::string_view function, std::span<const std::byte> env = {},
                                 std::uint64_t arg = 0);
   absl::StatusOr<Handle> submit(std::uint32_t function_id, std::span<const std::byte> env = {},
@@ -159,9 +176,12 @@ class Client {
   // Up to out.size() frames at once (one atomic operation); returns how many.
   std::size_t allocate_frames(std::span<Frame*> out) noexcept;
   void release_frame(Frame* f) noexcept;  // one never submitted
-  // A buffer in the segment (empty when none is free); point a frame's env_off/env_len
-  // at it. The caller frees it once the continuation completed.
+  // A buffer in the segment; point a frame's env_off/env_len at it. The caller frees it
+  // once the continuation completed. When none is free it waits as ClientOptions::on_full
+  // says (up to full_timeout) and then returns an empty span;
+  // allocate_buffer_or_error() says why instead (and which option raises the limit).
   std::span<std::byte> allocate_buffer(std::size_t bytes);
+  absl::StatusOr<std::span<std::byte>> allocate_buffer_or_error(std::size_t bytes);
   void free_buffer(std::span<std::byte> buffer);
   std::uint32_t offset_of(const void* p) const noexcept;
   absl::StatusOr<Handle> submit(Frame* f);
