@@ -269,7 +269,16 @@ struct Promise {
   io_task* task = nullptr;
   io_ctx* ctx = nullptr;
   std::uint64_t arg = 0;
-  io_step next = IO_STEP_YIELD;  // what the step returns when the coroutine suspends
+  // What the suspension asks for. The awaiters only record it: the hand-off (to the
+  // timer queue, another pool, children) is co_step()'s last act, once nothing of this
+  // frame is touched any more, since the task may run elsewhere the moment it is done.
+  enum class Op : std::uint8_t { kYield, kPark, kMove, kJoin } op = Op::kYield;
+  std::int64_t until_ns = 0;  // kPark
+  std::uint32_t pool = 0;     // kMove
+  bool move_failed = false;   // kMove: there was no such pool; resumed at once
+  io_step_fn child = nullptr;  // kJoin: the children's entry, their arguments
+  const std::uint64_t* child_args = nullptr;
+  std::uint32_t child_count = 0;
   bool failed = false;
   // Children (all()/any()).
   Promise* parent = nullptr;  // this is a child: where it reports, in slot `index`
@@ -352,12 +361,8 @@ struct CoContext::Suspend {
   std::int64_t until_ns;  // < 0: a plain yield
   bool await_ready() const noexcept { return false; }
   void await_suspend(detail::Handle) const noexcept {
-    if (until_ns < 0) {
-      p->next = IO_STEP_YIELD;
-    } else {
-      p->ctx->ops->park_until(p->ctx, p->task, until_ns);
-      p->next = IO_STEP_PARK;
-    }
+    p->op = until_ns < 0 ? detail::Promise::Op::kYield : detail::Promise::Op::kPark;
+    p->until_ns = until_ns;
   }
   void await_resume() const noexcept {}
 };
@@ -375,15 +380,13 @@ inline CoContext::Suspend CoContext::sleep_for(std::chrono::nanoseconds d) const
 struct CoContext::Move {
   detail::Promise* p;
   std::uint32_t pool;
-  bool moved = false;
   bool await_ready() const noexcept { return false; }
-  bool await_suspend(detail::Handle) noexcept {
-    if (p->ctx->ops->move_to(p->ctx, p->task, pool) != 0) return false;  // resume at once
-    moved = true;
-    p->next = IO_STEP_MOVED;
-    return true;
+  void await_suspend(detail::Handle) const noexcept {
+    p->op = detail::Promise::Op::kMove;
+    p->pool = pool;
+    p->move_failed = false;
   }
-  bool await_resume() const noexcept { return moved; }
+  bool await_resume() const noexcept { return !p->move_failed; }
 };
 
 inline CoContext::Move CoContext::move_to(std::uint32_t pool) const noexcept { return {p_, pool}; }
@@ -400,26 +403,18 @@ struct CoContext::Join {
   std::span<Outcome> out;
   bool first_wins;
   bool await_ready() const noexcept { return args.empty(); }
-  bool await_suspend(detail::Handle) const noexcept {
+  void await_suspend(detail::Handle) const noexcept {
     std::size_t n = args.size() < out.size() ? args.size() : out.size();
     if (n > 0xFFFF) n = 0xFFFF;
     p->first_wins = first_wins;
     p->stop_children.store(false, std::memory_order_relaxed);
     p->first.store(-1, std::memory_order_relaxed);
     p->child_slots = out.data();
-    // Relaxed: the children subtract only after they are spawned (the queue's release).
-    p->pending.store(n + 1, std::memory_order_relaxed);
-    for (std::size_t i = 0; i < n; ++i) {
-      out[i] = Outcome{};
-      // The child's entry step finds its parent and index in w1 (see child_entry<F>).
-      p->ctx->ops->spawn(p->ctx, child, args[i],
-                         reinterpret_cast<std::uint64_t>(p) | (std::uint64_t{i} << 48), 0xFFFFFFFFu,
-                         IO_SHARE_ALWAYS);
-    }
-    // J2: pairs with J1.
-    if (p->pending.fetch_sub(1, std::memory_order_acq_rel) == 1) return false;  // all done
-    p->next = IO_STEP_WAIT;
-    return true;
+    for (std::size_t i = 0; i < n; ++i) out[i] = Outcome{};
+    p->op = detail::Promise::Op::kJoin;
+    p->child = child;
+    p->child_args = args.data();
+    p->child_count = static_cast<std::uint32_t>(n);
   }
   std::int32_t await_resume() const noexcept {
     return first_wins ? p->first.load(std::memory_order_relaxed) : 0;
@@ -452,16 +447,48 @@ inline io_step co_step(io_task* t, io_ctx* c) noexcept {
     h.destroy();
     return IO_STEP_FAIL;
   }
-  p.next = IO_STEP_YIELD;
-  h.resume();
-  if (!h.done()) return p.next;
-  const bool ok = !p.failed;
-  Promise* parent = p.parent;
-  const std::uint32_t index = p.index;
-  h.destroy();
-  // A child reports to its parent (the engine completes children silently).
-  if (parent != nullptr) report_to_parent(parent, c, ok, c->value, index);
-  return ok ? IO_STEP_COMPLETE : IO_STEP_FAIL;
+  for (;;) {
+    p.op = Promise::Op::kYield;
+    h.resume();
+    if (h.done()) {
+      const bool ok = !p.failed;
+      Promise* parent = p.parent;
+      const std::uint32_t index = p.index;
+      h.destroy();
+      // A child reports to its parent (the engine completes children silently).
+      if (parent != nullptr) report_to_parent(parent, c, ok, c->value, index);
+      return ok ? IO_STEP_COMPLETE : IO_STEP_FAIL;
+    }
+    // Each case hands the task over as its last act: from then on another worker may
+    // resume this coroutine, so nothing of its frame is touched after.
+    switch (p.op) {
+      case Promise::Op::kYield:
+        return IO_STEP_YIELD;
+      case Promise::Op::kPark:
+        c->ops->park_until(c, t, p.until_ns);
+        return IO_STEP_PARK;
+      case Promise::Op::kMove:
+        if (c->ops->move_to(c, t, p.pool) == 0) return IO_STEP_MOVED;
+        p.move_failed = true;  // still ours: resume it at once
+        continue;
+      case Promise::Op::kJoin: {
+        const std::uint32_t n = p.child_count;
+        // Relaxed: the children subtract only after they are spawned (the queue's
+        // release publishes the count with them).
+        p.pending.store(n + 1, std::memory_order_relaxed);
+        for (std::uint32_t i = 0; i < n; ++i) {
+          // The child's entry step finds its parent and index in w1 (child_entry<F>).
+          c->ops->spawn(c, p.child, p.child_args[i],
+                        reinterpret_cast<std::uint64_t>(&p) | (std::uint64_t{i} << 48),
+                        0xFFFFFFFFu, IO_SHARE_ALWAYS);
+        }
+        // J2: pairs with J1. Zero: every child is done already; resume at once.
+        if (p.pending.fetch_sub(1, std::memory_order_acq_rel) == 1) continue;
+        return IO_STEP_WAIT;
+      }
+    }
+    return IO_STEP_YIELD;
+  }
 }
 
 template <auto F>
