@@ -244,17 +244,18 @@ v1::Target parse_target(const std::string& s) {
 }
 
 void print_workers(const google::protobuf::RepeatedPtrField<v1::Worker>& ws) {
-  std::printf("%-4s %-8s %-8s %-10s %-4s %-6s %-4s %-4s %-8s %6s %12s %10s %8s\n", "ID", "POOL",
+  std::printf("%-4s %-8s %-8s %-10s %-4s %-6s %-4s %-4s %-8s %6s %12s %10s %8s %6s\n", "ID", "POOL",
               "TID", "CPUS", "LAST", "POLICY", "PRIO", "NICE", "STATE", "QUEUE", "COMPLETED",
-              "STEALS", "PARKS");
+              "STEALS", "PARKS", "LONG");
   for (const auto& w : ws) {
-    std::printf("%-4u %-8s %-8d %-10s %-4d %-6s %-4d %-4d %-8s %6u %12llu %10llu %8llu\n", w.id(),
-                w.pool().c_str(), w.tid(), w.cpus().c_str(), w.last_cpu(),
+    std::printf("%-4u %-8s %-8d %-10s %-4d %-6s %-4d %-4d %-8s %6u %12llu %10llu %8llu %6llu\n",
+                w.id(), w.pool().c_str(), w.tid(), w.cpus().c_str(), w.last_cpu(),
                 policy_text(w.policy()).c_str(), w.priority(), w.nice(),
                 state_text(w.state()).c_str(), w.queue_depth(),
                 static_cast<unsigned long long>(w.counters().completed()),
                 static_cast<unsigned long long>(w.counters().steals()),
-                static_cast<unsigned long long>(w.counters().parks()));
+                static_cast<unsigned long long>(w.counters().parks()),
+                static_cast<unsigned long long>(w.counters().long_steps()));
   }
 }
 

@@ -50,6 +50,8 @@ struct DaemonConfig {
   std::uint32_t max_inflight = 4096;
   std::uint32_t max_timers = 4096;
   std::chrono::milliseconds drain_timeout{5000};
+  // A step that runs this long is reported (log line, counter); 0: not watched.
+  std::chrono::milliseconds long_step{1000};
   std::chrono::milliseconds heartbeat{250};
   mode_t socket_mode = 0660;
   // Control plane (control.sock). Root and the daemon's own uid may always change things.

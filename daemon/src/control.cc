@@ -32,11 +32,11 @@
 #include "config.h"
 #include "control_checks.h"
 #include "daemon.h"
+#include "engine.h"
 #include "insideout/shm/layout.h"
 #include "insideout/shm/stats_area.h"
 #include "insideout/v1/scheduler.grpc.pb.h"
 #include "runtime_dir.h"
-#include "engine.h"
 #include "unix_listener.h"
 
 namespace insideout::daemon {
@@ -873,6 +873,7 @@ class SchedulerService final : public v1::Scheduler::Service {
     k->set_timer_parks(s.timer_parks.load(std::memory_order_relaxed));
     k->set_backpressure(s.backpressure.load(std::memory_order_relaxed));
     k->set_spawned(s.spawned.load(std::memory_order_relaxed));
+    k->set_long_steps(s.long_steps.load(std::memory_order_relaxed));
   }
 
   void stats(v1::Stats* out) const {

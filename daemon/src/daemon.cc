@@ -1,5 +1,7 @@
 #include "daemon.h"
 
+#include <cxxabi.h>
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/epoll.h>
@@ -21,6 +23,7 @@
 #include "insideout/shm/segment.h"
 #include "insideout/v1/continuation.pb.h"
 #include "insideout/v1/wire.h"
+#include "log.h"
 #include "runtime_dir.h"
 #include "segment_request.h"
 #include "unix_listener.h"
@@ -79,6 +82,13 @@ Daemon::~Daemon() {
 }
 
 absl::Status Daemon::start() {
+  // The engine's few log lines (a worker that could not be pinned) go to the daemon's log.
+  engine::set_log_sink([](engine::LogLevel level, const std::string& message) {
+    spdlog::log(level == engine::LogLevel::kError  ? spdlog::level::err
+                : level == engine::LogLevel::kWarn ? spdlog::level::warn
+                                                   : spdlog::level::info,
+                message);
+  });
   // Every connection is a descriptor: take all the kernel allows this process, so the
   // connection limits (not EMFILE) are what bounds them.
   rlimit nofile{};
@@ -169,6 +179,7 @@ absl::Status Daemon::start() {
   sc.spin = config_.spin;
   sc.accept_batch = config_.accept_batch;
   sc.pool = 0;
+  sc.long_step = config_.long_step;
   scheduler_ = make_scheduler(sc);
   {
     std::lock_guard lock(pools_mu_);
@@ -211,13 +222,45 @@ std::int64_t Daemon::plugin_live(std::uint8_t slot) const {
   return sum;
 }
 
+std::string Daemon::describe_step(io_step_fn step) const {
+  // An entry step is a function's own; a later one is named by its symbol and library.
+  for (const auto& def : registry_.all()) {
+    if (def.entry == step) return "'" + def.name + "'";
+  }
+  Dl_info info{};
+  if (::dladdr(reinterpret_cast<void*>(step), &info) != 0) {
+    std::string where = info.dli_fname != nullptr ? info.dli_fname : "?";
+    if (info.dli_sname == nullptr) return "a step in " + where;
+    int status = 0;
+    char* pretty = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
+    std::string name = status == 0 && pretty != nullptr ? pretty : info.dli_sname;
+    std::free(pretty);
+    return name + " in " + where;
+  }
+  return "an unknown step";
+}
+
 std::shared_ptr<Scheduler> Daemon::make_scheduler(SchedulerConfig sc) {
   sc.tasks = &tasks_;
   sc.directory = this;
+  sc.long_step = config_.long_step;
+  const std::uint32_t id = sc.pool;
   const std::uint32_t pool = sc.pool;
   auto source = std::make_unique<ClientSource>(clients_, registry_, pool);
   ClientSource& src = *source;
   auto s = std::make_shared<Scheduler>(std::move(sc), registry_, std::move(source));
+  // On the pool's timer thread: a step has run past --long-step-ms.
+  s->set_long_step_sink(
+      [this, id](std::uint32_t worker, io_step_fn step, std::chrono::milliseconds ran) {
+        std::string pool = std::to_string(id);
+        for (const auto& p : pools()) {
+          if (p.id == id) pool = p.name;
+        }
+        spdlog::warn(
+            "pool '{}' worker {}: {} has run for {} ms without returning (--long-step-ms {}); "
+            "counted in insideoutctl workers (LONG)",
+            pool, worker, describe_step(step), ran.count(), config_.long_step.count());
+      });
   // Runs on a worker, before the job's reference on the slot is dropped: the result is
   // copied out here, so the loop never looks at a slot that may be gone.
   src.set_serial_sink([this](ClientSlot& slot, std::uint32_t job) { serial_done(slot, job); });

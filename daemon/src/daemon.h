@@ -157,6 +157,8 @@ class Daemon : public PoolDirectory {
   void shutdown();
   void serial_done(ClientSlot& slot, std::uint32_t job);
   std::shared_ptr<Scheduler> make_scheduler(SchedulerConfig sc);
+  // What a long-step report calls a step: its function's name, or symbol and library.
+  std::string describe_step(io_step_fn step) const;
 
   DaemonConfig config_;
   std::string runtime_dir_;

@@ -23,7 +23,7 @@ int main(int argc, char** argv) {
       "through shared memory; pinned workers run them.",
       "insideoutd"};
   std::string cpus, idle = "spin-then-block", log_level = "info";
-  unsigned spin_us = 50, drain_ms = 5000;
+  unsigned spin_us = 50, drain_ms = 5000, long_step_ms = 1000;
   bool no_pin = false;
   app.add_option(
       "--runtime-dir", config.runtime_dir,
@@ -59,6 +59,10 @@ int main(int argc, char** argv) {
                  "Most gRPC Submit calls waiting for a result at once; more are refused with "
                  "RESOURCE_EXHAUSTED (default 1024)");
   app.add_option("--drain-timeout-ms", drain_ms, "How long SIGTERM waits for in-flight work");
+  app.add_option("--long-step-ms", long_step_ms,
+                 "Report a step that runs longer than this (a log line with its function and "
+                 "worker, the long_steps counter); 0: do not watch")
+      ->capture_default_str();
   std::uint64_t segment_mib = config.max_segment_bytes >> 20;
   app.add_option("--max-segment-mib", segment_mib,
                  "Largest shared-memory segment one client may ask for, in MiB")
@@ -111,6 +115,7 @@ int main(int argc, char** argv) {
   config.idle = *insideout::shm::parse_idle_strategy(idle);
   config.spin = std::chrono::microseconds(spin_us);
   config.drain_timeout = std::chrono::milliseconds(drain_ms);
+  config.long_step = std::chrono::milliseconds(long_step_ms);
   config.hello_timeout = std::chrono::milliseconds(hello_ms);
   if (auto st = insideout::daemon::validate(config); !st.ok()) {
     std::fprintf(stderr, "insideoutd: %s\n", std::string(st.message()).c_str());

@@ -204,9 +204,9 @@ Runtime::Runtime(RuntimeOptions options) : impl_(std::make_unique<Impl>()) {
     sc.tasks = &impl_->tasks;
     sc.directory = impl_.get();
     sc.thread_prefix = "io-" + p.name.substr(0, 7) + "-";
-    impl_->pools.push_back({p.name, std::make_shared<Scheduler>(
-                                        std::move(sc), impl_->registry,
-                                        std::make_unique<RuntimeSource>(impl_->jobs))});
+    impl_->pools.push_back(
+        {p.name, std::make_shared<Scheduler>(std::move(sc), impl_->registry,
+                                             std::make_unique<RuntimeSource>(impl_->jobs))});
   }
 }
 

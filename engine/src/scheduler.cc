@@ -421,6 +421,7 @@ SchedulerTotals Scheduler::totals() const {
     t.backpressure += s.backpressure.load(std::memory_order_relaxed);
     t.spawned += s.spawned.load(std::memory_order_relaxed);
     t.faulted += s.faulted.load(std::memory_order_relaxed);
+    t.long_steps += s.long_steps.load(std::memory_order_relaxed);
     t.refused += s.refused.load(std::memory_order_relaxed);
     for (std::size_t k = 0; k < kStatusSlots; ++k)
       t.failed_by[k] += s.failed_by[k].load(std::memory_order_relaxed);
@@ -513,6 +514,7 @@ void Scheduler::retire(Worker& w) {
 void Scheduler::set_hungry(Worker& w, bool hungry) {
   if (w.hungry == hungry) return;
   w.hungry = hungry;
+  w.looking.store(hungry, std::memory_order_relaxed);  // the long-step watch
   // Relaxed: a hint for busy workers' sharing decisions; a stale value costs at most one
   // round of sharing (or 64 ticks of not sharing), never a lost task.
   if (hungry) {
@@ -678,6 +680,9 @@ void Scheduler::maybe_wake() {
 // ---- running and completing --------------------------------------------------------
 
 void Scheduler::run_task(Worker& w, StepContext& ctx, Task* t) {
+  // The long-step watch (relaxed: only a report depends on it).
+  w.running.store(t->fn, std::memory_order_relaxed);
+  w.runs.store(w.runs.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   // A root continuation of a client that hung up, or one resumed by a cancelled timer,
   // is cancelled at its next step boundary.
   if (!(t->flags & kTaskChild)) {
@@ -1016,17 +1021,53 @@ void Scheduler::park_timer(Task* t, std::chrono::steady_clock::time_point when) 
   if (earliest) timer_cv_.notify_one();
 }
 
-void Scheduler::timer_loop() {
-  pthread_setname_np(pthread_self(), "io-timers");
-  std::unique_lock lock(timer_mu_);
-  while (!timer_stop_) {
-    if (timers_.empty()) {
-      timer_cv_.wait(lock);
+void Scheduler::check_long_steps(std::vector<Watch>& watch) {
+  const auto now = std::chrono::steady_clock::now();
+  const std::uint32_t n = worker_count();  // R2
+  if (watch.size() < n) watch.resize(n);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    Worker& w = *workers_[i];
+    Watch& x = watch[i];
+    const std::uint64_t runs = w.runs.load(std::memory_order_relaxed);
+    if (runs != x.runs || w.looking.load(std::memory_order_relaxed)) {
+      x = Watch{runs, now, false};
       continue;
     }
-    const auto when = timers_.top().when;
-    if (std::chrono::steady_clock::now() < when) {
-      timer_cv_.wait_until(lock, when);
+    const auto ran = std::chrono::duration_cast<std::chrono::milliseconds>(now - x.since);
+    if (x.reported || ran < config_.long_step) continue;
+    x.reported = true;  // once per long step
+    // Only this thread writes the counter.
+    w.stats.long_steps.store(w.stats.long_steps.load(std::memory_order_relaxed) + 1,
+                             std::memory_order_relaxed);
+    if (long_step_sink_) long_step_sink_(i, w.running.load(std::memory_order_relaxed), ran);
+  }
+}
+
+void Scheduler::timer_loop() {
+  pthread_setname_np(pthread_self(), "io-timers");
+  const bool watching = config_.long_step.count() > 0;
+  const auto period = config_.long_step / 2;
+  std::vector<Watch> watch;
+  auto next_check = std::chrono::steady_clock::now() + period;
+  std::unique_lock lock(timer_mu_);
+  while (!timer_stop_) {
+    const auto now = std::chrono::steady_clock::now();
+    if (watching && now >= next_check) {
+      lock.unlock();
+      check_long_steps(watch);
+      lock.lock();
+      next_check = now + period;
+      continue;
+    }
+    if (timers_.empty() || now < timers_.top().when) {
+      auto until =
+          timers_.empty() ? std::chrono::steady_clock::time_point::max() : timers_.top().when;
+      if (watching) until = std::min(until, next_check);
+      if (until == std::chrono::steady_clock::time_point::max()) {
+        timer_cv_.wait(lock);
+      } else {
+        timer_cv_.wait_until(lock, until);
+      }
       continue;
     }
     Task* t = timers_.top().task;

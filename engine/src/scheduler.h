@@ -80,6 +80,9 @@ struct SchedulerConfig {
   std::uint32_t accept_batch = 64;     // offsets taken from one client per visit (fairness)
   std::uint32_t queue_capacity = 1024;
   std::string thread_prefix = "io-w";
+  // A step (one run of a task, its trampoline included) that has run this long is
+  // reported (set_long_step_sink(), WorkerStats::long_steps); 0: not watched.
+  std::chrono::milliseconds long_step{1000};
   // Shared by every pool of a host, so that a continuation can move between pools and be
   // freed by any of them; it must outlive them. Null: the scheduler has its own.
   TaskPool* tasks = nullptr;
@@ -110,8 +113,9 @@ struct alignas(shm::kCacheLine) WorkerStats {
   std::atomic<std::uint64_t> timer_parks{0};
   std::atomic<std::uint64_t> backpressure{0};
   std::atomic<std::uint64_t> spawned{0};
-  std::atomic<std::uint64_t> faulted{0};  // clients this worker found with unusable rings
-  std::atomic<std::uint64_t> refused{0};  // frames answered kDraining, never accepted
+  std::atomic<std::uint64_t> faulted{0};     // clients this worker found with unusable rings
+  std::atomic<std::uint64_t> long_steps{0};  // steps over config.long_step (the watch's count)
+  std::atomic<std::uint64_t> refused{0};     // frames answered kDraining, never accepted
   std::atomic<std::uint64_t> failed_by[kStatusSlots] = {};  // completions by shm::Status
 };
 
@@ -130,6 +134,13 @@ struct alignas(shm::kCacheLine) Worker {
   std::uint32_t rng = 0;
   std::uint32_t tick = 0;
   bool pushed = false;  // this step pushed work others could take
+  // The long-step watch: `runs` counts the tasks this worker has started running and
+  // `running` is the step it started last; `looking` says it has nothing to run (spins or
+  // sleeps). Written by the worker (relaxed: a watch, not a protocol), read by the timer
+  // thread; a run is long when `runs` stays put while `looking` is false.
+  std::atomic<std::uint64_t> runs{0};
+  std::atomic<io_step_fn> running{nullptr};
+  std::atomic<bool> looking{true};
   // Where it sleeps: an epoll set of its wake eventfd and every client bell of the pool.
   // Created with the Worker, closed by the Scheduler's destructor.
   int epfd = -1;
@@ -171,6 +182,7 @@ struct alignas(shm::kCacheLine) Worker {
 // function, argument out of range, backpressure, draining) is answered at once on its
 // socket or call and counted in none of them.
 struct SchedulerTotals {
+  std::uint64_t long_steps = 0;
   std::uint64_t steps = 0, accepted = 0, completed = 0, failed = 0, rejected = 0, steals = 0,
                 parks = 0, timer_parks = 0, backpressure = 0, spawned = 0, faulted = 0, refused = 0,
                 submitted = 0;
@@ -189,6 +201,7 @@ struct SchedulerTotals {
     backpressure += o.backpressure;
     spawned += o.spawned;
     faulted += o.faulted;
+    long_steps += o.long_steps;
     refused += o.refused;
     submitted += o.submitted;
     for (std::size_t k = 0; k < kStatusSlots; ++k) failed_by[k] += o.failed_by[k];
@@ -241,6 +254,12 @@ class Scheduler {
   // The pool's bell page, which every client of the pool maps read-only.
   int bell_fd() const noexcept { return bell_.fd(); }
   const shm::PoolBell* bell_page() const noexcept { return bell_.page(); }
+
+  // Called on the timer thread when a step has run past config.long_step: the worker,
+  // the step it is in, how long it has run. Set before start().
+  using LongStepSink =
+      std::function<void(std::uint32_t worker, io_step_fn step, std::chrono::milliseconds ran)>;
+  void set_long_step_sink(LongStepSink sink) { long_step_sink_ = std::move(sink); }
 
   // ---- for the source (source.h) ----
   WorkSource& source() noexcept { return *source_; }
@@ -329,6 +348,14 @@ class Scheduler {
   // Timers (a simple heap on its own thread until the event queue replaces it).
   void park_timer(Task* t, std::chrono::steady_clock::time_point when);
   void timer_loop();
+  // The long-step watch, on the timer thread every config.long_step / 2.
+  struct Watch {
+    std::uint64_t runs = 0;
+    std::chrono::steady_clock::time_point since;
+    bool reported = false;
+  };
+  void check_long_steps(std::vector<Watch>& watch);
+  LongStepSink long_step_sink_;
 
   SchedulerConfig config_;
   const FunctionRegistry& registry_;

@@ -28,12 +28,14 @@ class InProcessDaemon {
   // read (set after the start, they would race with them).
   explicit InProcessDaemon(std::uint32_t workers = 2, shm::SegmentRequest req = {},
                            shm::IdleStrategy idle = shm::IdleStrategy::kSpinThenBlock,
-                           const std::function<void(InProcessDaemon&)>& before_start = {})
+                           const std::function<void(InProcessDaemon&)>& before_start = {},
+                           std::chrono::milliseconds long_step = std::chrono::seconds(1))
       : table_(8) {
     daemon::register_builtins(registry_);
     daemon::SchedulerConfig cfg;
     cfg.workers = workers;
     cfg.idle = idle;
+    cfg.long_step = long_step;
     scheduler_ = std::make_unique<daemon::Scheduler>(
         cfg, registry_, std::make_unique<daemon::ClientSource>(table_, registry_, cfg.pool));
     slot_ = table_.reserve();

@@ -139,8 +139,8 @@ TEST(Runtime, ShouldGiveTheSameResultsAsTheDaemonsEngine) {
   } cases[] = {{"demo.add_one", 99, false}, {"checksum", 0, true}, {"fanout", 1000, false},
                {"chain", 100, false},       {"echo", 0, true},     {"demo.reverse", 24, true}};
   for (const Case& k : cases) {
-    const auto r = rt.call(k.fn, k.arg,
-                           k.with_env ? std::as_bytes(std::span(text)) : std::span<const std::byte>{});
+    const auto r = rt.call(
+        k.fn, k.arg, k.with_env ? std::as_bytes(std::span(text)) : std::span<const std::byte>{});
     ASSERT_TRUE(r.ok()) << k.fn << ": " << r.error();
     shm::Frame* f = d.frame();
     f->fn = d.fn(k.fn);

@@ -7,10 +7,12 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <mutex>
 #include <set>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "support/in_process.h"
 
@@ -225,7 +227,7 @@ TEST(Sdk, ShouldAwaitAllChildrenAndSeeEachOutcome) {
   InProcessDaemon d(2, {}, shm::IdleStrategy::kSpinThenBlock, add_sdk_functions);
   Done r = run(d, "t.sum_squares", 10);
   EXPECT_EQ(r.status, Status::kOk);
-  EXPECT_EQ(r.value, 385u);  // 1 + 4 + ... + 100
+  EXPECT_EQ(r.value, 385u);         // 1 + 4 + ... + 100
   r = run(d, "t.sum_squares", 20);  // child 13 fails
   EXPECT_EQ(r.value, 1'000'000u + (2870u - 169u));
 }
@@ -253,6 +255,47 @@ TEST(Sdk, ShouldFailAMoveToAPoolThatDoesNotExist) {
   const Done r = run(d, "t.to_nowhere", 0);
   EXPECT_EQ(r.status, Status::kOk);
   EXPECT_EQ(r.value, 2u);
+}
+
+Step spin(Task&, Context& c) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(c.arg());
+  while (std::chrono::steady_clock::now() < until) {
+  }
+  return c.complete(1);
+}
+
+TEST(Sdk, ShouldReportAStepThatRunsPastTheBoundOnceAndCarryOn) {
+  struct Report {
+    std::uint32_t worker;
+    io_step_fn step;
+    std::chrono::milliseconds ran;
+  };
+  std::mutex mu;
+  std::vector<Report> reports;
+  InProcessDaemon d(
+      2, {}, shm::IdleStrategy::kSpinThenBlock,
+      [&](InProcessDaemon& self) {
+        self.registry().add({"t.spin", "", step<spin>});
+        self.scheduler().set_long_step_sink(
+            [&](std::uint32_t w, io_step_fn fn, std::chrono::milliseconds ran) {
+              std::lock_guard lock(mu);
+              reports.push_back({w, fn, ran});
+            });
+      },
+      100ms);
+  EXPECT_EQ(run(d, "chain", 100000).status, Status::kOk);  // many short steps: no report
+  EXPECT_EQ(run(d, "t.spin", 1).status, Status::kOk);      // under the bound: none
+  {
+    std::lock_guard lock(mu);
+    EXPECT_TRUE(reports.empty());
+  }
+  EXPECT_EQ(run(d, "t.spin", 400).status, Status::kOk);  // one long step: one report
+  std::lock_guard lock(mu);
+  ASSERT_EQ(reports.size(), 1u);
+  EXPECT_EQ(reports[0].step, &step<spin>);
+  EXPECT_LT(reports[0].worker, 2u);
+  EXPECT_GE(reports[0].ran, 100ms);
+  EXPECT_EQ(d.scheduler().totals().long_steps, 1u);
 }
 
 }  // namespace

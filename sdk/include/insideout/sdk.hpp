@@ -273,9 +273,9 @@ struct Promise {
   // timer queue, another pool, children) is co_step()'s last act, once nothing of this
   // frame is touched any more, since the task may run elsewhere the moment it is done.
   enum class Op : std::uint8_t { kYield, kPark, kMove, kJoin } op = Op::kYield;
-  std::int64_t until_ns = 0;  // kPark
-  std::uint32_t pool = 0;     // kMove
-  bool move_failed = false;   // kMove: there was no such pool; resumed at once
+  std::int64_t until_ns = 0;   // kPark
+  std::uint32_t pool = 0;      // kMove
+  bool move_failed = false;    // kMove: there was no such pool; resumed at once
   io_step_fn child = nullptr;  // kJoin: the children's entry, their arguments
   const std::uint64_t* child_args = nullptr;
   std::uint32_t child_count = 0;
@@ -479,8 +479,8 @@ inline io_step co_step(io_task* t, io_ctx* c) noexcept {
         for (std::uint32_t i = 0; i < n; ++i) {
           // The child's entry step finds its parent and index in w1 (child_entry<F>).
           c->ops->spawn(c, p.child, p.child_args[i],
-                        reinterpret_cast<std::uint64_t>(&p) | (std::uint64_t{i} << 48),
-                        0xFFFFFFFFu, IO_SHARE_ALWAYS);
+                        reinterpret_cast<std::uint64_t>(&p) | (std::uint64_t{i} << 48), 0xFFFFFFFFu,
+                        IO_SHARE_ALWAYS);
         }
         // J2: pairs with J1. Zero: every child is done already; resume at once.
         if (p.pending.fetch_sub(1, std::memory_order_acq_rel) == 1) continue;
