@@ -32,11 +32,11 @@
 #include "config.h"
 #include "control_checks.h"
 #include "daemon.h"
+#include "engine.h"
 #include "insideout/shm/layout.h"
 #include "insideout/shm/stats_area.h"
 #include "insideout/v1/scheduler.grpc.pb.h"
 #include "runtime_dir.h"
-#include "engine.h"
 #include "unix_listener.h"
 
 namespace insideout::daemon {

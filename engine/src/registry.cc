@@ -71,9 +71,8 @@ std::uint32_t FunctionRegistry::add(FunctionDef def) { return add_checked(std::m
 
 FunctionRegistry::Result FunctionRegistry::add_checked(FunctionDef def) {
   if (!valid_function_name(def.name))
-    return fail(Error::kInvalid, 
-        "invalid function name '" + def.name +
-        "' (1-64 of [A-Za-z0-9_.-], starting with a letter or digit)");
+    return fail(Error::kInvalid, "invalid function name '" + def.name +
+                                     "' (1-64 of [A-Za-z0-9_.-], starting with a letter or digit)");
   if (def.entry == nullptr)
     return fail(Error::kInvalid, "function '" + def.name + "' has no entry step");
   if ((def.flags & ~kFnKnownFlags) != 0)
@@ -88,8 +87,8 @@ FunctionRegistry::Result FunctionRegistry::add_checked(FunctionDef def) {
       return fail(Error::kExists, "function '" + def.name + "' is registered already");
   } else {
     if (next_id_ >= kCapacity)
-      return fail(Error::kFull, "the function table is full (" +
-                                          std::to_string(kCapacity - 1) + " names)");
+      return fail(Error::kFull,
+                  "the function table is full (" + std::to_string(kCapacity - 1) + " names)");
     id = next_id_++;
     ids_.emplace(def.name, id);
   }

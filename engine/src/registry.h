@@ -118,8 +118,7 @@ class FunctionRegistry {
   void reclaim(std::uint64_t mark);
 
  private:
-  void publish(std::uint32_t id, std::unique_ptr<FunctionDef> def)
-     ;
+  void publish(std::uint32_t id, std::unique_ptr<FunctionDef> def);
 
   mutable std::mutex mu_;
   std::unordered_map<std::string, std::uint32_t> ids_;  // every name ever

@@ -51,7 +51,8 @@ TEST(FunctionRegistry, ShouldRefuseBadNamesFlagsAndMissingEntries) {
   EXPECT_EQ(r.add_checked(def("")).error, FunctionRegistry::Error::kInvalid);
   EXPECT_EQ(r.add_checked(def("has space")).error, FunctionRegistry::Error::kInvalid);
   EXPECT_EQ(r.add_checked(def(".dot")).error, FunctionRegistry::Error::kInvalid);
-  EXPECT_EQ(r.add_checked(def(std::string(65, 'a').c_str())).error, FunctionRegistry::Error::kInvalid);
+  EXPECT_EQ(r.add_checked(def(std::string(65, 'a').c_str())).error,
+            FunctionRegistry::Error::kInvalid);
   EXPECT_EQ(r.add_checked(def("ok", nullptr)).error, FunctionRegistry::Error::kInvalid);
   FunctionDef f = def("flags");
   f.flags = 1u << 7;
