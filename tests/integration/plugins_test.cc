@@ -364,5 +364,36 @@ TEST(Plugins, ShouldLetAConnectedClientFindAFunctionLoadedAfterIt) {
   EXPECT_EQ(gone.status().code(), absl::StatusCode::kNotFound) << gone.status();
 }
 
+// LoadPlugin, UnloadPlugin and ReloadPlugin are admin only; the lists are not.
+TEST(Plugins, ShouldLetOnlyAdminsLoadUnloadAndReload) {
+  PluginDir dir({"good"});
+  DaemonProcess daemon({"--workers", "1", "--client-group", "65534", "--plugin-dir", dir.path()});
+  ASSERT_TRUE(daemon.ready()) << daemon.log();
+  ASSERT_EQ(::chmod(daemon.runtime_dir().c_str(), 0711), 0);  // nobody may reach the socket
+  auto as_nobody = [&](std::vector<std::string> args) {
+    auto a = std::vector<std::string>{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                      "--"};
+    auto rest = ctl_args(daemon.runtime_dir(), std::move(args));
+    a.insert(a.end(), rest.begin(), rest.end());
+    return run_command(a);
+  };
+  for (const auto& args :
+       std::vector<std::vector<std::string>>{{"plugin", "load", dir.file("good")},
+                                             {"plugin", "unload", "good"},
+                                             {"plugin", "reload", "good"}}) {
+    const Command r = as_nobody(args);
+    EXPECT_EQ(r.exit_code, 1) << args[1] << ": " << r.out << r.err;
+    EXPECT_NE(r.err.find("PERMISSION_DENIED"), std::string::npos) << args[1] << ": " << r.err;
+  }
+  Command r = as_nobody({"plugins"});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("good"), std::string::npos) << r.out;
+  r = as_nobody({"functions"});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("good.add"), std::string::npos) << r.out;
+  auto stub = control_stub(daemon.runtime_dir());
+  EXPECT_EQ(plugin_function_names(*stub).size(), 3u) << "still loaded";
+}
+
 }  // namespace
 }  // namespace insideout::testing
