@@ -450,6 +450,10 @@ std::size_t PluginManager::reap() {
 std::size_t PluginManager::reap_locked() {
   for (auto it = draining_.begin(); it != draining_.end();) {
     Instance& i = **it;
+    // First wait out every ReadGuard held now (reclaim(0) frees nothing): a thread that
+    // read an old definition outside the workers (the serialized path, gRPC Submit) has
+    // handed its task to the engine before the probe looks.
+    registry_.reclaim(0);
     if (!i.drained()) {
       ++it;
       continue;
