@@ -116,7 +116,8 @@ const daemon::FunctionRegistry& registry() {
     daemon::FunctionRegistry builtins;
     daemon::register_builtins(builtins);
     auto* reg = new daemon::FunctionRegistry;
-    for (daemon::FunctionDef def : builtins.all()) {
+    for (auto entry : builtins.list()) {
+      daemon::FunctionDef& def = entry.def;
       if (def.name == "fanout") def.max_arg = 256;
       if (def.name == "chain") def.max_arg = 256;
       if (def.name == "sleep") def.max_arg = 200'000;  // 200 us

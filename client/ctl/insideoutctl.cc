@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -690,6 +691,89 @@ grpc::Status top_loop(Ctl& ctl, unsigned interval_ms, unsigned iterations) {
   return grpc::Status::OK;
 }
 
+// ---- plugins and functions ----------------------------------------------------------
+
+int list_plugins(Ctl& ctl, bool json) {
+  v1::ListPluginsResponse r;
+  if (auto st = ctl.stub().ListPlugins(ctl.context().get(), {}, &r); !st.ok()) return ctl.error(st);
+  if (json) return print_json(r), kOk;
+  std::printf("%-16s %-10s %4s %-5s %-9s %s\n", "PLUGIN", "VERSION", "SLOT", "SDK", "STATE",
+              "FUNCTIONS / PATH");
+  for (const auto& p : r.plugins()) {
+    std::string fns;
+    for (const auto& f : p.functions()) fns += (fns.empty() ? "" : " ") + f;
+    std::printf("%-16s %-10s %4u %-5s %-9s %s\n%38s%s\n", p.name().c_str(), p.version().c_str(),
+                p.slot(), p.sdk_version().c_str(), p.draining() ? "draining" : "loaded",
+                fns.c_str(), "", p.path().c_str());
+  }
+  return kOk;
+}
+
+int list_functions(Ctl& ctl, bool json) {
+  v1::ListFunctionsResponse r;
+  if (auto st = ctl.stub().ListFunctions(ctl.context().get(), {}, &r); !st.ok())
+    return ctl.error(st);
+  if (json) return print_json(r), kOk;
+  std::printf("%-5s %-28s %-12s %-12s %s\n", "ID", "FUNCTION", "PLUGIN", "FLAGS", "HELP");
+  for (const auto& f : r.functions()) {
+    std::string flags;
+    if (f.flags() & 1u) flags += "buffer";
+    if (f.flags() & 2u) flags += flags.empty() ? "output" : ",output";
+    std::printf("%-5u %-28s %-12s %-12s %s\n", f.id(), f.name().c_str(),
+                f.plugin().empty() ? "(built-in)" : f.plugin().c_str(),
+                flags.empty() ? "-" : flags.c_str(), f.help().c_str());
+  }
+  return kOk;
+}
+
+// The daemon resolves nothing relative to the caller's directory: send an absolute path.
+std::string absolute_path(const std::string& p) {
+  if (p.empty() || p.front() == '/') return p;
+  std::error_code ec;
+  auto a = std::filesystem::absolute(p, ec);
+  return ec ? p : a.lexically_normal().string();
+}
+
+int plugin_command(Ctl& ctl, bool json, const std::string& verb, const std::string& arg,
+                   const std::string& path) {
+  auto& stub = ctl.stub();
+  // Unload and reload wait up to about a second for the old code to drain.
+  if (verb == "load") {
+    v1::LoadPluginRequest q;
+    q.set_path(absolute_path(arg));
+    v1::LoadPluginResponse r;
+    if (auto st = stub.LoadPlugin(ctl.context(15000).get(), q, &r); !st.ok()) return ctl.error(st);
+    if (json) return print_json(r), kOk;
+    std::printf("loaded plugin '%s' %s (slot %u): %d function(s)\n", r.plugin().name().c_str(),
+                r.plugin().version().c_str(), r.plugin().slot(), r.plugin().functions_size());
+    return kOk;
+  }
+  if (verb == "unload") {
+    v1::UnloadPluginRequest q;
+    q.set_name(arg);
+    v1::UnloadPluginResponse r;
+    if (auto st = stub.UnloadPlugin(ctl.context(15000).get(), q, &r); !st.ok())
+      return ctl.error(st);
+    if (json) return print_json(r), kOk;
+    std::printf(r.unloaded() ? "unloaded plugin '%s'\n"
+                             : "plugin '%s': functions withdrawn; its library is unloaded once "
+                               "its running continuations finish (see insideoutctl plugins)\n",
+                arg.c_str());
+    return kOk;
+  }
+  v1::ReloadPluginRequest q;
+  q.set_name(arg);
+  q.set_path(absolute_path(path));
+  v1::ReloadPluginResponse r;
+  if (auto st = stub.ReloadPlugin(ctl.context(15000).get(), q, &r); !st.ok()) return ctl.error(st);
+  if (json) return print_json(r), kOk;
+  std::printf("reloaded plugin '%s' %s (slot %u)%s\n", r.plugin().name().c_str(),
+              r.plugin().version().c_str(), r.plugin().slot(),
+              r.old_unloaded() ? "; the old code is unloaded"
+                               : "; the old code still finishes running continuations");
+  return kOk;
+}
+
 int run_top(Ctl& ctl, unsigned interval_ms, unsigned iterations) {
   const grpc::Status st = top_loop(ctl, interval_ms, iterations);
   return st.ok() ? kOk : ctl.error(st);
@@ -794,6 +878,29 @@ int main(int argc, char** argv) {
   auto* resume =
       app.add_subcommand("resume", "Take work from clients again after a drain (admin only)");
   auto* shutdown = app.add_subcommand("shutdown", "Drain and stop the daemon");
+
+  auto* plugins = app.add_subcommand("plugins", "List loaded plugins (and those still draining)");
+  json_flag(plugins);
+  auto* functions =
+      app.add_subcommand("functions", "List every function: id, plugin, flags and help");
+  json_flag(functions);
+  std::string plugin_arg, plugin_path;
+  auto* plugin = app.add_subcommand("plugin", "Load, unload or reload a plugin (admin only)");
+  plugin->require_subcommand(1);
+  auto* pl_load = plugin->add_subcommand("load", "Load a plugin library");
+  pl_load->add_option("path", plugin_arg, "The library (.so)")->required();
+  json_flag(pl_load);
+  auto* pl_unload = plugin->add_subcommand(
+      "unload", "Withdraw a plugin's functions; its library goes once nothing of it runs");
+  pl_unload->add_option("name", plugin_arg, "The plugin's name")->required();
+  json_flag(pl_unload);
+  auto* pl_reload = plugin->add_subcommand("reload",
+                                           "Replace a plugin's code: new continuations run the new "
+                                           "library, running ones finish on the old");
+  pl_reload->add_option("name", plugin_arg, "The plugin's name")->required();
+  pl_reload->add_option("path", plugin_path,
+                        "The new library (default: the path it was loaded from)");
+  json_flag(pl_reload);
 
   unsigned top_iterations = 0;
   auto* top = app.add_subcommand(
@@ -1039,5 +1146,11 @@ int main(int argc, char** argv) {
     return kOk;
   }
   if (*top) return run_top(ctl, interval_ms, top_iterations);
+  if (*plugins) return list_plugins(ctl, o.json);
+  if (*functions) return list_functions(ctl, o.json);
+  if (*plugin) {
+    const std::string verb = *pl_load ? "load" : *pl_unload ? "unload" : "reload";
+    return plugin_command(ctl, o.json, verb, plugin_arg, plugin_path);
+  }
   return fail(kUsage, "no command (see --help)");
 }

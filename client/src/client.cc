@@ -136,7 +136,14 @@ struct Client::Impl {
   std::mutex calls_mu;
   std::uint64_t next_tag = 1;
   std::unordered_map<std::uint64_t, std::promise<SerialResult>> calls;
+  // Lookups by name waiting for their LookupResult (under calls_mu, tags from next_tag).
+  std::unordered_map<std::uint64_t, std::promise<v1::LookupResult>> lookups;
   std::mutex send_mu;
+
+  // Functions learned after the Welcome (Lookup), by name.
+  bool daemon_lookup = false;  // the daemon answers Lookup (Welcome.lookup)
+  mutable std::mutex learned_mu;
+  std::unordered_map<std::string, FunctionInfo> learned;
 
   std::thread dispatcher;
   std::atomic<bool> stop_dispatcher{false};
@@ -389,6 +396,8 @@ struct Client::Impl {
       p.set_value(std::move(r));
     }
     calls.clear();
+    for (auto& [tag, p] : lookups) p.set_value(v1::LookupResult{});  // not found; lost is set
+    lookups.clear();
   }
 
   void monitor_loop() {
@@ -402,6 +411,14 @@ struct Client::Impl {
         return set_lost(std::string("registration socket: ") + std::strerror(err));
       if (st != v1::RecvStatus::kOk) continue;
       if (m.has_goodbye()) return set_lost(m.goodbye().reason());
+      if (m.has_lookup_result()) {
+        std::lock_guard l(calls_mu);
+        auto it = lookups.find(m.lookup_result().tag());
+        if (it == lookups.end()) continue;
+        it->second.set_value(m.lookup_result());
+        lookups.erase(it);
+        continue;
+      }
       if (m.has_result()) {
         const auto& r = m.result();
         std::lock_guard l(calls_mu);
@@ -637,6 +654,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
   }
   const auto& w = reply.welcome();
   impl->client_id = w.client_id();
+  impl->daemon_lookup = w.lookup();
   for (const auto& f : w.functions()) {
     impl->functions.push_back({f.name(), f.id(), f.needs_buffer(), f.max_arg(), f.help()});
   }
@@ -692,11 +710,88 @@ absl::StatusOr<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
 
 const std::vector<FunctionInfo>& Client::functions() const noexcept { return impl_->functions; }
 
+namespace {
+
+// Edit distance between two names, at most limit + 1.
+std::size_t name_distance(std::string_view a, std::string_view b, std::size_t limit) {
+  // Optimal string alignment: insertions, deletions, substitutions and transpositions of
+  // two neighbours ("chian" is one edit from "chain"). Names are short.
+  if ((a.size() > b.size() ? a.size() - b.size() : b.size() - a.size()) > limit) return limit + 1;
+  std::vector<std::size_t> prev2(b.size() + 1), prev(b.size() + 1), row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      row[j] =
+          std::min({prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0u : 1u)});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+        row[j] = std::min(row[j], prev2[j - 2] + 1);
+    }
+    std::swap(prev2, prev);
+    std::swap(prev, row);
+  }
+  return std::min(prev[b.size()], limit + 1);
+}
+
+absl::Status unknown_function(std::string_view name, const std::string& suggestion) {
+  std::string m = "insideoutd has no function '" + std::string(name) + "'";
+  if (!suggestion.empty()) m += "; did you mean '" + suggestion + "'?";
+  return absl::NotFoundError(m);
+}
+
+}  // namespace
+
 absl::StatusOr<std::uint32_t> Client::function_id(std::string_view name) const {
-  for (const auto& f : impl_->functions) {
+  auto& d = *impl_;
+  for (const auto& f : d.functions) {
     if (f.name == name) return f.id;
   }
-  return absl::NotFoundError("insideoutd has no function '" + std::string(name) + "'");
+  {
+    std::lock_guard l(d.learned_mu);
+    if (auto it = d.learned.find(std::string(name)); it != d.learned.end()) return it->second.id;
+  }
+  if (!d.daemon_lookup || d.lost.load(std::memory_order_acquire)) {
+    // The nearest name this client knows of.
+    const std::size_t limit = std::clamp<std::size_t>(name.size() / 3, 1, 3);
+    std::string best;
+    std::size_t best_d = limit + 1;
+    for (const auto& f : d.functions) {
+      const std::size_t dist = name_distance(name, f.name, limit);
+      if (dist < best_d) best_d = dist, best = f.name;
+    }
+    return unknown_function(name, best);
+  }
+  // A function registered since the Welcome (a plugin loaded live): ask the daemon.
+  std::future<v1::LookupResult> fut;
+  v1::ClientMessage m;
+  {
+    std::lock_guard l(d.calls_mu);
+    const std::uint64_t tag = d.next_tag++;
+    fut = d.lookups[tag].get_future();
+    m.mutable_lookup()->set_name(std::string(name));
+    m.mutable_lookup()->set_tag(tag);
+  }
+  {
+    std::lock_guard l(d.send_mu);
+    if (int e = v1::send_message(d.sock, m); e != 0) {
+      std::lock_guard l2(d.calls_mu);
+      d.lookups.erase(m.lookup().tag());
+      return absl::UnavailableError(std::string("sending to insideoutd: ") + std::strerror(e));
+    }
+  }
+  if (fut.wait_for(std::chrono::seconds(5)) != std::future_status::ready) {
+    std::lock_guard l(d.calls_mu);
+    if (d.lookups.erase(m.lookup().tag()) != 0)
+      return absl::DeadlineExceededError("insideoutd did not answer a function lookup in 5 s");
+  }
+  const v1::LookupResult r = fut.get();
+  if (!r.found() && d.lost.load(std::memory_order_acquire))
+    return absl::UnavailableError("daemon lost: " + lost_reason());
+  if (!r.found()) return unknown_function(name, r.suggestion());
+  const auto& f = r.function();
+  std::lock_guard l(d.learned_mu);
+  d.learned[f.name()] = FunctionInfo{f.name(), f.id(), f.needs_buffer(), f.max_arg(), f.help()};
+  return f.id();
 }
 
 Frame* Client::allocate_frame() noexcept {

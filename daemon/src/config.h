@@ -59,6 +59,8 @@ struct DaemonConfig {
   std::string admin_group;   // its members may change things too
   std::string client_group;  // its members may read; empty: anyone who can open the socket
   std::chrono::milliseconds stats_interval{100};  // how often $RUNTIME/stats is refreshed
+  // Every *.so in these directories is loaded as a plugin at start (see plugins.h).
+  std::vector<std::string> plugin_dirs;
 };
 
 // The most clients the daemon can tell apart: a continuation names its client slot in

@@ -600,11 +600,15 @@ class SchedulerService final : public v1::Scheduler::Service {
     if (sched == nullptr)
       return invalid("unknown pool '" + req->pool() + "' (the pools are " +
                      pool_names(daemon_.pools()) + ")");
-    const auto& reg = daemon_.scheduler().registry();
+    const FunctionRegistry& reg = daemon_.registry();
     const auto id = reg.id_of(req->function());
-    if (!id) return invalid("unknown function '" + req->function() + "'");
-    if (reg.find(*id)->needs_buffer && req->env().empty()) {
-      return invalid("function '" + req->function() + "' needs an environment");
+    if (!id) return invalid(reg.unknown_message(req->function()));
+    {
+      FunctionRegistry::ReadGuard guard(reg);
+      const FunctionDef* def = reg.find(*id);
+      if (def == nullptr) return invalid(reg.unknown_message(req->function()));
+      if (def->needs_buffer && req->env().empty())
+        return invalid("function '" + req->function() + "' needs an environment");
     }
     const auto t0 = std::chrono::steady_clock::now();
     const std::uint64_t tag = next_tag_.fetch_add(1, std::memory_order_relaxed);
@@ -628,7 +632,12 @@ class SchedulerService final : public v1::Scheduler::Service {
     const std::uint32_t job = s.new_job(tag, req->env());
     shm::Status st;
     shm::ErrorDetail d;
-    if (!ClientSource::of(*sched).submit_serial(s, job, *id, req->arg(), &st, &d)) {
+    bool accepted;
+    {
+      FunctionRegistry::ReadGuard guard(reg);  // submit_serial() reads the definition
+      accepted = ClientSource::of(*sched).submit_serial(s, job, *id, req->arg(), &st, &d);
+    }
+    if (!accepted) {
       {
         std::lock_guard lock(s.jobs_mu);
         s.free_jobs.push_back(job);
@@ -708,6 +717,70 @@ class SchedulerService final : public v1::Scheduler::Service {
     return Status::OK;
   }
 
+  // ---- Plugins: thin over PluginManager (plugins.h). -------------------------------
+  Status ListPlugins(ServerContext* ctx, const v1::ListPluginsRequest*,
+                     v1::ListPluginsResponse* out) override {
+    if (auto st = check(ctx, false); !st.ok()) return st;
+    for (const auto& p : daemon_.plugins().list()) to_proto(p, out->add_plugins());
+    return Status::OK;
+  }
+
+  Status LoadPlugin(ServerContext* ctx, const v1::LoadPluginRequest* req,
+                    v1::LoadPluginResponse* out) override {
+    if (auto st = check(ctx, true); !st.ok()) return st;
+    if (req->path().empty() || req->path().front() != '/')
+      return invalid("the plugin's path must be absolute, not '" + req->path() + "'");
+    const PeerCred p = server_.peer(ctx->peer());
+    spdlog::info("control: loading plugin {} (pid {} uid {})", req->path(), p.pid, p.uid);
+    auto info = daemon_.plugins().load(req->path());
+    if (!info.ok()) return to_grpc(info.status());
+    to_proto(*info, out->mutable_plugin());
+    return Status::OK;
+  }
+
+  Status UnloadPlugin(ServerContext* ctx, const v1::UnloadPluginRequest* req,
+                      v1::UnloadPluginResponse* out) override {
+    if (auto st = check(ctx, true); !st.ok()) return st;
+    const PeerCred p = server_.peer(ctx->peer());
+    spdlog::info("control: unloading plugin '{}' (pid {} uid {})", req->name(), p.pid, p.uid);
+    auto done = daemon_.plugins().unload(req->name());
+    if (!done.ok()) return to_grpc(done.status());
+    out->set_unloaded(*done);
+    return Status::OK;
+  }
+
+  Status ReloadPlugin(ServerContext* ctx, const v1::ReloadPluginRequest* req,
+                      v1::ReloadPluginResponse* out) override {
+    if (auto st = check(ctx, true); !st.ok()) return st;
+    if (!req->path().empty() && req->path().front() != '/')
+      return invalid("the plugin's path must be absolute, not '" + req->path() + "'");
+    const PeerCred p = server_.peer(ctx->peer());
+    spdlog::info("control: reloading plugin '{}'{} (pid {} uid {})", req->name(),
+                 req->path().empty() ? "" : " from " + req->path(), p.pid, p.uid);
+    auto r = daemon_.plugins().reload(req->name(), req->path());
+    if (!r.ok()) return to_grpc(r.status());
+    to_proto(r->plugin, out->mutable_plugin());
+    out->set_old_unloaded(r->old_unloaded);
+    return Status::OK;
+  }
+
+  Status ListFunctions(ServerContext* ctx, const v1::ListFunctionsRequest*,
+                       v1::ListFunctionsResponse* out) override {
+    if (auto st = check(ctx, false); !st.ok()) return st;
+    std::map<std::uint32_t, std::string> plugin_of;  // by slot
+    for (const auto& p : daemon_.plugins().list()) plugin_of[p.slot] = p.name;
+    for (const auto& [id, def] : daemon_.registry().list()) {
+      auto* f = out->add_functions();
+      f->set_name(def.name);
+      f->set_id(id);
+      if (def.plugin != 0) f->set_plugin(plugin_of[def.plugin]);
+      f->set_help(def.help);
+      f->set_flags(def.flags);
+      f->set_max_arg(def.max_arg);
+    }
+    return Status::OK;
+  }
+
   Status Shutdown(ServerContext* ctx, const v1::ShutdownRequest*, v1::ShutdownResponse*) override {
     if (auto st = check(ctx, true); !st.ok()) return st;
     const PeerCred p = server_.peer(ctx->peer());
@@ -724,6 +797,19 @@ class SchedulerService final : public v1::Scheduler::Service {
     std::uint64_t value = 0;
     std::string data;
   };
+
+  static void to_proto(const PluginInfo& p, v1::Plugin* out) {
+    out->set_name(p.name);
+    out->set_version(p.version);
+    out->set_path(p.path);
+    out->set_slot(p.slot);
+    out->set_sdk_version(std::to_string(p.sdk_version >> 16) + "." +
+                         std::to_string(p.sdk_version & 0xFFFFu));
+    for (const auto& f : p.functions) out->add_functions(f);
+    out->set_draining(p.draining);
+    out->set_loaded_unix_ms(
+        std::chrono::duration_cast<std::chrono::milliseconds>(p.loaded.time_since_epoch()).count());
+  }
 
   Status check(ServerContext* ctx, bool admin) const {
     const PeerCred p = server_.peer(ctx->peer());

@@ -72,7 +72,10 @@ constexpr std::uint64_t kEventKey = 4ull << 40;
 
 // One slot more than max_clients: the control plane's own (open_local_client()).
 Daemon::Daemon(DaemonConfig config)
-    : config_(std::move(config)), clients_(config_.max_clients + 1) {}
+    : config_(std::move(config)),
+      plugins_(std::make_unique<PluginManager>(
+          registry_, [this](std::uint8_t slot) { return plugin_drained_probe(slot); })),
+      clients_(config_.max_clients + 1) {}
 
 Daemon::~Daemon() {
   for (int fd : {listen_fd_, epoll_fd_, signal_fd_, timer_fd_, event_fd_}) {
@@ -167,6 +170,7 @@ absl::Status Daemon::start() {
   }
 
   register_builtins(registry_);
+  for (const auto& dir : config_.plugin_dirs) plugins_->load_dir(dir);
   allowed_cpus_ = insideout::daemon::allowed_cpus();
   started_ = std::chrono::steady_clock::now();
   SchedulerConfig sc;
@@ -449,7 +453,9 @@ void Daemon::request_stop() {
 int Daemon::run() {
   epoll_event events[64];
   for (;;) {
-    const int timeout = zombies_.empty() ? -1 : 1;
+    // Draining plugin instances are reaped every 10 ms (their probes are cheap).
+    const bool plugins_draining = plugins_->draining();
+    const int timeout = !zombies_.empty() ? 1 : plugins_draining ? 10 : -1;
     const int n = ::epoll_wait(epoll_fd_, events, 64, timeout);
     if (n < 0 && errno != EINTR) {
       spdlog::error("epoll_wait: {}", std::strerror(errno));
@@ -520,6 +526,7 @@ int Daemon::run() {
       }
     }
     reclaim_zombies();
+    if (plugins_draining) plugins_->reap();
     if (stop) break;
   }
   shutdown();
@@ -670,6 +677,8 @@ void Daemon::on_readable(Conn& c) {
       on_hello(c, msg.hello());
     } else if (msg.has_submit()) {
       on_submit(c, msg.submit());
+    } else if (msg.has_lookup()) {
+      on_lookup(c, msg.lookup());
     } else {
       return close_conn(fd, "sent an empty message");
     }
@@ -828,15 +837,15 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
   w->set_daemon_pid(static_cast<std::uint32_t>(::getpid()));
   w->set_daemon_version(kVersion);
   w->set_workers(pool.scheduler->worker_count());
-  const auto defs = registry_.all();
-  for (std::size_t i = 0; i < defs.size(); ++i) {
+  for (const auto& [id, def] : registry_.list()) {
     auto* f = w->add_functions();
-    f->set_name(defs[i].name);
-    f->set_id(static_cast<std::uint32_t>(i + 1));
-    f->set_needs_buffer(defs[i].needs_buffer);
-    f->set_help(defs[i].help);
-    f->set_max_arg(defs[i].max_arg);
+    f->set_name(def.name);
+    f->set_id(id);
+    f->set_needs_buffer(def.needs_buffer);
+    f->set_help(def.help);
+    f->set_max_arg(def.max_arg);
   }
+  w->set_lookup(true);
   // The segment, the pool's bell page (mapped read-only) and the client's bell eventfd.
   const int fds[] = {seg_fd, pool.scheduler->bell_fd(), slot->bell_fd};
   if (const int err = v1::send_message(
@@ -873,9 +882,15 @@ void Daemon::on_submit(Conn& c, const v1::Continuation& cont) {
   const auto id = registry_.id_of(cont.function());
   if (!id)
     return answer(Status::kUnknownFunction, ErrorDetail::kUnknownFunction,
-                  "unknown function '" + cont.function() + "'");
-  if (registry_.find(*id)->needs_buffer && cont.env().empty()) {
-    return answer(Status::kInvalidArgument, ErrorDetail::kBufferRequired, "");
+                  registry_.unknown_message(cont.function()));
+  {
+    FunctionRegistry::ReadGuard guard(registry_);
+    const FunctionDef* def = registry_.find(*id);
+    if (def == nullptr)  // unloaded just now
+      return answer(Status::kUnknownFunction, ErrorDetail::kUnknownFunction,
+                    registry_.unknown_message(cont.function()));
+    if (def->needs_buffer && cont.env().empty())
+      return answer(Status::kInvalidArgument, ErrorDetail::kBufferRequired, "");
   }
   const std::uint64_t env = cont.env().size();
   std::string full;
@@ -898,7 +913,13 @@ void Daemon::on_submit(Conn& c, const v1::Continuation& cont) {
   const std::uint32_t job = s.new_job(cont.tag(), cont.env());
   Status st;
   ErrorDetail d;
-  if (!ClientSource::of(*c.sched).submit_serial(s, job, *id, cont.arg(), &st, &d)) {
+  bool accepted;
+  {
+    // submit_serial() reads the function's definition: not reclaimed meanwhile.
+    FunctionRegistry::ReadGuard guard(registry_);
+    accepted = ClientSource::of(*c.sched).submit_serial(s, job, *id, cont.arg(), &st, &d);
+  }
+  if (!accepted) {
     {
       std::lock_guard lock(s.jobs_mu);
       s.free_jobs.push_back(job);
@@ -912,11 +933,50 @@ void Daemon::on_submit(Conn& c, const v1::Continuation& cont) {
     return answer(st, d,
                   st == Status::kDraining
                       ? "draining: insideoutd takes no work until `insideoutctl resume`"
-                      : "");
+                  : st == Status::kUnknownFunction ? registry_.unknown_message(cont.function())
+                                                   : "");
   }
   ++c.serial_inflight;
   c.bytes += env;
   serial_bytes_ += env;
+}
+
+void Daemon::on_lookup(Conn& c, const v1::Lookup& lookup) {
+  if (c.slot == nullptr) return close_conn(c.fd, "looked up a function before Hello");
+  v1::DaemonMessage m;
+  auto* r = m.mutable_lookup_result();
+  r->set_tag(lookup.tag());
+  // Bounded: names are at most a packet, the table kCapacity names.
+  if (const auto id = registry_.id_of(lookup.name())) {
+    FunctionRegistry::ReadGuard guard(registry_);
+    if (const FunctionDef* def = registry_.find(*id)) {
+      r->set_found(true);
+      auto* f = r->mutable_function();
+      f->set_name(def->name);
+      f->set_id(*id);
+      f->set_needs_buffer(def->needs_buffer);
+      f->set_help(def->help);
+      f->set_max_arg(def->max_arg);
+    }
+  }
+  if (!r->found()) r->set_suggestion(registry_.closest(lookup.name()));
+  send_to(c, m, false);
+}
+
+std::function<bool()> Daemon::plugin_drained_probe(std::uint8_t slot) {
+  // Every pool's workers pass a quiescent point after the registry swap: a worker that
+  // read the old definition has then counted its task in plugin_live().
+  std::vector<std::pair<std::shared_ptr<Scheduler>, std::vector<std::uint64_t>>> snap;
+  for (const auto& p : pools()) {
+    snap.emplace_back(p.scheduler, p.scheduler->epochs());
+    p.scheduler->wake_all();  // parked workers pass a quiescent point on waking
+  }
+  return [this, snap = std::move(snap), slot] {
+    for (const auto& [sched, epochs] : snap) {
+      if (!sched->quiescent_since(epochs)) return false;
+    }
+    return plugin_live(slot) == 0;  // every pool, deleted ones too
+  };
 }
 
 void Daemon::flush_outbox() {
@@ -1075,6 +1135,7 @@ void Daemon::shutdown() {
     close_conn(fd, "disconnected at shutdown");
   }
   for (const auto& p : all) p.scheduler->stop();
+  plugins_->shutdown();  // no worker runs plugin code any more
   // Workers are gone: every zombie may be unmapped now.
   for (std::uint32_t i = 0; i < clients_.high_water(); ++i) {
     ClientSlot& s = clients_.slot(i);

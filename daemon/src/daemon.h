@@ -24,6 +24,7 @@
 #include "config.h"
 #include "engine.h"
 #include "insideout/v1/continuation.pb.h"
+#include "plugins.h"
 
 namespace insideout::daemon {
 
@@ -84,6 +85,8 @@ class Daemon : public PoolDirectory {
   // The registered clients (not the local one), a snapshot.
   std::vector<ClientInfo> client_infos() const;
   ClientTable& clients() { return clients_; }
+  FunctionRegistry& registry() { return registry_; }
+  PluginManager& plugins() { return *plugins_; }
   const DaemonConfig& config() const { return config_; }
   // The CPUs the daemon may use (its affinity mask at start).
   const std::vector<int>& allowed_cpus() const { return allowed_cpus_; }
@@ -142,6 +145,9 @@ class Daemon : public PoolDirectory {
   void on_writable(Conn& c);
   void on_hello(Conn& c, const v1::Hello& hello);
   void on_submit(Conn& c, const v1::Continuation& cont);
+  void on_lookup(Conn& c, const v1::Lookup& lookup);
+  // The probe PluginManager polls: nothing of plugin instance `slot` can run any more.
+  std::function<bool()> plugin_drained_probe(std::uint8_t slot);
   // Sends `m` on `c`, or queues it when the socket is full. False when the connection
   // failed (and was closed): `c` is gone then.
   bool send_to(Conn& c, const v1::DaemonMessage& m, bool job);
@@ -163,6 +169,7 @@ class Daemon : public PoolDirectory {
   DaemonConfig config_;
   std::string runtime_dir_;
   FunctionRegistry registry_;
+  std::unique_ptr<PluginManager> plugins_;
   ClientTable clients_;
   // Every pool's tasks: a continuation may move between pools (SchedulerConfig::tasks).
   TaskPool tasks_;

@@ -87,6 +87,12 @@ int main(int argc, char** argv) {
       "open the socket, mode 0660); control.sock and the stats file get this group");
   app.add_flag("--no-control", no_control,
                "Do not serve the gRPC control plane (control.sock, stats)");
+  app.add_option("--plugin-dir", config.plugin_dirs,
+                 "Load every *.so in DIR as a plugin at start (repeatable). A plugin whose file "
+                 "or directory is writable by group or others, or owned by anyone but root or "
+                 "insideoutd's user, is refused (one log line each), as is one of another ABI "
+                 "or SDK major version, with a name already taken, or whose init fails")
+      ->type_name("DIR");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
   app.set_version_flag("--version",

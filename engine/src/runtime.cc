@@ -279,7 +279,7 @@ Runtime::Handle Runtime::submit(std::string_view function, std::uint64_t arg,
   const auto id = impl_->registry.id_of(function);
   if (!id) {
     std::string near;
-    for (const auto& def : impl_->registry.all()) {
+    for (const auto& [fid, def] : impl_->registry.list()) {
       if (edit_distance(def.name, function) <= 2) near += (near.empty() ? "" : ", ") + def.name;
     }
     return fail_now(Status::kUnknownFunction, ErrorDetail::kUnknownFunction,
@@ -309,7 +309,7 @@ Runtime::Handle Runtime::submit(std::string_view function, std::uint64_t arg,
 
 std::vector<std::string> Runtime::functions() const {
   std::vector<std::string> names;
-  for (const auto& def : impl_->registry.all()) names.push_back(def.name);
+  for (const auto& [id, def] : impl_->registry.list()) names.push_back(def.name);
   return names;
 }
 

@@ -108,7 +108,7 @@ TEST(Registry, ShouldRegisterTheBuiltins) {
     EXPECT_EQ(r.find(*id)->name, name);
   }
   EXPECT_EQ(r.find(0), nullptr);
-  EXPECT_EQ(r.find(static_cast<std::uint32_t>(r.all().size()) + 1), nullptr);
+  EXPECT_EQ(r.find(static_cast<std::uint32_t>(r.list().size()) + 1), nullptr);
   EXPECT_EQ(r.find(0xFFFFFFFFu), nullptr);
   EXPECT_FALSE(r.id_of("nope").has_value());
 }

@@ -161,7 +161,12 @@ class Client {
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
+  // The functions registered when this client connected (the Welcome).
   const std::vector<FunctionInfo>& functions() const noexcept;
+  // A function's id: from the Welcome's list, or else asked of the daemon (a function
+  // registered since, such as a plugin loaded live) and remembered. An id stays its
+  // name's for the daemon's lifetime (a reload keeps it). NOT_FOUND names the closest
+  // registered function when there is one ("did you mean 'zstd.compress'?").
   absl::StatusOr<std::uint32_t> function_id(std::string_view name) const;
 
   // Copies `env` into the frame (up to 16 bytes) or a buffer in the segment and submits.
