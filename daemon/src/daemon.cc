@@ -228,8 +228,8 @@ std::int64_t Daemon::plugin_live(std::uint8_t slot) const {
 
 std::string Daemon::describe_step(io_step_fn step) const {
   // An entry step is a function's own; a later one is named by its symbol and library.
-  for (const auto& def : registry_.all()) {
-    if (def.entry == step) return "'" + def.name + "'";
+  for (const auto& e : registry_.list()) {
+    if (e.def.entry == step) return "'" + e.def.name + "'";
   }
   Dl_info info{};
   if (::dladdr(reinterpret_cast<void*>(step), &info) != 0) {
