@@ -119,8 +119,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const auto len = static_cast<std::uint32_t>(v.env >> 32);
   const auto env_off = static_cast<std::uint32_t>(v.env);
   FUZZ_CHECK(len == f.env_len);
-  if (v.task_flags & insideout::daemon::kTaskEnvInline) {
-    FUZZ_CHECK(v.task_flags == insideout::daemon::kTaskEnvInline);
+  if (v.task_flags & insideout::engine::kTaskEnvInline) {
+    FUZZ_CHECK(v.task_flags == insideout::engine::kTaskEnvInline);
     FUZZ_CHECK((f.flags & shm::kFrameEnvInline) && len <= shm::kInlineCapacity);
     FUZZ_CHECK(env_off == 0 && !def->needs_buffer);
   } else {
