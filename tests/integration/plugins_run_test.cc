@@ -1,12 +1,7 @@
 // Plugin code running in the daemon: a plugin function through every path (shared
-// memory, the serialized path, gRPC Submit), and a reload under a steady stream of calls
-// in which every continuation completes exactly once, on the old code or the new.
-//
-// NEEDS THE ENGINE CHANGE of issue 8 (the engine's StepFn is io_step_fn, StepContext
-// implements io_ctx_ops, Task::flags carries the plugin slot and Scheduler::plugin_live
-// counts it). Before it is merged these tests FAIL: the engine calls a plugin's step with
-// its own Task&/StepContext&, which the plugin reads as io_task*/io_ctx*, and the daemon
-// dies. They are not skipped: they must pass once the branch is rebased on that change.
+// memory, the serialized path, gRPC Submit), a reload under a steady stream of calls in
+// which every continuation completes exactly once, on the old code or the new, and the
+// report of a step that holds its worker too long.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -174,6 +169,41 @@ TEST(PluginsRun, ShouldKeepTheOldLibraryUntilItsParkedContinuationFinished) {
   const std::string after = read_file("/proc/" + std::to_string(daemon.pid()) + "/maps");
   EXPECT_EQ(after.find(dir.file("good") + "\n"), std::string::npos) << "still mapped";
   EXPECT_TRUE(daemon.alive());
+}
+
+TEST(PluginsRun, ShouldReportAStepThatHoldsItsWorkerPastTheBound) {
+  PluginDir dir({"spinner"});
+  DaemonProcess daemon({"--workers", "2", "--long-step-ms", "100", "--plugin-dir", dir.path()});
+  ASSERT_TRUE(daemon.ready()) << daemon.log();
+  ClientOptions o;
+  o.runtime_dir = daemon.runtime_dir();
+  auto client = Client::connect(o);
+  ASSERT_TRUE(client.ok()) << client.status();
+  auto quick = (*client)->submit("spinner.spin", {}, 1);
+  ASSERT_TRUE(quick.ok()) << quick.status();
+  ASSERT_EQ(quick->wait_for(10s), Status::kOk);
+  auto stub = control_stub(daemon.runtime_dir());
+  auto long_steps = [&] {
+    std::uint64_t n = 0;
+    v1::ListWorkersRequest q;
+    v1::ListWorkersResponse r;
+    EXPECT_TRUE(stub->ListWorkers(ctx().get(), q, &r).ok());
+    for (const auto& w : r.workers()) n += w.counters().long_steps();
+    return n;
+  };
+  EXPECT_EQ(long_steps(), 0u);
+  auto slow = (*client)->submit("spinner.spin", {}, 500);
+  ASSERT_TRUE(slow.ok()) << slow.status();
+  ASSERT_EQ(slow->wait_for(10s), Status::kOk);
+  EXPECT_EQ(slow->result().value, 500u);
+  EXPECT_EQ(long_steps(), 1u);
+  // One line, naming the function and the worker; the daemon carries on.
+  const std::string log = daemon.log();
+  EXPECT_NE(log.find("'spinner.spin' has run for"), std::string::npos) << log;
+  EXPECT_NE(log.find("worker"), std::string::npos) << log;
+  auto after = (*client)->submit("spinner.spin", {}, 1);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->wait_for(10s), Status::kOk);
 }
 
 }  // namespace
