@@ -31,12 +31,14 @@
 
 #include "config.h"
 #include "control_checks.h"
+#include "control_service.h"
 #include "daemon.h"
 #include "engine.h"
 #include "insideout/shm/layout.h"
 #include "insideout/shm/stats_area.h"
 #include "insideout/v1/scheduler.grpc.pb.h"
 #include "runtime_dir.h"
+#include "thread_attrs.h"
 #include "unix_listener.h"
 
 namespace insideout::daemon {
@@ -90,111 +92,6 @@ std::string errno_name(int e) {
     default:
       return "errno " + std::to_string(e);
   }
-}
-
-std::optional<gid_t> lookup_group(const std::string& name) {
-  if (name.empty()) return std::nullopt;
-  group g{};
-  group* out = nullptr;
-  std::vector<char> buf(16384);
-  if (getgrnam_r(name.c_str(), &g, buf.data(), buf.size(), &out) == 0 && out != nullptr)
-    return out->gr_gid;
-  char* end = nullptr;
-  const unsigned long v = std::strtoul(name.c_str(), &end, 10);
-  if (end != nullptr && *end == '\0' && end != name.c_str()) return static_cast<gid_t>(v);
-  return std::nullopt;
-}
-
-// The peer's primary group, or one of its supplementary groups as captured at accept.
-bool in_group(const PeerCred& p, gid_t g) {
-  if (g == static_cast<gid_t>(-1)) return false;
-  return p.gid == g || std::find(p.groups.begin(), p.groups.end(), g) != p.groups.end();
-}
-
-// The supplementary groups of a socket's peer at connect time (SO_PEERGROUPS, Linux
-// 4.13); false when the kernel cannot say.
-bool peer_groups(int fd, std::vector<gid_t>* out) {
-  std::vector<gid_t> g(64);
-  for (int tries = 0; tries < 4; ++tries) {
-    socklen_t len = static_cast<socklen_t>(g.size() * sizeof(gid_t));
-    if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, g.data(), &len) == 0) {
-      g.resize(len / sizeof(gid_t));
-      *out = std::move(g);
-      return true;
-    }
-    if (errno != ERANGE) return false;
-    g.resize(len / sizeof(gid_t) + 1);  // the kernel said how much it needs
-  }
-  return false;
-}
-
-// ---- threads as the kernel sees them ------------------------------------------------
-
-std::vector<int> thread_affinity(pid_t tid) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  std::vector<int> out;
-  if (sched_getaffinity(tid, sizeof(set), &set) != 0) return out;
-  for (int c = 0; c < CPU_SETSIZE; ++c) {
-    if (CPU_ISSET(c, &set)) out.push_back(c);
-  }
-  return out;
-}
-
-// Field 39 (processor) of /proc/self/task/<tid>/stat.
-int last_cpu(pid_t tid) {
-  std::ifstream in("/proc/self/task/" + std::to_string(tid) + "/stat");
-  std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const auto paren = s.rfind(')');
-  if (paren == std::string::npos) return -1;
-  std::istringstream ss(s.substr(paren + 1));
-  std::string tok;
-  for (int field = 3; ss >> tok; ++field) {
-    if (field == 39) return std::atoi(tok.c_str());
-  }
-  return -1;
-}
-
-struct ThreadAttr {
-  int policy = SCHED_OTHER;
-  int priority = 0;
-  int nice = 0;
-};
-
-bool get_attr(pid_t tid, ThreadAttr* a, int* err) {
-  const int pol = sched_getscheduler(tid);
-  sched_param sp{};
-  if (pol < 0 || sched_getparam(tid, &sp) != 0) {
-    *err = errno;
-    return false;
-  }
-  errno = 0;
-  const int nice = getpriority(PRIO_PROCESS, static_cast<id_t>(tid));
-  if (nice == -1 && errno != 0) {
-    *err = errno;
-    return false;
-  }
-  a->policy = pol & ~SCHED_RESET_ON_FORK;
-  a->priority = sp.sched_priority;
-  a->nice = nice;
-  return true;
-}
-
-// Sets policy and priority, then nice; `what` names the call that failed.
-bool set_attr(pid_t tid, const ThreadAttr& a, int* err, const char** what) {
-  sched_param sp{};
-  sp.sched_priority = a.priority;
-  if (sched_setscheduler(tid, a.policy, &sp) != 0) {
-    *err = errno;
-    *what = "sched_setscheduler";
-    return false;
-  }
-  if (setpriority(PRIO_PROCESS, static_cast<id_t>(tid), a.nice) != 0) {
-    *err = errno;
-    *what = "setpriority";
-    return false;
-  }
-  return true;
 }
 
 const char* status_proto_name(int s) { return v1::Status_Name(static_cast<v1::Status>(s)).c_str(); }
@@ -1030,231 +927,16 @@ class SchedulerService final : public v1::Scheduler::Service {
   Histogram latency_;
 };
 
-// ---- the server ---------------------------------------------------------------------
+// ---- what the server needs of the service (control_service.h) --------------------
 
-ControlServer::ControlServer(Daemon& daemon) : daemon_(daemon) {}
+void ServiceDeleter::operator()(SchedulerService* s) const noexcept { delete s; }
 
-ControlServer::~ControlServer() { stop(); }
-
-std::string ControlServer::socket_path() const {
-  return daemon_.runtime_dir() + "/" + kControlSocketName;
+std::unique_ptr<SchedulerService, ServiceDeleter> make_service(ControlServer& server,
+                                                               Daemon& daemon) {
+  return std::unique_ptr<SchedulerService, ServiceDeleter>(new SchedulerService(server, daemon));
 }
-std::string ControlServer::stats_path() const {
-  return daemon_.runtime_dir() + "/" + shm::kStatsFileName;
-}
-
-absl::Status ControlServer::start() {
-  const auto& cfg = daemon_.config();
-  if (!cfg.admin_group.empty()) {
-    auto g = lookup_group(cfg.admin_group);
-    if (!g) return absl::InvalidArgumentError("unknown admin group '" + cfg.admin_group + "'");
-    admin_gid_ = *g;
-  }
-  if (!cfg.client_group.empty()) {
-    auto g = lookup_group(cfg.client_group);
-    if (!g) return absl::InvalidArgumentError("unknown client group '" + cfg.client_group + "'");
-    client_gid_ = *g;
-  }
-
-  // The counters area.
-  const std::string sp = stats_path();
-  // A stale area of a daemon that died is ours to replace; O_EXCL (with O_CREAT) never
-  // follows a link, so the file opened is the one made here.
-  if (auto st = remove_stale(sp, S_IFREG); !st.ok()) return st;
-  stats_fd_ = ::open(sp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
-  if (stats_fd_ < 0) return absl::InternalError("creating " + sp + ": " + std::strerror(errno));
-  ::fchmod(stats_fd_, 0640);
-  if (client_gid_ != static_cast<gid_t>(-1))
-    (void)!::fchown(stats_fd_, static_cast<uid_t>(-1), client_gid_);
-  if (::ftruncate(stats_fd_, sizeof(shm::StatsArea)) != 0) {
-    return absl::InternalError("sizing " + sp + ": " + std::strerror(errno));
-  }
-  void* m =
-      ::mmap(nullptr, sizeof(shm::StatsArea), PROT_READ | PROT_WRITE, MAP_SHARED, stats_fd_, 0);
-  if (m == MAP_FAILED) return absl::InternalError("mapping " + sp + ": " + std::strerror(errno));
-  stats_ = static_cast<shm::StatsArea*>(m);  // zero-filled by ftruncate
-  stats_->header.magic = shm::kStatsMagic;
-  stats_->header.max_workers = shm::kStatsMaxWorkers;
-  stats_->header.pid = static_cast<std::uint32_t>(::getpid());
-  stats_->header.start_realtime_ns =
-      realtime_ns() -
-      static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                     std::chrono::steady_clock::now() - daemon_.started())
-                                     .count());
-  publish_once();
-  // V1: pairs with V2 in readers (insideoutctl): the area is initialised.
-  stats_->header.version.store(shm::kStatsLayoutVersion, std::memory_order_release);
-
-  // The socket: ours, so that SO_PEERCRED can be read for each connection.
-  const std::string path = socket_path();
-  auto fd = listen_unix(path, SOCK_STREAM, cfg.socket_mode, 64);
-  if (!fd.ok()) return fd.status();
-  listen_fd_ = *fd;
-  ::chmod(path.c_str(), cfg.socket_mode);
-  if (client_gid_ != static_cast<gid_t>(-1))
-    (void)!::chown(path.c_str(), static_cast<uid_t>(-1), client_gid_);
-  stop_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (stop_fd_ < 0) return absl::InternalError(std::string("eventfd: ") + std::strerror(errno));
-
-  service_ = std::make_unique<SchedulerService>(*this, daemon_);
-  service_->open_local_client();
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  builder.RegisterService(service_.get());
-  server_ = builder.BuildAndStart();
-  if (!server_) return absl::InternalError("could not start the gRPC server");
-  if (auto* h = server_->GetHealthCheckService()) {
-    h->SetServingStatus(true);
-    h->SetServingStatus("insideout.v1.Scheduler", true);
-  }
-  accept_thread_ = std::thread([this] { accept_loop(); });
-  publish_thread_ = std::thread([this] { publish_loop(); });
-  spdlog::info("control plane on {} (mode {:o}{}{}), counters in {}", path, cfg.socket_mode,
-               cfg.admin_group.empty() ? "" : ", admin group " + cfg.admin_group,
-               cfg.client_group.empty() ? "" : ", client group " + cfg.client_group, sp);
-  return absl::OkStatus();
-}
-
-void ControlServer::stop() {
-  if (stopped_) return;
-  stopped_ = true;
-  stopping_.store(true, std::memory_order_relaxed);
-  if (service_) service_->stopping();
-  if (stop_fd_ >= 0) {
-    const std::uint64_t one = 1;
-    (void)!::write(stop_fd_, &one, sizeof(one));
-  }
-  if (accept_thread_.joinable()) accept_thread_.join();
-  if (publish_thread_.joinable()) publish_thread_.join();
-  if (listen_fd_ >= 0) {
-    ::close(listen_fd_);
-    listen_fd_ = -1;
-    ::unlink(socket_path().c_str());
-  }
-  if (server_) {
-    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-    server_->Wait();
-  }
-  if (stats_ != nullptr) {
-    ::munmap(stats_, sizeof(shm::StatsArea));
-    stats_ = nullptr;
-    ::unlink(stats_path().c_str());
-  }
-  if (stats_fd_ >= 0) ::close(stats_fd_);
-  if (stop_fd_ >= 0) ::close(stop_fd_);
-  stats_fd_ = stop_fd_ = -1;
-}
-
-void ControlServer::accept_loop() {
-  pthread_setname_np(pthread_self(), "io-ctl-accept");
-  for (;;) {
-    pollfd p[2] = {{listen_fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
-    if (::poll(p, 2, -1) < 0 && errno != EINTR) return;
-    if (p[1].revents != 0 || stopping_.load(std::memory_order_relaxed)) return;
-    if (p[0].revents == 0) continue;
-    for (;;) {
-      const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-      if (fd < 0) break;
-      ucred cred{};
-      socklen_t len = sizeof(cred);
-      if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
-        spdlog::warn("control: SO_PEERCRED: {}; refusing the connection", std::strerror(errno));
-        ::close(fd);
-        continue;
-      }
-      PeerCred pc{cred.pid, cred.uid, cred.gid, {}, true};
-      if (!peer_groups(fd, &pc.groups)) {
-        spdlog::warn("control: SO_PEERGROUPS: {}; refusing the connection", std::strerror(errno));
-        ::close(fd);
-        continue;
-      }
-      if (!may_read(pc)) {
-        spdlog::warn("control: refused pid {} uid {}: not in the client group", cred.pid, cred.uid);
-        ::close(fd);
-        continue;
-      }
-      {
-        // Recorded before gRPC sees the descriptor, so every call on it finds its peer.
-        std::lock_guard lock(peers_mu_);
-        peers_[fd] = pc;
-      }
-      spdlog::debug("control: connection fd {} from pid {} uid {} gid {}", fd, cred.pid, cred.uid,
-                    cred.gid);
-      grpc::AddInsecureChannelFromFd(server_.get(), fd);  // gRPC owns it now
-    }
-  }
-}
-
-PeerCred ControlServer::peer(const std::string& grpc_peer) const {
-  // "fd:N" for channels added from a descriptor.
-  const auto pos = grpc_peer.rfind("fd:");
-  if (pos == std::string::npos) return {};
-  const int fd = std::atoi(grpc_peer.c_str() + pos + 3);
-  std::lock_guard lock(peers_mu_);
-  auto it = peers_.find(fd);
-  return it == peers_.end() ? PeerCred{} : it->second;
-}
-
-bool ControlServer::may_admin(const PeerCred& p) const {
-  if (!p.known) return false;
-  return p.uid == 0 || p.uid == ::geteuid() || in_group(p, admin_gid_);
-}
-
-bool ControlServer::may_read(const PeerCred& p) const {
-  if (!p.known) return false;
-  if (client_gid_ == static_cast<gid_t>(-1)) return true;  // the socket's mode decides
-  return may_admin(p) || in_group(p, client_gid_);
-}
-
-void ControlServer::publish_loop() {
-  pthread_setname_np(pthread_self(), "io-ctl-stats");
-  const int ms = static_cast<int>(daemon_.config().stats_interval.count());
-  for (;;) {
-    pollfd p{stop_fd_, POLLIN, 0};
-    ::poll(&p, 1, std::max(ms, 1));
-    if (stopping_.load(std::memory_order_relaxed)) return;
-    publish_once();
-  }
-}
-
-void ControlServer::publish_once() {
-  // Relaxed stores throughout: independent statistics (see stats_area.h).
-  constexpr auto r = std::memory_order_relaxed;
-  // Every pool: totals summed, workers listed pool after pool (default first).
-  const auto pools = daemon_.pools();
-  const SchedulerTotals t = daemon_.totals();
-  auto& k = stats_->totals;
-  k.submitted.store(t.submitted, r);
-  k.completed.store(t.completed, r);
-  k.failed.store(t.failed, r);
-  k.rejected.store(t.rejected, r);
-  k.steps.store(t.steps, r);
-  k.steals.store(t.steals, r);
-  k.parks.store(t.parks, r);
-  k.timer_parks.store(t.timer_parks, r);
-  k.backpressure.store(t.backpressure, r);
-  k.spawned.store(t.spawned, r);
-  k.faulted.store(t.faulted, r);
-  std::uint32_t n = 0;
-  for (const auto& p : pools) {
-    const Scheduler& s = *p.scheduler;
-    for (std::uint32_t i = 0; i < s.worker_count() && n < shm::kStatsMaxWorkers; ++i, ++n) {
-      const Worker& w = s.worker(i);
-      auto& o = stats_->workers[n];
-      o.tid.store(static_cast<std::uint64_t>(w.tid.load(r)), r);
-      o.steps.store(w.stats.steps.load(r), r);
-      o.completed.store(w.stats.completed.load(r), r);
-      o.failed.store(w.stats.failed.load(r), r);
-      o.steals.store(w.stats.steals.load(r), r);
-      o.parks.store(w.stats.parks.load(r), r);
-      o.accepted.store(w.stats.accepted.load(r), r);
-      o.queue_depth.store(w.queue.size(), r);
-    }
-  }
-  stats_->header.workers.store(n, r);
-  stats_->header.clients.store(daemon_.client_infos().size(), r);
-  stats_->header.updated_realtime_ns.store(realtime_ns(), r);
-}
+grpc::Service* as_grpc_service(SchedulerService& s) { return &s; }
+void open_local_client(SchedulerService& s) { s.open_local_client(); }
+void service_stopping(SchedulerService& s) { s.stopping(); }
 
 }  // namespace insideout::daemon

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "peer_cred.h"
 
 namespace grpc {
 class Server;
@@ -36,16 +37,8 @@ namespace insideout::daemon {
 
 class Daemon;
 class SchedulerService;
-
-// Who connected, as the kernel told at accept (SO_PEERCRED, SO_PEERGROUPS): the
-// credentials of the connecting process when it connected, which later changes to that
-// process (or its pid's reuse) cannot alter.
-struct PeerCred {
-  pid_t pid = 0;
-  uid_t uid = static_cast<uid_t>(-1);
-  gid_t gid = static_cast<gid_t>(-1);
-  std::vector<gid_t> groups;  // supplementary groups
-  bool known = false;
+struct ServiceDeleter {
+  void operator()(SchedulerService* s) const noexcept;
 };
 
 class ControlServer {
@@ -74,7 +67,7 @@ class ControlServer {
   void publish_once();
 
   Daemon& daemon_;
-  std::unique_ptr<SchedulerService> service_;
+  std::unique_ptr<SchedulerService, ServiceDeleter> service_;
   std::unique_ptr<grpc::Server> server_;
   int listen_fd_ = -1;
   int stop_fd_ = -1;  // eventfd: wakes the accept and publish threads
