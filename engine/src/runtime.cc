@@ -47,21 +47,6 @@ std::vector<int> allowed_cpus() {
   return cpus;
 }
 
-std::size_t edit_distance(std::string_view a, std::string_view b) {
-  std::vector<std::size_t> row(b.size() + 1);
-  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (std::size_t i = 1; i <= a.size(); ++i) {
-    std::size_t diag = row[0];
-    row[0] = i;
-    for (std::size_t j = 1; j <= b.size(); ++j) {
-      const std::size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diag = up;
-    }
-  }
-  return row[b.size()];
-}
-
 }  // namespace
 
 // The jobs in flight, by index (Task::frame): shared by every pool's source, since a
@@ -278,13 +263,8 @@ Runtime::Handle Runtime::submit(std::string_view function, std::uint64_t arg,
   };
   const auto id = impl_->registry.id_of(function);
   if (!id) {
-    std::string near;
-    for (const auto& [fid, def] : impl_->registry.list()) {
-      if (edit_distance(def.name, function) <= 2) near += (near.empty() ? "" : ", ") + def.name;
-    }
     return fail_now(Status::kUnknownFunction, ErrorDetail::kUnknownFunction,
-                    "no function '" + std::string(function) + "'" +
-                        (near.empty() ? "" : "; did you mean " + near + "?"));
+                    impl_->registry.unknown_message(function));
   }
   const engine::FunctionDef& def = *impl_->registry.find(*id);
   if (arg > def.max_arg) {

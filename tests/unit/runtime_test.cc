@@ -105,7 +105,7 @@ TEST(Runtime, ShouldNameTheClosestFunctionsForAnUnknownName) {
   Runtime rt;
   const auto r = rt.call("chekcsum");
   EXPECT_FALSE(r.ok());
-  EXPECT_NE(r.error().find("did you mean checksum?"), std::string::npos) << r.error();
+  EXPECT_NE(r.error().find("did you mean 'checksum'?"), std::string::npos) << r.error();
 }
 
 TEST(Runtime, ShouldRefuseAPluginOfAnotherAbi) {
