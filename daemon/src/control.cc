@@ -49,14 +49,6 @@ using grpc::Status;
 using grpc::StatusCode;
 
 constexpr const char* kDefaultPool = "default";
-constexpr const char* kControlSocketName = "control.sock";
-
-std::uint64_t realtime_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull +
-         static_cast<std::uint64_t>(ts.tv_nsec);
-}
 
 Status invalid(const std::string& m) { return Status(StatusCode::INVALID_ARGUMENT, m); }
 
