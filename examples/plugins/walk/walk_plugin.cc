@@ -22,7 +22,10 @@ insideout::Continuation path(insideout::CoContext c) {
   const std::int64_t io = c.pool_id("io");
   if (io < 0) co_return c.fail("walk.path: no pool named \"io\" (insideoutctl pool create io)");
   for (std::uint32_t to : {static_cast<std::uint32_t>(io), home}) {
-    if (!co_await c.move_to(to)) co_return c.fail("walk.path: the move was refused");
+    if (!co_await c.move_to(to)) {
+      co_return c.fail(to == home ? "walk.path: the move back home was refused"
+                                  : "walk.path: the move to pool \"io\" was refused");
+    }
     co_await c.yield();  // a step of its own on the new pool
     walked += '>' + std::to_string(c.pool());
   }
