@@ -43,8 +43,11 @@ int usage() {
   return 2;
 }
 
+const char* g_partial = nullptr;  // OUT while it is being written: removed on failure
+
 [[noreturn]] void die(const std::string& msg) {
   std::fprintf(stderr, "insideout_compress: %s\n", msg.c_str());
+  if (g_partial != nullptr) std::remove(g_partial);
   std::exit(1);
 }
 
@@ -139,6 +142,7 @@ int compress(const char* in_path, const char* out_path) {
   Connection conn = connect("zstd.compress", slot, kInFlight);
   std::FILE* out = std::fopen(out_path, "wb");
   if (out == nullptr) die(std::string(out_path) + ": " + std::strerror(errno));
+  g_partial = out_path;
   bool first = true;
   pipeline(
       conn, slot, kInFlight,
@@ -153,6 +157,7 @@ int compress(const char* in_path, const char* out_path) {
       out, out_path);
   std::fclose(in);
   if (std::fclose(out) != 0) die(std::string(out_path) + ": " + std::strerror(errno));
+  g_partial = nullptr;
   return 0;
 }
 
@@ -189,6 +194,7 @@ int decompress(const char* in_path, const char* out_path) {
   Connection conn = connect("zstd.decompress", slot, kInFlight);
   std::FILE* out = std::fopen(out_path, "wb");
   if (out == nullptr) die(std::string(out_path) + ": " + std::strerror(errno));
+  g_partial = out_path;
   std::size_t next = 0;
   pipeline(
       conn, slot, kInFlight,
@@ -200,6 +206,7 @@ int decompress(const char* in_path, const char* out_path) {
       },
       out, out_path);
   if (std::fclose(out) != 0) die(std::string(out_path) + ": " + std::strerror(errno));
+  g_partial = nullptr;
   return 0;
 }
 

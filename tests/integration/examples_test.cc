@@ -131,6 +131,16 @@ TEST(ExamplesTest, CompressShouldWriteAStreamThatTheZstdToolRestoresByteForByte)
   const Command dz = compress_tool(d, {"-d", t / "in.zst", t / "back2"});
   ASSERT_EQ(dz.exit_code, 0) << dz.err;
   EXPECT_TRUE(slurp(t / "back2") == content) << "insideout_compress -d did not restore the input";
+
+  // A corrupted frame (its checksum catches any flipped byte): -d fails, names the chunk,
+  // and leaves no partial output.
+  std::string bad = z;
+  bad[z.size() / 2] = static_cast<char>(bad[z.size() / 2] ^ 0x5a);
+  write_file(t / "bad.zst", bad);
+  const Command bz = compress_tool(d, {"-d", t / "bad.zst", t / "bad"});
+  EXPECT_EQ(bz.exit_code, 1);
+  EXPECT_NE(bz.err.find("chunk "), std::string::npos) << bz.err;
+  EXPECT_FALSE(fs::exists(t / "bad")) << "a partial output was left behind";
 }
 
 TEST(ExamplesTest, DecompressShouldRestoreWhatTheZstdToolWrote) {
