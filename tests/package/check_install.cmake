@@ -34,4 +34,14 @@ execute_process(COMMAND ${WORK}/build/consumer RESULT_VARIABLE rc OUTPUT_VARIABL
 if(rc OR NOT out MATCHES "no insideoutd at /nonexistent/daemon.sock")
   message(FATAL_ERROR "consumer: ${rc} ${out}")
 endif()
+# The plugin built with insideout_add_plugin from the installed package, loaded by the
+# insideoutd of this build and called through the installed libinsideout.
+if(NOT EXISTS ${WORK}/build/outside.so)
+  message(FATAL_ERROR "insideout_add_plugin(outside ...) made no outside.so")
+endif()
+execute_process(COMMAND ${WORK}/build/plugin_caller ${BUILD}/bin/insideoutd ${WORK}/build/outside.so
+  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err TIMEOUT 60)
+if(rc OR NOT out MATCHES "outside.add_one\\(41\\) = 42, outside.twice\\(21\\) = 42")
+  message(FATAL_ERROR "the outside plugin, loaded and called: ${rc} ${out}${err}")
+endif()
 file(REMOVE_RECURSE ${WORK})
