@@ -5,16 +5,51 @@
 // spawned inside the daemon carry their root's client, so they queue in its lane.
 //
 // Owner only: no atomics. Lanes are found through a table indexed by client slot, and
-// emptied lanes keep their storage for reuse, so the busy path does not allocate.
+// emptied lanes keep their storage for reuse, so the busy path does not allocate. (A
+// lane is a ring over a vector, not a std::deque: libstdc++'s deque allocates when it is
+// made or moved from, which cost a malloc and a free per step of a lone chain.)
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
-#include <deque>
+#include <utility>
 #include <vector>
 
 #include "task.h"
 
 namespace insideout::engine {
+
+// A FIFO of tasks in a ring over a vector that only grows: moving one moves its buffer.
+class TaskFifo {
+ public:
+  bool empty() const noexcept { return count_ == 0; }
+  Task* front() const noexcept { return buf_[head_]; }
+  void push_back(Task* t) {
+    if (count_ == buf_.size()) grow();
+    buf_[(head_ + count_) & (buf_.size() - 1)] = t;
+    ++count_;
+  }
+  void pop_front() noexcept {
+    head_ = (head_ + 1) & (buf_.size() - 1);
+    if (--count_ == 0) head_ = 0;
+  }
+  template <class F>
+  void for_each(F&& f) const {
+    for (std::size_t i = 0; i < count_; ++i) f(buf_[(head_ + i) & (buf_.size() - 1)]);
+  }
+  void clear() noexcept { head_ = count_ = 0; }
+
+ private:
+  void grow() {
+    std::vector<Task*> next(buf_.empty() ? 16 : buf_.size() * 2);
+    for (std::size_t i = 0; i < count_; ++i) next[i] = buf_[(head_ + i) & (buf_.size() - 1)];
+    buf_ = std::move(next);
+    head_ = 0;
+  }
+  std::vector<Task*> buf_;  // a power of two long, or empty
+  std::size_t head_ = 0;
+  std::size_t count_ = 0;
+};
 
 class LaneQueue {
  public:
@@ -51,7 +86,7 @@ class LaneQueue {
   // Every task, lanes one after the other (a retiring worker hands them over).
   void drain_into(std::vector<Task*>* out) {
     for (Lane& lane : lanes_) {
-      out->insert(out->end(), lane.tasks.begin(), lane.tasks.end());
+      lane.tasks.for_each([&](Task* t) { out->push_back(t); });
       lane.tasks.clear();
       index_[lane.client] = 0;
       spare_.push_back(std::move(lane.tasks));
@@ -64,10 +99,10 @@ class LaneQueue {
  private:
   struct Lane {
     std::uint32_t client;
-    std::deque<Task*> tasks;
+    TaskFifo tasks;
   };
 
-  std::deque<Task*>& lane_for(std::uint32_t client) {
+  TaskFifo& lane_for(std::uint32_t client) {
     if (client >= index_.size()) index_.resize(client + 1, 0);
     std::uint32_t& i = index_[client];
     if (i == 0) {
@@ -94,7 +129,7 @@ class LaneQueue {
 
   std::vector<Lane> lanes_;           // lanes with work, in no particular order
   std::vector<std::uint32_t> index_;  // by client slot: its lane's index + 1, or 0
-  std::vector<std::deque<Task*>> spare_;
+  std::vector<TaskFifo> spare_;
   std::size_t next_ = 0;  // the lane whose turn it is
   std::size_t size_ = 0;
 };
