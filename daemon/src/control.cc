@@ -132,6 +132,7 @@ class SchedulerService final : public v1::Scheduler::Service {
             o.detail = j.detail;
             o.value = j.value;
             o.data = std::move(j.data);
+            o.message = std::move(j.message);
             j = SerialJob{};
             slot.free_jobs.push_back(job);
           }
@@ -572,10 +573,12 @@ class SchedulerService final : public v1::Scheduler::Service {
     out->set_status(o.status);
     out->set_status_name(status_proto_name(o.status));
     if (o.status != static_cast<int>(shm::Status::kOk)) {
-      out->set_error(std::string(shm::status_name(static_cast<shm::Status>(o.status))) +
-                     (o.detail != shm::ErrorDetail::kNone
-                          ? std::string(": ") + shm::detail_name(o.detail)
-                          : ""));
+      out->set_error(
+          std::string(shm::status_name(static_cast<shm::Status>(o.status))) +
+          (o.detail != shm::ErrorDetail::kNone && o.detail != shm::ErrorDetail::kFunctionFailed
+               ? std::string(": ") + shm::detail_name(o.detail)
+               : "") +
+          (o.message.empty() ? "" : ": " + o.message));
     }
     out->set_value(o.value);
     out->set_data(std::move(o.data));
@@ -685,6 +688,7 @@ class SchedulerService final : public v1::Scheduler::Service {
     shm::ErrorDetail detail = shm::ErrorDetail::kNone;
     std::uint64_t value = 0;
     std::string data;
+    std::string message;  // the function's failure message, if it gave one
   };
 
   static void to_proto(const PluginInfo& p, v1::Plugin* out) {

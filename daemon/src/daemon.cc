@@ -51,14 +51,17 @@ static_assert(static_cast<int>(Status::kBackpressure) == v1::STATUS_BACKPRESSURE
 static_assert(static_cast<int>(Status::kDaemonLost) == v1::STATUS_DAEMON_LOST);
 static_assert(static_cast<int>(Status::kResultTooLarge) == v1::STATUS_RESULT_TOO_LARGE);
 static_assert(static_cast<int>(Status::kDraining) == v1::STATUS_DRAINING);
-static_assert(v1::Status_MAX == static_cast<int>(Status::kDraining),
+static_assert(static_cast<int>(Status::kFailed) == v1::STATUS_FAILED);
+static_assert(v1::Status_MAX == static_cast<int>(Status::kFailed),
               "a Status value was added on one side of the wire only");
 
 v1::Status to_proto(Status s) { return static_cast<v1::Status>(static_cast<int>(s)); }
 
 std::string error_text(Status s, ErrorDetail d) {
   std::string t = shm::status_name(s);
-  if (d != ErrorDetail::kNone) t += std::string(": ") + shm::detail_name(d);
+  // kFunctionFailed says no more than kFailed; the function's message follows instead.
+  if (d != ErrorDetail::kNone && d != ErrorDetail::kFunctionFailed)
+    t += std::string(": ") + shm::detail_name(d);
   return t;
 }
 

@@ -206,5 +206,35 @@ TEST(PluginsRun, ShouldReportAStepThatHoldsItsWorkerPastTheBound) {
   EXPECT_EQ(after->wait_for(10s), Status::kOk);
 }
 
+TEST(PluginsRun, ShouldHandAFunctionsFailureMessageBackOnEveryPath) {
+  PluginDir dir({"spinner"});
+  DaemonProcess daemon({"--workers", "2", "--plugin-dir", dir.path()});
+  ASSERT_TRUE(daemon.ready()) << daemon.log();
+  ClientOptions o;
+  o.runtime_dir = daemon.runtime_dir();
+  auto client = Client::connect(o);
+  ASSERT_TRUE(client.ok()) << client.status();
+  // Shared memory: the frame's message slot.
+  auto h = (*client)->submit("spinner.fail", {}, 7);
+  ASSERT_TRUE(h.ok()) << h.status();
+  ASSERT_EQ(h->wait_for(10s), Status::kFailed);
+  EXPECT_EQ(h->result().message, "asked to fail, with ARG 7");
+  EXPECT_EQ(h->result().error(), "failed: asked to fail, with ARG 7");
+  // The serialized path.
+  auto s = (*client)->call("spinner.fail", {}, 8);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->status, Status::kFailed);
+  EXPECT_EQ(s->error, "failed: asked to fail, with ARG 8");
+  // gRPC Submit.
+  auto stub = control_stub(daemon.runtime_dir());
+  v1::SubmitRequest q;
+  q.set_function("spinner.fail");
+  q.set_arg(9);
+  v1::SubmitResponse r;
+  ASSERT_TRUE(stub->Submit(ctx().get(), q, &r).ok());
+  EXPECT_EQ(r.status_name(), "STATUS_FAILED");
+  EXPECT_EQ(r.error(), "failed: asked to fail, with ARG 9");
+}
+
 }  // namespace
 }  // namespace insideout::testing
