@@ -76,7 +76,13 @@ class LaneQueue {
     lane.tasks.pop_front();
     --size_;
     if (lane.tasks.empty()) {
-      remove(next_);  // the last lane moves into this index: it is next
+      // The only lane stays for its client's next push (a lone chain then costs no lane
+      // bookkeeping per step); lane_for() drops it when another client's lane comes.
+      if (lanes_.size() == 1) {
+        next_ = 0;
+      } else {
+        remove(next_);  // the last lane moves into this index: it is next
+      }
     } else {
       ++next_;
     }
@@ -104,6 +110,7 @@ class LaneQueue {
 
   TaskFifo& lane_for(std::uint32_t client) {
     if (client >= index_.size()) index_.resize(client + 1, 0);
+    if (index_[client] == 0 && lanes_.size() == 1 && lanes_[0].tasks.empty()) remove(0);
     std::uint32_t& i = index_[client];
     if (i == 0) {
       Lane lane{client, {}};

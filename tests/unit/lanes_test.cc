@@ -70,5 +70,28 @@ TEST(Lanes, ShouldTakeTurnsOneTaskPerClient) {
   EXPECT_EQ(order, (std::vector<std::uint16_t>{1, 2, 1, 2, 1, 2}));
 }
 
+TEST(Lanes, ShouldKeepALoneEmptiedLaneAndStillTakeTurnsWhenAnotherClientComes) {
+  LaneQueue q;
+  auto a = tasks_of(1, 4), b = tasks_of(2, 2);
+  // A lone chain: one task in, one out, again and again (its lane stays).
+  for (int i = 0; i < 3; ++i) {
+    q.push_back(&a[i]);
+    EXPECT_EQ(q.pop_front(), &a[i]);
+    EXPECT_TRUE(q.empty());
+    EXPECT_EQ(q.pop_front(), nullptr);
+  }
+  // Another client arrives while the kept lane is empty: turns as usual, nothing lost.
+  q.push_back(&b[0]);
+  q.push_back(&a[3]);
+  q.push_back(&b[1]);
+  std::vector<Task*> got;
+  while (Task* t = q.pop_front()) got.push_back(t);
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_EQ(got[0], &b[0]);
+  EXPECT_EQ(got[1], &a[3]);
+  EXPECT_EQ(got[2], &b[1]);
+  EXPECT_TRUE(q.empty());
+}
+
 }  // namespace
 }  // namespace insideout::engine
