@@ -20,9 +20,9 @@
 
 #include "config.h"
 #include "control_checks.h"
+#include "engine.h"
 #include "fuzz_check.h"
 #include "insideout/v1/scheduler.pb.h"
-#include "engine.h"
 namespace {
 
 namespace daemon = insideout::daemon;

@@ -17,10 +17,10 @@
 #include <cstring>
 #include <variant>
 
+#include "engine.h"
 #include "frame_check.h"
 #include "fuzz_check.h"
 #include "insideout/shm/layout.h"
-#include "engine.h"
 namespace {
 
 using insideout::daemon::FrameCheck;
@@ -30,9 +30,7 @@ using insideout::daemon::FunctionRegistry;
 using insideout::daemon::ValidFrame;
 namespace shm = insideout::shm;
 
-io_step never_runs(io_task*, io_ctx*) {
-  return IO_STEP_COMPLETE;
-}
+io_step never_runs(io_task*, io_ctx*) { return IO_STEP_COMPLETE; }
 
 // The built-ins, plus what they lack today: a function that needs a buffer and one with a
 // small max_arg, so that both rules are exercised.

@@ -8,8 +8,8 @@
 #include <cstdint>
 #include <variant>
 
-#include "insideout/shm/layout.h"
 #include "engine.h"
+#include "insideout/shm/layout.h"
 
 namespace insideout::daemon {
 

@@ -162,8 +162,8 @@ TEST(CountersBalance, ShouldBalanceSubmittedAgainstCompletedAndFailedOverEveryPa
   const auto close = line.find("), ");
   ASSERT_EQ(std::sscanf(line.c_str(), "stopped: %llu submitted", &submitted), 1) << line;
   ASSERT_NE(close, std::string::npos) << line;
-  ASSERT_EQ(std::sscanf(line.c_str() + close, "), %llu completed, %llu failed", &completed, &failed),
-            2)
+  ASSERT_EQ(
+      std::sscanf(line.c_str() + close, "), %llu completed, %llu failed", &completed, &failed), 2)
       << line;
   EXPECT_EQ(submitted, expect_submitted) << log;
   EXPECT_EQ(completed, expect_ok) << log;

@@ -100,8 +100,7 @@ typedef struct io_ctx_ops {
   io_step (*fail)(io_ctx* c, uint32_t err, const char* msg, size_t len);
   /* A child continuation of the current one (same client), running `fn` with w0, w1
    * and `aux`; it completes silently (its code reports to its parent). */
-  void (*spawn)(io_ctx* c, io_step_fn fn, uint64_t w0, uint64_t w1, uint32_t aux,
-                uint32_t share);
+  void (*spawn)(io_ctx* c, io_step_fn fn, uint64_t w0, uint64_t w1, uint32_t aux, uint32_t share);
   /* Makes a task that returned IO_STEP_WAIT runnable again, on this worker. */
   void (*resume)(io_ctx* c, io_task* t);
   /* With IO_STEP_PARK: the task resumes (with t->fn) at `steady_ns` (CLOCK_MONOTONIC
@@ -144,8 +143,8 @@ struct io_ctx {
 
 /* One function a plugin registers. */
 typedef struct io_function_def {
-  uint32_t size; /* sizeof(io_function_def) */
-  uint32_t flags; /* IO_FN_* */
+  uint32_t size;    /* sizeof(io_function_def) */
+  uint32_t flags;   /* IO_FN_* */
   const char* name; /* without the plugin's prefix: "compress" becomes "zstd.compress" */
   const char* help;
   io_step_fn entry;
@@ -170,10 +169,10 @@ typedef struct io_plugin_info {
   uint32_t size;        /* sizeof(io_plugin_info) */
   uint32_t sdk_version; /* IO_SDK_VERSION of the headers it was built with */
   uint32_t reserved;
-  const char* name;    /* the namespace of its functions: [a-z0-9_]+ */
-  const char* version; /* free text, shown by insideoutctl plugins */
+  const char* name;                   /* the namespace of its functions: [a-z0-9_]+ */
+  const char* version;                /* free text, shown by insideoutctl plugins */
   int (*init)(const io_registrar* r); /* registers the functions; 0 on success */
-  void (*fini)(void); /* before the library is unloaded; may be NULL */
+  void (*fini)(void);                 /* before the library is unloaded; may be NULL */
 } io_plugin_info;
 
 /* The one symbol a plugin exports (INSIDEOUT_PLUGIN in <insideout/sdk.hpp> defines it). */
