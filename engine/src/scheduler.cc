@@ -345,9 +345,11 @@ void Scheduler::retire(Worker& w) {
 }
 
 void Scheduler::set_hungry(Worker& w, bool hungry) {
+  // The long-step watch: stored every time (a worker whose first look found work was
+  // never hungry, and its `looking` would keep its initial value).
+  w.looking.store(hungry, std::memory_order_relaxed);
   if (w.hungry == hungry) return;
   w.hungry = hungry;
-  w.looking.store(hungry, std::memory_order_relaxed);  // the long-step watch
   // Relaxed: a hint for busy workers' sharing decisions; a stale value costs at most one
   // round of sharing (or 64 ticks of not sharing), never a lost task.
   if (hungry) {
