@@ -141,10 +141,18 @@ TEST(CountersBalance, ShouldBalanceSubmittedAgainstCompletedAndFailedOverEveryPa
   // Work in a pool that is then deleted still counts, to the last log line.
   b->reset();
   {
+    // The daemon learns of b's hang-up on its own loop: until then the pool still has a
+    // registered client and refuses to go (bounded retries, 5 s).
     v1::DeletePoolRequest q;
     q.set_name("side");
-    v1::DeletePoolResponse resp;
-    auto st = stub->DeletePool(ctx().get(), q, &resp);
+    grpc::Status st;
+    for (int i = 0; i < 500; ++i) {
+      v1::DeletePoolResponse resp;
+      st = stub->DeletePool(ctx().get(), q, &resp);
+      if (st.ok() || st.error_message().find("still has registered clients") == std::string::npos)
+        break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
     ASSERT_TRUE(st.ok()) << st.error_message();
   }
   ASSERT_TRUE(stub->GetStats(ctx().get(), {}, &s).ok());
