@@ -179,6 +179,10 @@ Runtime::Runtime(RuntimeOptions options) : impl_(std::make_unique<Impl>()) {
   engine::register_builtins(impl_->registry);
   if (options.pools.empty()) options.pools.push_back({"default", 0, {}});
   const std::vector<int> allowed = allowed_cpus();
+  engine::EventBackendKind backend;
+  if (!engine::parse_event_backend(options.event_backend, &backend))
+    throw std::invalid_argument("event_backend '" + options.event_backend +
+                                "': expected auto, epoll or io_uring");
   for (std::size_t i = 0; i < options.pools.size(); ++i) {
     const auto& p = options.pools[i];
     engine::SchedulerConfig sc;
@@ -189,6 +193,7 @@ Runtime::Runtime(RuntimeOptions options) : impl_(std::make_unique<Impl>()) {
     sc.tasks = &impl_->tasks;
     sc.directory = impl_.get();
     sc.thread_prefix = "io-" + p.name.substr(0, 7) + "-";
+    sc.event_backend = backend;
     impl_->pools.push_back(
         {p.name, std::make_shared<Scheduler>(std::move(sc), impl_->registry,
                                              std::make_unique<RuntimeSource>(impl_->jobs))});

@@ -49,6 +49,7 @@ Scheduler::Scheduler(SchedulerConfig config, const FunctionRegistry& registry,
   if (n == 0) n = config_.cpus.empty() ? 1 : static_cast<std::uint32_t>(config_.cpus.size());
   n = std::clamp<std::uint32_t>(n, 1, kMaxPoolWorkers);
   std::string err;
+  events_ = std::make_unique<EventQueue>(*this, config_.event_backend);
   bell_ = shm::BellPage::create(config_.pool, &err);
   if (!bell_.valid()) throw std::runtime_error("pool " + std::to_string(config_.pool) + ": " + err);
   std::lock_guard bells(bells_mu_);
@@ -85,6 +86,13 @@ std::unique_ptr<Worker> Scheduler::make_worker(std::uint32_t i) {
   ev.events = EPOLLIN | EPOLLET;  // edge-triggered: each wake() is one event, never read
   if (::epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->wake_fd, &ev) != 0)
     throw std::runtime_error(std::string("worker epoll set: ") + std::strerror(errno));
+  // The event queue: level-triggered (it stays readable until harvested); one sleeper
+  // wakes where the kernel allows EPOLLEXCLUSIVE (not for a nested epoll set).
+  epoll_event qev{};
+  qev.events = EPOLLIN;
+  if (events_->backend() != EventBackendKind::kEpoll) qev.events |= EPOLLEXCLUSIVE;
+  if (::epoll_ctl(w->epfd, EPOLL_CTL_ADD, events_->notify_fd(), &qev) != 0)
+    throw std::runtime_error(std::string("worker epoll set: ") + std::strerror(errno));
   for (int fd : bell_fds_) {  // the caller holds bells_mu_
     epoll_event cev{};
     cev.events = kClientBellEvents;
@@ -101,7 +109,7 @@ void Scheduler::wake(Worker& w) {
 }
 
 void Scheduler::start() {
-  timer_thread_ = std::thread([this] { timer_loop(); });
+  watch_thread_ = std::thread([this] { watch_loop(); });
   std::lock_guard lock(resize_mu_);
   const std::uint32_t n =
       count_.load(std::memory_order_relaxed);  // only resize() writes it, under resize_mu_
@@ -177,25 +185,18 @@ void Scheduler::begin_drain(bool shutdown) {
   if (shutdown) shutting_down_.store(true, std::memory_order_relaxed);
   draining_.store(true, std::memory_order_seq_cst);
   wake_all();  // parked workers stop watching client doorbells
-  cancel_timers();
+  cancel_waits();
 }
 
-void Scheduler::cancel_timers() {
+void Scheduler::cancel_waits() {
   // Parked continuations resume now, cancelled (run_task() says why).
-  std::lock_guard lock(timer_mu_);
-  while (!timers_.empty()) {
-    Task* t = timers_.top().task;
-    timers_.pop();
-    source_->park_ends(*t);
-    t->flags |= kTaskCancelled;
-    inject(t);
-  }
+  events_->cancel_if([](const Task&) { return true; });
 }
 
 void Scheduler::pause() {
   paused_.store(true, std::memory_order_seq_cst);
   wake_all();  // a parked worker looks at the rings again, now to refuse
-  cancel_timers();
+  cancel_waits();
 }
 
 void Scheduler::resume() {
@@ -223,11 +224,11 @@ void Scheduler::stop() {
     if (workers_[i]->thread.joinable()) workers_[i]->thread.join();
   }
   {
-    std::lock_guard lock(timer_mu_);
-    timer_stop_ = true;
+    std::lock_guard lock(watch_mu_);
+    watch_stop_ = true;
   }
-  timer_cv_.notify_all();
-  if (timer_thread_.joinable()) timer_thread_.join();
+  watch_cv_.notify_all();
+  if (watch_thread_.joinable()) watch_thread_.join();
 }
 
 void Scheduler::wake_all() {
@@ -405,6 +406,10 @@ Task* Scheduler::find_work(Worker& w) {
     source_->flush(w);  // and a completion behind busy local work
     w.share_hint = hungry_.load(std::memory_order_relaxed) != 0;  // read once per 64 looks
     if (w.share_hint && w.local.size() > 1) share(w);
+    // The event queue, while anything waits on it (one relaxed load otherwise).
+    if (events_->waiting()) {
+      if (Task* t = events_->harvest(w)) return t;
+    }
     // R4: relaxed, once per 64 looks: a retiring worker stops here and hands its work
     // over in retire(); resize() also wakes it, and park() re-reads the flag seq_cst.
     if (w.retiring.load(std::memory_order_relaxed)) return nullptr;
@@ -434,6 +439,9 @@ Task* Scheduler::find_work(Worker& w) {
     if (Task* t = take_injected()) return t;
   }
   if (Task* t = poll_source(w)) return t;
+  if (events_->waiting()) {
+    if (Task* t = events_->harvest(w)) return t;
+  }
   if (Task* t = steal(w)) return t;
   // Nothing to do: completions buffered on the way (rejected frames) go out now, and
   // the worker holds no slot pointer when it spins or parks.
@@ -448,6 +456,21 @@ Task* Scheduler::take_injected() {
   injected_.pop_front();
   injected_size_.store(injected_.size(), std::memory_order_relaxed);
   return t;
+}
+
+void Scheduler::inject_batch(std::vector<Task*>& tasks) {
+  {
+    std::lock_guard lock(inject_mu_);
+    injected_.insert(injected_.end(), tasks.begin(), tasks.end());
+    injected_size_.store(injected_.size(), std::memory_order_relaxed);
+  }
+  for (std::size_t k = 0; k < tasks.size() && k < 4; ++k) maybe_wake();
+}
+
+void Scheduler::push_resumed(Worker& w, std::span<Task*> tasks) {
+  // Resumed waits are new parallelism: where thieves see them.
+  for (Task* t : tasks) push_local(w, t, Origin::kSpawned);
+  maybe_wake();
 }
 
 void Scheduler::inject(Task* t) {
@@ -762,20 +785,7 @@ void Scheduler::unwatch(int fd) {
 }
 
 void Scheduler::cancel_parked_if(const std::function<bool(const Task&)>& which) {
-  std::lock_guard lock(timer_mu_);
-  std::vector<TimerEntry> keep;
-  while (!timers_.empty()) {
-    TimerEntry e = timers_.top();
-    timers_.pop();
-    if (which(*e.task)) {
-      source_->park_ends(*e.task);
-      e.task->flags |= kTaskCancelled;
-      inject(e.task);
-    } else {
-      keep.push_back(e);
-    }
-  }
-  for (auto& e : keep) timers_.push(e);
+  events_->cancel_if(which);
 }
 
 // ---- moving between pools, plugins ---------------------------------------------------
@@ -827,34 +837,7 @@ std::int64_t Scheduler::pool_id(std::string_view name) const {
   return name == "default" ? std::int64_t{config_.pool} : -1;
 }
 
-// ---- timers ------------------------------------------------------------------------
-
-void Scheduler::park_timer(Task* t, std::chrono::steady_clock::time_point when) {
-  bool earliest;
-  {
-    std::lock_guard lock(timer_mu_);
-    // A task whose client hung up after its step began must not park: client_closing()
-    // has already swept the timers (under timer_mu_, after the slot became kClosing), so
-    // it would sleep out its whole timeout and keep the segment mapped meanwhile.
-    const bool client_gone = !(t->flags & kTaskChild) && source_->gone(*t);
-    if (draining_.load(std::memory_order_relaxed) || paused_.load(std::memory_order_relaxed) ||
-        client_gone) {
-      t->flags |= kTaskCancelled;
-      inject(t);
-      return;
-    }
-    // Each client's parked continuations are bounded (--max-timers): the heap, and the
-    // sweep when a client leaves, are bounded by the clients times that.
-    if (!source_->park_begins(*t)) {  // its owner has too many parked already
-      t->flags |= kTaskOverLimit;
-      inject(t);
-      return;
-    }
-    earliest = timers_.empty() || when < timers_.top().when;
-    timers_.push({when, t});
-  }
-  if (earliest) timer_cv_.notify_one();
-}
+// ---- the long-step watch -----------------------------------------------------------
 
 void Scheduler::check_long_steps(std::vector<Watch>& watch) {
   const auto now = std::chrono::steady_clock::now();
@@ -878,37 +861,17 @@ void Scheduler::check_long_steps(std::vector<Watch>& watch) {
   }
 }
 
-void Scheduler::timer_loop() {
-  pthread_setname_np(pthread_self(), "io-timers");
-  const bool watching = config_.long_step.count() > 0;
+void Scheduler::watch_loop() {
+  pthread_setname_np(pthread_self(), "io-watch");
+  if (config_.long_step.count() <= 0) return;
   const auto period = config_.long_step / 2;
   std::vector<Watch> watch;
-  auto next_check = std::chrono::steady_clock::now() + period;
-  std::unique_lock lock(timer_mu_);
-  while (!timer_stop_) {
-    const auto now = std::chrono::steady_clock::now();
-    if (watching && now >= next_check) {
-      lock.unlock();
-      check_long_steps(watch);
-      lock.lock();
-      next_check = now + period;
-      continue;
-    }
-    if (timers_.empty() || now < timers_.top().when) {
-      auto until =
-          timers_.empty() ? std::chrono::steady_clock::time_point::max() : timers_.top().when;
-      if (watching) until = std::min(until, next_check);
-      if (until == std::chrono::steady_clock::time_point::max()) {
-        timer_cv_.wait(lock);
-      } else {
-        timer_cv_.wait_until(lock, until);
-      }
-      continue;
-    }
-    Task* t = timers_.top().task;
-    timers_.pop();
-    source_->park_ends(*t);
-    inject(t);
+  std::unique_lock lock(watch_mu_);
+  while (!watch_stop_) {
+    if (watch_cv_.wait_for(lock, period, [&] { return watch_stop_; })) break;
+    lock.unlock();
+    check_long_steps(watch);
+    lock.lock();
   }
 }
 

@@ -4,6 +4,8 @@
 // eventfd, and every client's bell eventfd (added with EPOLLEXCLUSIVE to every worker's
 // set, so a client's ring wakes one sleeping worker), after announcing itself in the
 // pool's bell page. One sleep for any number of clients; nothing polls on a timer.
+// The pool's event queue (event_queue.h: timers, descriptors, signals, doorbells) is one
+// more descriptor in every worker's set.
 //
 // Memory ordering of parking:
 //   K1 (park: idle_count_.fetch_add, seq_cst, then re-check every queue) pairs with K2
@@ -40,12 +42,14 @@
 #include <memory>
 #include <mutex>
 #include <queue>
+#include <span>
 #include <string>
 #include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <vector>
 
+#include "event_queue.h"
 #include "insideout/shm/bell.h"
 #include "insideout/shm/futex.h"
 #include "lanes.h"
@@ -87,6 +91,8 @@ struct SchedulerConfig {
   // freed by any of them; it must outlive them. Null: the scheduler has its own.
   TaskPool* tasks = nullptr;
   const PoolDirectory* directory = nullptr;
+  // The event queue's backend (--event-backend).
+  EventBackendKind event_backend = EventBackendKind::kAuto;
 };
 
 inline constexpr std::size_t kStatusSlots = 16;  // > every shm::Status value
@@ -110,7 +116,7 @@ struct alignas(shm::kCacheLine) WorkerStats {
   std::atomic<std::uint64_t> rejected{0};
   std::atomic<std::uint64_t> steals{0};
   std::atomic<std::uint64_t> parks{0};
-  std::atomic<std::uint64_t> timer_parks{0};
+  std::atomic<std::uint64_t> timer_parks{0};  // parks on the event queue (any kind of wait)
   std::atomic<std::uint64_t> backpressure{0};
   std::atomic<std::uint64_t> spawned{0};
   std::atomic<std::uint64_t> faulted{0};     // clients this worker found with unusable rings
@@ -136,7 +142,7 @@ struct alignas(shm::kCacheLine) Worker {
   bool pushed = false;  // this step pushed work others could take
   // The long-step watch: `runs` counts the tasks this worker has started running and
   // `running` is the step it started last; `looking` says it has nothing to run (spins or
-  // sleeps). Written by the worker (relaxed: a watch, not a protocol), read by the timer
+  // sleeps). Written by the worker (relaxed: a watch, not a protocol), read by the watch
   // thread; a run is long when `runs` stays put while `looking` is false.
   std::atomic<std::uint64_t> runs{0};
   std::atomic<io_step_fn> running{nullptr};
@@ -255,7 +261,7 @@ class Scheduler {
   int bell_fd() const noexcept { return bell_.fd(); }
   const shm::PoolBell* bell_page() const noexcept { return bell_.page(); }
 
-  // Called on the timer thread when a step has run past config.long_step: the worker,
+  // Called on the watch thread when a step has run past config.long_step: the worker,
   // the step it is in, how long it has run. Set before start().
   using LongStepSink =
       std::function<void(std::uint32_t worker, io_step_fn step, std::chrono::milliseconds ran)>;
@@ -276,6 +282,13 @@ class Scheduler {
   void unwatch(int fd);
   // Parked tasks for which `which` is true resume at once, cancelled.
   void cancel_parked_if(const std::function<bool(const Task&)>& which);
+  // The pool's event queue: waits on timers, descriptors, signals and doorbells.
+  EventQueue& events() noexcept { return *events_; }
+  // Tasks the event queue resumed, from any thread / on worker w (the first to run next).
+  void inject_batch(std::vector<Task*>& tasks);
+  void push_resumed(Worker& w, std::span<Task*> tasks);
+  // Makes one sleeping worker look (the event queue has something for it).
+  void poke() { maybe_wake(); }
   // The source's accepted work went down while draining or paused: wake drain().
   void notify_drain();
   bool draining() const noexcept { return draining_.load(std::memory_order_relaxed); }
@@ -313,7 +326,7 @@ class Scheduler {
   void run(Worker& w);
   Task* find_work(Worker& w);
   Task* poll_source(Worker& w);
-  void cancel_timers();
+  void cancel_waits();
   Task* steal(Worker& w);
   Task* take_injected();
   void run_task(Worker& w, StepContext& ctx, Task* t);
@@ -345,10 +358,9 @@ class Scheduler {
   // ends with `st`/`d`.
   void cut_off(Worker& w, StepContext& ctx, Task* t, shm::Status st, shm::ErrorDetail d);
 
-  // Timers (a simple heap on its own thread until the event queue replaces it).
-  void park_timer(Task* t, std::chrono::steady_clock::time_point when);
-  void timer_loop();
-  // The long-step watch, on the timer thread every config.long_step / 2.
+  // The long-step watch, on its own thread every config.long_step / 2 (a thread of its
+  // own, since what it watches for is every worker stuck).
+  void watch_loop();
   struct Watch {
     std::uint64_t runs = 0;
     std::chrono::steady_clock::time_point since;
@@ -401,7 +413,7 @@ class Scheduler {
   std::mutex idle_mu_;
   std::vector<Worker*> idle_;
 
-  // Work from outside the workers (timers, the serialized path).
+  // Work from outside the workers (the event queue, the serialized path).
   alignas(shm::kCacheLine) std::atomic<std::size_t> injected_size_{0};
   std::mutex inject_mu_;
   std::deque<Task*> injected_;
@@ -411,16 +423,12 @@ class Scheduler {
   std::mutex drain_mu_;
   std::condition_variable drain_cv_;
 
-  struct TimerEntry {
-    std::chrono::steady_clock::time_point when;
-    Task* task;
-    bool operator>(const TimerEntry& o) const { return when > o.when; }
-  };
-  std::mutex timer_mu_;
-  std::condition_variable timer_cv_;
-  std::priority_queue<TimerEntry, std::vector<TimerEntry>, std::greater<>> timers_;
-  bool timer_stop_ = false;
-  std::thread timer_thread_;
+  std::unique_ptr<EventQueue> events_;
+
+  std::mutex watch_mu_;
+  std::condition_variable watch_cv_;
+  bool watch_stop_ = false;
+  std::thread watch_thread_;
 };
 
 }  // namespace insideout::engine

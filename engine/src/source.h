@@ -61,6 +61,24 @@ class WorkSource {
   // Some root task was accepted and has not completed. Any thread.
   virtual bool busy() const = 0;
 
+  // ---- the event queue (event_queue.h); called under its lock: no blocking ----
+  // Root task `t`'s deadline (CLOCK_MONOTONIC ns), 0 when none. Its gone() says true
+  // once it has passed, and cut_off_reason() says kDeadlineExceeded.
+  virtual std::int64_t deadline_ns(const Task&) { return 0; }
+  // `t` is parked as wait `id` (EventQueue::cancel(id) cancels it at once), until the
+  // park_ends() that follows.
+  virtual void parked(const Task&, std::uint64_t /*id*/) {}
+  // A descriptor `t`'s owner handed over, by its id; -1 when none. Any worker.
+  virtual int client_fd(const Task&, std::uint32_t /*id*/) { return -1; }
+  // Doorbell `bell` of `t`'s owner: its key for EventQueue::park_key() and its counter
+  // now. False when there is no such doorbell. Any worker.
+  virtual bool doorbell(const Task&, std::uint32_t /*bell*/, std::uint64_t* /*key*/,
+                        std::uint64_t* /*value*/) {
+    return false;
+  }
+  // The counter of doorbell `key` now (after a park: a ring the park may have missed).
+  virtual bool doorbell_value(std::uint64_t /*key*/, std::uint64_t* /*value*/) { return false; }
+
  protected:
   Scheduler* sched_ = nullptr;
 };

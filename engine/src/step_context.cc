@@ -2,6 +2,8 @@
 // SDK's C ABI (io_ctx_ops) for plugin code.
 #include "step_context.h"
 
+#include <errno.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -68,6 +70,26 @@ void op_child_done(io_ctx* c, io_task* parent) {
   StepContext::of(c).child_done(static_cast<Task*>(parent));
 }
 
+int op_park_fd(io_ctx* c, io_task* t, int fd, std::uint32_t events, std::int64_t timeout_ns,
+               std::int64_t* result) {
+  return StepContext::of(c).park_fd(*static_cast<Task*>(t), fd, events, timeout_ns, result);
+}
+int op_park_signal(io_ctx* c, io_task* t, int signo, std::int64_t timeout_ns,
+                   std::int64_t* result) {
+  return StepContext::of(c).park_signal(*static_cast<Task*>(t), signo, timeout_ns, result);
+}
+int op_close_fd(io_ctx* c, int fd) { return StepContext::of(c).scheduler().events().close_fd(fd); }
+std::int64_t op_deadline_ns(io_ctx* c, const io_task* t) {
+  return StepContext::of(c).scheduler().source().deadline_ns(*static_cast<const Task*>(t));
+}
+int op_client_fd(io_ctx* c, const io_task* t, std::uint32_t id) {
+  return StepContext::of(c).scheduler().source().client_fd(*static_cast<const Task*>(t), id);
+}
+int op_park_doorbell(io_ctx* c, io_task* t, std::uint32_t bell, std::uint64_t seen,
+                     std::int64_t timeout_ns, std::int64_t* result) {
+  return StepContext::of(c).park_doorbell(*static_cast<Task*>(t), bell, seen, timeout_ns, result);
+}
+
 constexpr io_ctx_ops kOps = {
     sizeof(io_ctx_ops),
     0,
@@ -88,6 +110,12 @@ constexpr io_ctx_ops kOps = {
     frame_allocate,
     frame_release,
     op_child_done,
+    op_park_fd,
+    op_park_signal,
+    op_close_fd,
+    op_deadline_ns,
+    op_client_fd,
+    op_park_doorbell,
 };
 
 }  // namespace
@@ -162,8 +190,51 @@ void StepContext::park_for(Task& t, std::chrono::nanoseconds d) noexcept {
 }
 
 void StepContext::park_until(Task& t, std::chrono::steady_clock::time_point when) noexcept {
-  worker_.stats.timer_parks.fetch_add(1, std::memory_order_relaxed);
-  sched_.park_timer(&t, when);
+  count_park();
+  const std::int64_t ns = when.time_since_epoch().count();
+  (void)sched_.events().park_timer(&t, ns <= 0 ? 1 : ns);
+}
+
+int StepContext::park_fd(Task& t, int fd, std::uint32_t events, std::int64_t timeout_ns,
+                         std::int64_t* result) noexcept {
+  const int e = sched_.events().park_fd(&t, fd, events, timeout_ns, result);
+  if (e == 0) count_park();
+  return e;
+}
+
+int StepContext::park_signal(Task& t, int signo, std::int64_t timeout_ns,
+                             std::int64_t* result) noexcept {
+  const int e = sched_.events().park_signal(&t, signo, timeout_ns, result);
+  if (e == 0) count_park();
+  return e;
+}
+
+int StepContext::park_doorbell(Task& t, std::uint32_t bell, std::uint64_t seen,
+                               std::int64_t timeout_ns, std::int64_t* result) noexcept {
+  std::uint64_t key = 0, value = 0;
+  WorkSource& src = sched_.source();
+  if ((t.flags & kTaskChild) || !src.doorbell(t, bell, &key, &value)) {
+    if (result != nullptr) *result = -EINVAL;
+    return -EINVAL;
+  }
+  const std::uint64_t mask = (std::uint64_t{1} << 63) - 1;
+  if ((value & mask) != (seen & mask)) {  // rung already: no wait
+    if (result != nullptr) *result = static_cast<std::int64_t>(value & mask);
+    return -EALREADY;
+  }
+  count_park();
+  (void)sched_.events().park_key(&t, key, timeout_ns, result);
+  // A ring between the look above and the park: the wait must not miss it. (The task
+  // may already run elsewhere: only the source and the queue are touched here.)
+  std::uint64_t now = 0;
+  if (src.doorbell_value(key, &now) && (now & mask) != (seen & mask))
+    sched_.events().notify_key(key, static_cast<std::int64_t>(now & mask));
+  return 0;
+}
+
+void StepContext::count_park() noexcept {
+  worker_.stats.timer_parks.store(worker_.stats.timer_parks.load(std::memory_order_relaxed) + 1,
+                                  std::memory_order_relaxed);
 }
 
 bool StepContext::move_to(Task& t, std::uint32_t pool) noexcept {

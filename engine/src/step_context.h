@@ -69,10 +69,20 @@ class StepContext : public io_ctx {
   // With Step::kPark: the timer queue resumes the task (with task.fn) after `d`.
   void park_for(Task& t, std::chrono::nanoseconds d) noexcept;
   void park_until(Task& t, std::chrono::steady_clock::time_point when) noexcept;
+  // With Step::kPark on success (0): the event queue resumes the task when `fd` is ready,
+  // a signal comes, a doorbell rings, or at `timeout_ns` (0: none); *result says which
+  // (IO_EV_* or -errno, sdk/abi.h). Nonzero: not parked; the step goes on.
+  // park_doorbell() returns -EALREADY when the doorbell already moved past `seen`.
+  int park_fd(Task& t, int fd, std::uint32_t events, std::int64_t timeout_ns,
+              std::int64_t* result) noexcept;
+  int park_signal(Task& t, int signo, std::int64_t timeout_ns, std::int64_t* result) noexcept;
+  int park_doorbell(Task& t, std::uint32_t bell, std::uint64_t seen, std::int64_t timeout_ns,
+                    std::int64_t* result) noexcept;
   // With Step::kMoved: the task continues on pool `pool`. False when there is none.
   bool move_to(Task& t, std::uint32_t pool) noexcept;
 
   std::uint32_t worker_index() const noexcept;
+  void count_park() noexcept;
   std::uint32_t pool() const noexcept;
 
   // Read by the scheduler after the step.

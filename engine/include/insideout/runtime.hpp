@@ -33,6 +33,10 @@ struct RuntimeOptions {
   // The first is the default pool (where submissions go); "default" when empty.
   std::vector<Pool> pools;
   bool pin = true;  // pin workers to their CPUs
+  // The event queue's backend: "auto" (io_uring where the kernel allows, else epoll),
+  // "epoll" or "io_uring". Continuations waiting on signals need those signals blocked
+  // in every thread of the process before the Runtime is made (see the SDK's signal()).
+  std::string event_backend = "auto";
 };
 
 class Runtime {

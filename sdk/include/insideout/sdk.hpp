@@ -28,6 +28,10 @@
 // they never cross into the engine.
 #pragma once
 
+#include <errno.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <coroutine>
@@ -43,6 +47,12 @@
 #include "insideout/sdk/abi.h"
 
 namespace insideout {
+
+namespace detail {
+// An operation added after SDK 1.0 exists in the engine that runs this code.
+#define INSIDEOUT_HAS_OP(ops, member) \
+  ((ops)->size >= offsetof(io_ctx_ops, member) + sizeof((ops)->member))
+}  // namespace detail
 
 enum class Step : io_step {
   kContinue = IO_STEP_CONTINUE,
@@ -255,6 +265,46 @@ class CoContext {
   // did); the others see cancelled() and have finished when it resumes.
   template <auto F>
   Join any(std::span<const std::uint64_t> args, std::span<Outcome> out) const noexcept;
+  // Starts coroutine F(arg) as a continuation of its own that nobody waits for (a
+  // server's connection); it ends with its client's work, like every child.
+  template <auto F>
+  void spawn(std::uint64_t arg) const noexcept;
+
+  // ---- the event queue: each resumes with a result, >= 0 or a negative errno ----
+  // -ETIMEDOUT: `timeout` (0: none) passed; -ECANCELED: cancelled (stop: cancelled() is
+  // true); -EBADF: the descriptor was closed through close(). Descriptors must be
+  // non-blocking (SOCK_NONBLOCK, O_NONBLOCK).
+  struct Wait;
+  // The descriptor is ready: resumes with the IO_EV_* mask.
+  Wait readable(int fd, std::chrono::nanoseconds timeout = {}) const noexcept;
+  Wait writable(int fd, std::chrono::nanoseconds timeout = {}) const noexcept;
+  // Signal `signo` came (the host routes SIGUSR1, SIGUSR2, SIGRTMIN..+7): resumes with it.
+  Wait signal(int signo, std::chrono::nanoseconds timeout = {}) const noexcept;
+  // The client rang doorbell `bell` (its counter moved past `seen`): resumes with the
+  // counter. Root continuations of a daemon's client only.
+  Wait doorbell(std::uint32_t bell, std::uint64_t seen,
+                std::chrono::nanoseconds timeout = {}) const noexcept;
+  // I/O on a non-blocking descriptor: tried at once, and after readiness while the kernel
+  // says EAGAIN. Resumes with what the call returns (bytes, a descriptor) or -errno.
+  struct Io;
+  Io read(int fd, std::span<std::byte> buf, std::chrono::nanoseconds timeout = {}) const noexcept;
+  Io write(int fd, std::span<const std::byte> buf,
+           std::chrono::nanoseconds timeout = {}) const noexcept;
+  Io recv(int fd, std::span<std::byte> buf, int flags = 0,
+          std::chrono::nanoseconds timeout = {}) const noexcept;
+  Io send(int fd, std::span<const std::byte> buf, int flags = MSG_NOSIGNAL,
+          std::chrono::nanoseconds timeout = {}) const noexcept;
+  // A connection on a listening socket: the new descriptor (non-blocking, close-on-exec).
+  Io accept(int fd, std::chrono::nanoseconds timeout = {}) const noexcept;
+  // Connects a non-blocking socket: 0 or -errno.
+  Io connect(int fd, const sockaddr* addr, socklen_t len,
+             std::chrono::nanoseconds timeout = {}) const noexcept;
+  // Closes a descriptor, failing whatever waits on it with -EBADF first.
+  int close(int fd) const noexcept;
+  // A descriptor the client handed over (Client::send_fd()), borrowed; -1 if none.
+  int client_fd(std::uint32_t id) const noexcept;
+  // The continuation's deadline (none: time_point::max()).
+  std::chrono::steady_clock::time_point deadline() const noexcept;
 
  private:
   friend struct detail::Promise;
@@ -272,8 +322,20 @@ struct Promise {
   // What the suspension asks for. The awaiters only record it: the hand-off (to the
   // timer queue, another pool, children) is co_step()'s last act, once nothing of this
   // frame is touched any more, since the task may run elsewhere the moment it is done.
-  enum class Op : std::uint8_t { kYield, kPark, kMove, kJoin } op = Op::kYield;
-  std::int64_t until_ns = 0;   // kPark
+  enum class Op : std::uint8_t { kYield, kPark, kMove, kJoin, kWaitFd, kSignal, kDoorbell, kIo };
+  Op op = Op::kYield;
+  std::int64_t until_ns = 0;  // kPark; the waits' timeout (0: none)
+  // The event queue's waits (kWaitFd, kSignal, kDoorbell) and I/O (kIo).
+  enum class IoKind : std::uint8_t { kRead, kWrite, kRecv, kSend, kAccept, kConnect };
+  IoKind io = IoKind::kRead;
+  bool io_pending = false;   // kIo: waiting for readiness, to try again
+  int fd = -1;               // kWaitFd, kIo; kSignal: the signal
+  std::uint32_t events = 0;  // kWaitFd
+  int io_flags = 0;          // kIo: recv/send flags
+  void* buf = nullptr;       // kIo: the buffer, or the address (kConnect)
+  std::size_t len = 0;
+  std::uint64_t seen = 0;  // kDoorbell
+  std::int64_t wait_result = 0;
   std::uint32_t pool = 0;      // kMove
   bool move_failed = false;    // kMove: there was no such pool; resumed at once
   io_step_fn child = nullptr;  // kJoin: the children's entry, their arguments
@@ -391,6 +453,159 @@ struct CoContext::Move {
 
 inline CoContext::Move CoContext::move_to(std::uint32_t pool) const noexcept { return {p_, pool}; }
 
+namespace detail {
+inline std::int64_t timeout_at(io_ctx* c, std::chrono::nanoseconds d) noexcept {
+  return d.count() <= 0 ? 0 : c->ops->now_ns(c) + d.count();
+}
+// One try of an I/O call: its result, or -errno (-EAGAIN: wait and try again).
+inline std::int64_t try_io(Promise& p) noexcept {
+  ssize_t r = -1;
+  switch (p.io) {
+    case Promise::IoKind::kRead:
+      r = ::read(p.fd, p.buf, p.len);
+      break;
+    case Promise::IoKind::kWrite:
+      r = ::write(p.fd, p.buf, p.len);
+      break;
+    case Promise::IoKind::kRecv:
+      r = ::recv(p.fd, p.buf, p.len, p.io_flags);
+      break;
+    case Promise::IoKind::kSend:
+      r = ::send(p.fd, p.buf, p.len, p.io_flags);
+      break;
+    case Promise::IoKind::kAccept:
+      r = ::accept4(p.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      break;
+    case Promise::IoKind::kConnect: {
+      if (!p.io_pending) {  // the first try
+        r = ::connect(p.fd, static_cast<const sockaddr*>(p.buf), static_cast<socklen_t>(p.len));
+        if (r < 0 && errno == EINPROGRESS) return -EAGAIN;
+        break;
+      }
+      int err = 0;  // writable: the connect finished, well or not
+      socklen_t n = sizeof err;
+      if (::getsockopt(p.fd, SOL_SOCKET, SO_ERROR, &err, &n) != 0) return -errno;
+      return -err;
+    }
+  }
+  if (r >= 0) return r;
+  return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+}
+inline std::uint32_t io_events(const Promise& p) noexcept {
+  switch (p.io) {
+    case Promise::IoKind::kRead:
+    case Promise::IoKind::kRecv:
+    case Promise::IoKind::kAccept:
+      return IO_EV_READ;
+    default:
+      return IO_EV_WRITE;
+  }
+}
+}  // namespace detail
+
+struct CoContext::Wait {
+  detail::Promise* p;
+  detail::Promise::Op op;
+  int fd;
+  std::uint32_t events;
+  std::uint64_t seen;
+  std::chrono::nanoseconds timeout;
+  bool await_ready() const noexcept { return false; }
+  void await_suspend(detail::Handle) const noexcept {
+    p->op = op;
+    p->fd = fd;
+    p->events = events;
+    p->seen = seen;
+    p->until_ns = detail::timeout_at(p->ctx, timeout);
+    p->wait_result = 0;
+  }
+  std::int64_t await_resume() const noexcept { return p->wait_result; }
+};
+
+inline CoContext::Wait CoContext::readable(int fd, std::chrono::nanoseconds t) const noexcept {
+  return {p_, detail::Promise::Op::kWaitFd, fd, IO_EV_READ, 0, t};
+}
+inline CoContext::Wait CoContext::writable(int fd, std::chrono::nanoseconds t) const noexcept {
+  return {p_, detail::Promise::Op::kWaitFd, fd, IO_EV_WRITE, 0, t};
+}
+inline CoContext::Wait CoContext::signal(int signo, std::chrono::nanoseconds t) const noexcept {
+  return {p_, detail::Promise::Op::kSignal, signo, 0, 0, t};
+}
+inline CoContext::Wait CoContext::doorbell(std::uint32_t bell, std::uint64_t seen,
+                                           std::chrono::nanoseconds t) const noexcept {
+  return {p_, detail::Promise::Op::kDoorbell, static_cast<int>(bell), 0, seen, t};
+}
+
+// Tried in await_ready(): a call the kernel can answer at once costs no suspension.
+struct CoContext::Io {
+  detail::Promise* p;
+  detail::Promise::IoKind kind;
+  int fd;
+  void* buf;
+  std::size_t len;
+  int flags;
+  std::chrono::nanoseconds timeout;
+  bool await_ready() const noexcept {
+    p->io = kind;
+    p->fd = fd;
+    p->buf = buf;
+    p->len = len;
+    p->io_flags = flags;
+    p->io_pending = false;
+    p->wait_result = detail::try_io(*p);
+    return p->wait_result != -EAGAIN;
+  }
+  void await_suspend(detail::Handle) const noexcept {
+    p->op = detail::Promise::Op::kIo;
+    p->io_pending = true;
+    p->until_ns = detail::timeout_at(p->ctx, timeout);
+  }
+  std::int64_t await_resume() const noexcept { return p->wait_result; }
+};
+
+inline CoContext::Io CoContext::read(int fd, std::span<std::byte> b,
+                                     std::chrono::nanoseconds t) const noexcept {
+  return {p_, detail::Promise::IoKind::kRead, fd, b.data(), b.size(), 0, t};
+}
+inline CoContext::Io CoContext::write(int fd, std::span<const std::byte> b,
+                                      std::chrono::nanoseconds t) const noexcept {
+  return {p_, detail::Promise::IoKind::kWrite, fd, const_cast<std::byte*>(b.data()), b.size(), 0,
+          t};
+}
+inline CoContext::Io CoContext::recv(int fd, std::span<std::byte> b, int flags,
+                                     std::chrono::nanoseconds t) const noexcept {
+  return {p_, detail::Promise::IoKind::kRecv, fd, b.data(), b.size(), flags, t};
+}
+inline CoContext::Io CoContext::send(int fd, std::span<const std::byte> b, int flags,
+                                     std::chrono::nanoseconds t) const noexcept {
+  return {p_, detail::Promise::IoKind::kSend, fd, const_cast<std::byte*>(b.data()), b.size(), flags,
+          t};
+}
+inline CoContext::Io CoContext::accept(int fd, std::chrono::nanoseconds t) const noexcept {
+  return {p_, detail::Promise::IoKind::kAccept, fd, nullptr, 0, 0, t};
+}
+inline CoContext::Io CoContext::connect(int fd, const sockaddr* addr, socklen_t len,
+                                        std::chrono::nanoseconds t) const noexcept {
+  return {p_, detail::Promise::IoKind::kConnect, fd, const_cast<sockaddr*>(addr), len, 0, t};
+}
+inline int CoContext::close(int fd) const noexcept {
+  io_ctx* c = p_->ctx;
+  if (!INSIDEOUT_HAS_OP(c->ops, close_fd)) return ::close(fd) == 0 ? 0 : -errno;
+  return c->ops->close_fd(c, fd);
+}
+inline int CoContext::client_fd(std::uint32_t id) const noexcept {
+  io_ctx* c = p_->ctx;
+  if (!INSIDEOUT_HAS_OP(c->ops, client_fd)) return -1;
+  return c->ops->client_fd(c, p_->task, id);
+}
+inline std::chrono::steady_clock::time_point CoContext::deadline() const noexcept {
+  io_ctx* c = p_->ctx;
+  const std::int64_t ns =
+      INSIDEOUT_HAS_OP(c->ops, deadline_ns) ? c->ops->deadline_ns(c, p_->task) : 0;
+  if (ns == 0) return std::chrono::steady_clock::time_point::max();
+  return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(ns));
+}
+
 // Memory ordering of joins:
 //   J1 (a child's pending.fetch_sub, acq_rel, after it wrote its Outcome) pairs with J2
 //      (the parent's pending.fetch_sub, acq_rel, when it starts waiting): whoever brings
@@ -448,6 +663,17 @@ inline io_step co_step(io_task* t, io_ctx* c) noexcept {
     return IO_STEP_FAIL;
   }
   for (;;) {
+    if (p.op == Promise::Op::kIo && p.io_pending) {  // back from a readiness wait: try again
+      if (p.wait_result >= 0) p.wait_result = try_io(p);
+      if (p.wait_result == -EAGAIN) {
+        if (p.until_ns != 0 && c->ops->now_ns(c) >= p.until_ns) {
+          p.wait_result = -ETIMEDOUT;
+        } else if (c->ops->park_fd(c, t, p.fd, io_events(p), p.until_ns, &p.wait_result) == 0) {
+          return IO_STEP_PARK;  // the last act: the task may run elsewhere from here
+        }
+      }
+      p.io_pending = false;
+    }
     p.op = Promise::Op::kYield;
     h.resume();
     if (h.done()) {
@@ -467,6 +693,30 @@ inline io_step co_step(io_task* t, io_ctx* c) noexcept {
       case Promise::Op::kPark:
         c->ops->park_until(c, t, p.until_ns);
         return IO_STEP_PARK;
+      case Promise::Op::kWaitFd:
+      case Promise::Op::kIo:
+        if (!INSIDEOUT_HAS_OP(c->ops, park_fd)) {
+          p.wait_result = -ENOSYS;
+        } else if (c->ops->park_fd(c, t, p.fd, p.op == Promise::Op::kIo ? io_events(p) : p.events,
+                                   p.until_ns, &p.wait_result) == 0) {
+          return IO_STEP_PARK;
+        }
+        continue;  // not parked: resume with the error (kIo: io_pending retries nothing)
+      case Promise::Op::kSignal:
+        if (!INSIDEOUT_HAS_OP(c->ops, park_signal)) {
+          p.wait_result = -ENOSYS;
+        } else if (c->ops->park_signal(c, t, p.fd, p.until_ns, &p.wait_result) == 0) {
+          return IO_STEP_PARK;
+        }
+        continue;
+      case Promise::Op::kDoorbell:
+        if (!INSIDEOUT_HAS_OP(c->ops, park_doorbell)) {
+          p.wait_result = -ENOSYS;
+        } else if (c->ops->park_doorbell(c, t, static_cast<std::uint32_t>(p.fd), p.seen, p.until_ns,
+                                         &p.wait_result) == 0) {
+          return IO_STEP_PARK;
+        }
+        continue;
       case Promise::Op::kMove:
         if (c->ops->move_to(c, t, p.pool) == 0) return IO_STEP_MOVED;
         p.move_failed = true;  // still ours: resume it at once
@@ -526,6 +776,12 @@ io_step child_entry(io_task* t, io_ctx* c) noexcept {
 template <auto F>
 io_step coroutine(io_task* t, io_ctx* c) noexcept {
   return detail::start<F>(t, c, nullptr, 0);
+}
+
+template <auto F>
+void CoContext::spawn(std::uint64_t arg) const noexcept {
+  // No parent to report to (w1 = 0): child_entry<F> sees none.
+  p_->ctx->ops->spawn(p_->ctx, &detail::child_entry<F>, arg, 0, 0xFFFFFFFFu, IO_SHARE_ALWAYS);
 }
 
 template <auto F>

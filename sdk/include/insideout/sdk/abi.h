@@ -27,7 +27,7 @@ extern "C" {
 
 #define IO_SDK_ABI_VERSION 1u
 /* The SDK headers' version: major (incompatible) << 16 | minor (additions only). */
-#define IO_SDK_VERSION ((1u << 16) | 0u)
+#define IO_SDK_VERSION ((1u << 16) | 1u) /* 1.1: the event queue (park_fd ...) */
 #define IO_SDK_VERSION_MAJOR(v) ((v) >> 16)
 
 typedef struct io_task io_task;
@@ -72,6 +72,18 @@ enum {
                                    whole output buffer (ops->output()), and by convention
                                    the scalar argument is the length of the input at its
                                    start */
+};
+
+/* Events a continuation waits for on a descriptor (ops->park_fd), and what the wait's
+ * result reports: a non-negative mask of IO_EV_* (ready), or a negative errno:
+ * -ETIMEDOUT (the wait's own timeout passed), -ECANCELED (the continuation was
+ * cancelled, its client left, the daemon stops), -EBADF (the descriptor was closed
+ * through ops->close_fd while waited on), -EBUSY (another continuation waits on it). */
+enum {
+  IO_EV_READ = 1u << 0,  /* readable, or a listening socket has a connection */
+  IO_EV_WRITE = 1u << 1, /* writable, or a connect finished */
+  IO_EV_ERROR = 1u << 2, /* reported only: an error is pending on it */
+  IO_EV_HUP = 1u << 3,   /* reported only: the peer hung up */
 };
 
 /* Values of the spawn `share` argument. */
@@ -130,6 +142,34 @@ typedef struct io_ctx_ops {
   /* Batched child accounting for counting parents (fanout): one finished child of
    * `parent`, whose w0 counts its outstanding children; resumes it at zero. */
   void (*child_done)(io_ctx* c, io_task* parent);
+
+  /* ---- SDK 1.1: the event queue. Check `size` before calling these. ---- */
+  /* With IO_STEP_PARK: the task resumes (with t->fn) when descriptor `fd` is ready for
+   * `events` (IO_EV_READ and/or IO_EV_WRITE), at `timeout_ns` (CLOCK_MONOTONIC; 0: no
+   * timeout), or when cancelled; the outcome goes to *result first (see IO_EV_*).
+   * Returns 0; otherwise the task is not parked (*result says why) and the step must
+   * not return IO_STEP_PARK. The descriptor stays the caller's. */
+  int (*park_fd)(io_ctx* c, io_task* t, int fd, uint32_t events, int64_t timeout_ns,
+                 int64_t* result);
+  /* With IO_STEP_PARK: resumes when signal `signo` is delivered to the process (*result
+   * = signo), at timeout_ns, or when cancelled. The host must route the signal to the
+   * event queue (the daemon does for SIGUSR1, SIGUSR2 and SIGRTMIN..SIGRTMIN+7);
+   * otherwise returns nonzero with *result = -EINVAL. */
+  int (*park_signal)(io_ctx* c, io_task* t, int signo, int64_t timeout_ns, int64_t* result);
+  /* Closes `fd` after failing every continuation parked on it with -EBADF. Use it, not
+   * close(2), for descriptors continuations may be waiting on. */
+  int (*close_fd)(io_ctx* c, int fd);
+  /* The continuation's deadline (CLOCK_MONOTONIC ns), 0 when it has none. Past it the
+   * engine fails it with "deadline exceeded" at its next step or while it waits. */
+  int64_t (*deadline_ns)(io_ctx* c, const io_task* t);
+  /* A descriptor the continuation's client passed to the daemon (SCM_RIGHTS), by the id
+   * the client got for it; -1 when it has none of that id. Borrowed: do not close it. */
+  int (*client_fd)(io_ctx* c, const io_task* t, uint32_t id);
+  /* With IO_STEP_PARK: resumes when the client rings doorbell `bell` (its counter in the
+   * segment moves past `seen`; *result = the counter's low 63 bits), at timeout_ns, or
+   * when cancelled. Roots of client submissions only; else nonzero, *result = -EINVAL. */
+  int (*park_doorbell)(io_ctx* c, io_task* t, uint32_t bell, uint64_t seen, int64_t timeout_ns,
+                       int64_t* result);
 } io_ctx_ops;
 
 /* The context of one step. The engine's own state follows these fields. */

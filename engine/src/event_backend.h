@@ -1,0 +1,31 @@
+// The kernel interface under the event queue (event_queue.h): one-shot readiness watches
+// of descriptors, each with a token, and a descriptor that is readable while any fired.
+// Called under EventQueue::mu_ only, so a backend needs no locking of its own.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "event_queue.h"
+
+namespace insideout::engine {
+
+class EventQueue::Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual EventBackendKind kind() const noexcept = 0;
+  virtual int notify_fd() const noexcept = 0;
+  // Watches `fd` for `events` (EPOLLIN/EPOLLOUT/..., one shot) under `token`: 0 or -errno.
+  virtual int arm(int fd, std::uint32_t events, std::uint64_t token) = 0;
+  // Stops the watch `token` on `fd` (it may still be reported: the queue checks tokens).
+  virtual void disarm(int fd, std::uint64_t token) = 0;
+  // `fd` is about to be closed.
+  virtual void forget(int fd) = 0;
+  // What fired since the last call (non-blocking): tokens and their EPOLL* events.
+  virtual int poll(std::uint64_t* tokens, std::uint32_t* revents, int n) = 0;
+};
+
+// kAuto: the default backend where the kernel allows it (docs/ARCHITECTURE.md).
+std::unique_ptr<EventQueue::Backend> make_event_backend(EventBackendKind kind);
+
+}  // namespace insideout::engine

@@ -1,0 +1,268 @@
+// The event queue through the SDK, on both backends (epoll, and io_uring where this
+// kernel allows it; nothing newer than Linux 6.1 is used by either): timers, descriptor
+// readiness, I/O, timeouts, a descriptor closed under a waiter, signals, a TCP echo.
+#include "event_queue.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "insideout/runtime.hpp"
+#include "insideout/sdk.hpp"
+
+namespace insideout {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Waits until fd ARG is readable (1 s at most): the IO_EV_* mask or -errno.
+Continuation wait_readable(CoContext c) {
+  const std::int64_t r = co_await c.readable(static_cast<int>(c.arg()), 1s);
+  co_return static_cast<std::uint64_t>(r);
+}
+
+// Waits 30 ms for fd ARG to become readable (it does not): -ETIMEDOUT.
+Continuation wait_short(CoContext c) {
+  const std::int64_t r = co_await c.readable(static_cast<int>(c.arg()), 30ms);
+  co_return static_cast<std::uint64_t>(r);
+}
+
+// Reads until 4 bytes have come or the peer hangs up; the sum of the bytes.
+Continuation read_four(CoContext c) {
+  std::array<std::byte, 4> buf{};
+  std::size_t got = 0;
+  while (got < buf.size()) {
+    const std::int64_t n =
+        co_await c.read(static_cast<int>(c.arg()), std::span(buf).subspan(got), 2s);
+    if (n <= 0) co_return c.fail("read: " + std::string(n == 0 ? "eof" : std::strerror(-n)));
+    got += static_cast<std::size_t>(n);
+  }
+  std::uint64_t sum = 0;
+  for (auto b : buf) sum += static_cast<std::uint8_t>(b);
+  co_return sum;
+}
+
+// Closes fd ARG through the event queue.
+Continuation close_it(CoContext c) {
+  co_return static_cast<std::uint64_t>(c.close(static_cast<int>(c.arg())));
+}
+
+Continuation wait_sigusr1(CoContext c) {
+  const std::int64_t r = co_await c.signal(SIGUSR1, 2s);
+  co_return static_cast<std::uint64_t>(r);
+}
+
+Continuation wait_sigterm(CoContext c) {  // not routable: refused at once
+  const std::int64_t r = co_await c.signal(SIGTERM, 2s);
+  co_return static_cast<std::uint64_t>(r);
+}
+
+// One echo connection: echoes until the peer hangs up.
+Continuation echo_conn(CoContext c) {
+  const int fd = static_cast<int>(c.arg());
+  std::array<std::byte, 256> buf;
+  for (;;) {
+    const std::int64_t n = co_await c.recv(fd, buf, 0, 2s);
+    if (n <= 0) break;
+    std::size_t off = 0;
+    while (off < static_cast<std::size_t>(n)) {
+      const std::int64_t w =
+          co_await c.send(fd, std::span(buf).subspan(off, static_cast<std::size_t>(n) - off));
+      if (w <= 0) break;
+      off += static_cast<std::size_t>(w);
+    }
+  }
+  c.close(fd);
+  co_return 0;
+}
+
+// Accepts ARG >> 32 connections on listening socket ARG & 0xffffffff, one echo each.
+Continuation echo_server(CoContext c) {
+  const int lfd = static_cast<int>(c.arg() & 0xFFFFFFFFu);
+  const std::uint64_t n = c.arg() >> 32;
+  for (std::uint64_t i = 0; i < n; ++i) {
+    const std::int64_t fd = co_await c.accept(lfd, 2s);
+    if (fd < 0) co_return c.fail("accept: " + std::string(std::strerror(static_cast<int>(-fd))));
+    c.spawn<echo_conn>(static_cast<std::uint64_t>(fd));
+  }
+  co_return n;
+}
+
+class EventQueueTest : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    if (std::string(GetParam()) == "io_uring") {
+      const std::string why = engine::probe_io_uring();
+      if (!why.empty()) GTEST_SKIP() << "io_uring unavailable here: " << why;
+    }
+    RuntimeOptions o;
+    o.pools = {{"default", 2, {}}};
+    o.pin = false;
+    o.event_backend = GetParam();
+    rt_ = std::make_unique<Runtime>(o);
+    rt_->add("t.wait_readable", coroutine<wait_readable>);
+    rt_->add("t.wait_short", coroutine<wait_short>);
+    rt_->add("t.read_four", coroutine<read_four>);
+    rt_->add("t.close_it", coroutine<close_it>);
+    rt_->add("t.wait_sigusr1", coroutine<wait_sigusr1>);
+    rt_->add("t.wait_sigterm", coroutine<wait_sigterm>);
+    rt_->add("t.echo_server", coroutine<echo_server>);
+  }
+  void TearDown() override { rt_.reset(); }
+  static std::array<int, 2> pair() {
+    std::array<int, 2> sv{};
+    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv.data()), 0);
+    return sv;
+  }
+  std::unique_ptr<Runtime> rt_;
+};
+
+TEST_P(EventQueueTest, ShouldResumeAWaiterWhenItsDescriptorBecomesReadable) {
+  auto [a, b] = pair();
+  auto h = rt_->submit("t.wait_readable", static_cast<std::uint64_t>(a));
+  std::this_thread::sleep_for(20ms);
+  EXPECT_FALSE(h.done()) << "resumed before anything was written";
+  ASSERT_EQ(::write(b, "x", 1), 1);
+  const auto r = h.wait();
+  ASSERT_TRUE(r.ok()) << r.error();
+  EXPECT_EQ(static_cast<std::int64_t>(r.value) & IO_EV_READ, IO_EV_READ);
+  ::close(a);
+  ::close(b);
+}
+
+TEST_P(EventQueueTest, ShouldTimeOutAWaitNothingWakes) {
+  auto [a, b] = pair();
+  const auto start = std::chrono::steady_clock::now();
+  const auto r = rt_->call("t.wait_short", static_cast<std::uint64_t>(a));
+  const auto took = std::chrono::steady_clock::now() - start;
+  ASSERT_TRUE(r.ok()) << r.error();
+  EXPECT_EQ(static_cast<std::int64_t>(r.value), -ETIMEDOUT);
+  EXPECT_GE(took, 30ms);
+  ::close(a);
+  ::close(b);
+}
+
+TEST_P(EventQueueTest, ShouldReadWhatArrivesInPiecesAcrossWaits) {
+  auto [a, b] = pair();
+  auto h = rt_->submit("t.read_four", static_cast<std::uint64_t>(a));
+  const unsigned char bytes[4] = {1, 2, 3, 4};
+  for (unsigned char byte : bytes) {
+    std::this_thread::sleep_for(5ms);
+    ASSERT_EQ(::write(b, &byte, 1), 1);
+  }
+  const auto r = h.wait();
+  ASSERT_TRUE(r.ok()) << r.error();
+  EXPECT_EQ(r.value, 10u);
+  ::close(a);
+  ::close(b);
+}
+
+TEST_P(EventQueueTest, ShouldFailAWaiterCleanlyWhenItsDescriptorIsClosed) {
+  auto [a, b] = pair();
+  auto h = rt_->submit("t.wait_readable", static_cast<std::uint64_t>(a));
+  std::this_thread::sleep_for(20ms);  // parked by now (if not, it parks on a closed fd: EBADF)
+  const auto closed = rt_->call("t.close_it", static_cast<std::uint64_t>(a));
+  ASSERT_TRUE(closed.ok()) << closed.error();
+  EXPECT_EQ(closed.value, 0u);
+  const auto r = h.wait();
+  ASSERT_TRUE(r.ok()) << r.error();
+  const auto v = static_cast<std::int64_t>(r.value);
+  // Parked: -EBADF from close_fd(). io_uring reports a poll on a closed descriptor as an
+  // error event, epoll refuses to arm it: either way the waiter ends, and promptly.
+  EXPECT_TRUE(v == -EBADF || (v >= 0 && (v & IO_EV_ERROR))) << v;
+  EXPECT_EQ(::fcntl(a, F_GETFD), -1) << "the descriptor is still open";
+  ::close(b);
+}
+
+TEST_P(EventQueueTest, ShouldResumeASignalWaiter) {
+  // Routed signals are blocked in every thread: this one's mask is inherited by the
+  // workers the Runtime made (SetUp ran on this thread, but made them before the block,
+  // so make a fresh Runtime after blocking).
+  sigset_t set, old;
+  sigemptyset(&set);
+  sigaddset(&set, SIGUSR1);
+  ASSERT_EQ(pthread_sigmask(SIG_BLOCK, &set, &old), 0);
+  rt_.reset();
+  SetUp();
+  auto h = rt_->submit("t.wait_sigusr1");
+  std::this_thread::sleep_for(20ms);
+  EXPECT_FALSE(h.done());
+  ASSERT_EQ(::kill(::getpid(), SIGUSR1), 0);
+  const auto r = h.wait();
+  ASSERT_TRUE(r.ok()) << r.error();
+  EXPECT_EQ(static_cast<std::int64_t>(r.value), SIGUSR1);
+  // A signal that is not routed to the event queue is refused, not waited for forever.
+  const auto term = rt_->call("t.wait_sigterm");
+  ASSERT_TRUE(term.ok()) << term.error();
+  EXPECT_EQ(static_cast<std::int64_t>(term.value), -EINVAL);
+  rt_.reset();
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+}
+
+TEST_P(EventQueueTest, ShouldServeTcpEchoToSeveralConnections) {
+  const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  ASSERT_GE(lfd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(::listen(lfd, 16), 0);
+  socklen_t len = sizeof addr;
+  ASSERT_EQ(::getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  constexpr int kConns = 8;
+  auto server = rt_->submit("t.echo_server", (std::uint64_t{kConns} << 32) | lfd);
+  std::vector<std::thread> clients;
+  std::atomic<int> good{0};
+  for (int i = 0; i < kConns; ++i) {
+    clients.emplace_back([&, i] {
+      const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return;
+      timeval tv{2, 0};
+      ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+      bool ok = true;
+      for (int round = 0; round < 20 && ok; ++round) {
+        const std::string msg = "hello " + std::to_string(i) + "/" + std::to_string(round);
+        ok = ::send(fd, msg.data(), msg.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(msg.size());
+        std::string back(msg.size(), '\0');
+        std::size_t got = 0;
+        while (ok && got < back.size()) {
+          const ssize_t n = ::recv(fd, back.data() + got, back.size() - got, 0);
+          ok = n > 0;
+          if (ok) got += static_cast<std::size_t>(n);
+        }
+        ok = ok && back == msg;
+      }
+      if (ok) good.fetch_add(1);
+      ::close(fd);
+    });
+  }
+  for (auto& t : clients) t.join();
+  const auto r = server.wait();
+  ASSERT_TRUE(r.ok()) << r.error();
+  EXPECT_EQ(good.load(), kConns);
+  ::close(lfd);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, EventQueueTest, ::testing::Values("epoll", "io_uring"),
+                         [](const auto& info) { return std::string(info.param); });
+
+TEST(EventQueueOptions, ShouldRefuseAnUnknownBackend) {
+  RuntimeOptions o;
+  o.event_backend = "kqueue";
+  EXPECT_THROW(Runtime{o}, std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace insideout
