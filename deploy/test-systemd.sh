@@ -64,6 +64,19 @@ if [[ $(cat "$tree/.insideout-depends" 2>/dev/null) != "$depends" ]]; then
   echo "$depends" >"$tree/.insideout-depends"
 fi
 
+# The Dockerfile's steps (deploy/Dockerfile) in the tree, without systemd running: a
+# fixed user first, then the package (its postinst keeps the user, skips the units).
+if "${nspawn[@]}" --volatile=overlay --bind-ro="$(dirname "$deb")":/mnt/deb --pipe sh -ec "
+  groupadd --system --gid 10001 insideout
+  useradd --system --uid 10001 --gid 10001 --home-dir / --no-create-home --shell /usr/sbin/nologin insideout
+  dpkg -i /mnt/deb/$(basename "$deb") >/dev/null
+  insideoutd --version >/dev/null
+  test \"\$(id -u insideout):\$(id -g insideout)\" = 10001:10001" >/tmp/docker-steps.log 2>&1; then
+  pass "the Dockerfile's steps: installs without systemd, keeps uid/gid 10001, insideoutd runs"
+else
+  cat /tmp/docker-steps.log; fail "the Dockerfile's steps in the tree"
+fi
+
 # Boot.
 log=$(mktemp)
 "${nspawn[@]}" --private-network --volatile=overlay --bind-ro="$(dirname "$deb")":/mnt/deb \
