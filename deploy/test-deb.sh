@@ -70,6 +70,18 @@ if grep -q -e '-march=native' -e '-mtune=native' build/package/compile_commands.
 fi
 echo "test-deb: $out"
 
+# pkg-config: a consumer (tests/package/consumer.cc) builds against the package's library
+# and headers with `pkg-config --cflags --libs insideout`, and runs.
+if command -v pkg-config >/dev/null && command -v c++ >/dev/null; then
+  pc_flags=$(PKG_CONFIG_PATH="$root/usr/lib/x86_64-linux-gnu/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$root" \
+    pkg-config --cflags --libs insideout) || fail "pkg-config insideout"
+  # shellcheck disable=SC2086
+  c++ tests/package/consumer.cc $pc_flags -o "$ctl/consumer" || fail "building against insideout.pc"
+  LD_LIBRARY_PATH="$root/usr/lib/x86_64-linux-gnu" "$ctl/consumer" >/dev/null ||
+    fail "the pkg-config consumer did not run"
+  echo "test-deb: pkg-config consumer builds and runs ($pc_flags)"
+fi
+
 # The units as installed.
 if command -v systemd-analyze >/dev/null; then
   # A root of the package plus the host's units and kill(1): what a Debian 12 system has.
