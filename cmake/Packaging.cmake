@@ -3,6 +3,7 @@
 # `package` preset; deploy/test-deb.sh builds and checks it).
 
 if(INSIDEOUT_CLIENT_SHARED)
+  file(RELATIVE_PATH INSIDEOUT_PC_TO_PREFIX /p/${CMAKE_INSTALL_LIBDIR}/pkgconfig /p)
   configure_file(${PROJECT_SOURCE_DIR}/cmake/insideout.pc.in ${PROJECT_BINARY_DIR}/insideout.pc
     @ONLY)
   install(FILES ${PROJECT_BINARY_DIR}/insideout.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)

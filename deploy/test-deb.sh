@@ -73,7 +73,7 @@ echo "test-deb: $out"
 # pkg-config: a consumer (tests/package/consumer.cc) builds against the package's library
 # and headers with `pkg-config --cflags --libs insideout`, and runs.
 if command -v pkg-config >/dev/null && command -v c++ >/dev/null; then
-  pc_flags=$(PKG_CONFIG_PATH="$root/usr/lib/x86_64-linux-gnu/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$root" \
+  pc_flags=$(PKG_CONFIG_PATH="$root/usr/lib/x86_64-linux-gnu/pkgconfig" \
     pkg-config --cflags --libs insideout) || fail "pkg-config insideout"
   # shellcheck disable=SC2086
   c++ tests/package/consumer.cc $pc_flags -o "$ctl/consumer" || fail "building against insideout.pc"
