@@ -14,6 +14,8 @@
 # Machines without a system bus (this project's CI) cannot use machinectl or systemd-run
 # -M: commands run in the container with nsenter(1) into its PID 1's namespaces.
 set -euo pipefail
+# (Checks compare captured output: `producer | grep -q` fails under pipefail when grep
+# exits before the producer has written everything.)
 cd "$(dirname "$0")/.."
 
 cache=${INSIDEOUT_NSPAWN_CACHE:-/var/cache/insideout-nspawn}
@@ -91,7 +93,9 @@ cleanup() {
 }
 trap cleanup EXIT
 for _ in $(seq 100); do
-  leader=$(ps -o pid= --ppid "$nspawn_pid" 2>/dev/null | head -1 | tr -d " " || true)
+  # The container's PID 1 is the child of systemd-nspawn that runs systemd (an earlier
+  # child only sets it up).
+  leader=$(ps -o pid=,comm= --ppid "$nspawn_pid" 2>/dev/null | awk '$2 == "systemd" { print $1; exit }' || true)
   [[ -n $leader ]] && nsenter -t "$leader" -a true 2>/dev/null && break
   kill -0 "$nspawn_pid" 2>/dev/null || { cat "$log"; skip "systemd-nspawn -b exited: this machine cannot boot a container"; }
   leader=""
@@ -122,7 +126,8 @@ done
 # The daemon in this package: with the service features (--config, sd_notify, socket
 # activation, SIGHUP reload) or an older one, run through a drop-in as a simple service.
 full=1
-if ! inside insideoutd --help | grep -q -- '--config'; then
+help=$(inside insideoutd --help)
+if [[ $help != *--config* ]]; then
   full=0
   note "insideoutd has no --config (service features not merged): notify, socket activation, reload and watchdog checks skipped; the unit runs as Type=simple without sockets"
   inside mkdir -p /etc/systemd/system/insideoutd.service.d
@@ -184,7 +189,7 @@ if ((full)); then
   pid=$(inside systemctl show -p MainPID --value insideoutd.service)
   inside sh -c 'printf "\n[[pools]]\nname = \"reloaded\"\nsize = 1\n" >>/etc/insideout/insideoutd.toml'
   inside systemctl reload insideoutd.service && pass "systemctl reload" || fail "systemctl reload"
-  ctl pools | grep -q reloaded && pass "reload applied (pool 'reloaded')" || fail "reload not applied"
+  [[ $(ctl pools) == *reloaded* ]] && pass "reload applied (pool 'reloaded')" || fail "reload not applied"
   [[ $(inside systemctl show -p MainPID --value insideoutd.service) == "$pid" ]] &&
     pass "reload kept the process" || fail "reload restarted the process"
 else
@@ -224,7 +229,7 @@ fi
 rc=$(inside cat /tmp/sleep.rc)
 [[ $rc =~ ^[0-9]+$ && $rc -ne 124 ]] && pass "client waiting across the restart got one outcome (exit $rc: $(inside head -c 200 /tmp/sleep.out))" ||
   fail "client waiting across the restart hung"
-ctl submit echo again | grep -q again && pass "client works after restart" || fail "client after restart"
+[[ $(ctl submit echo again) == *again* ]] && pass "client works after restart" || fail "client after restart"
 
 # Upgrade in place (the same package again: postinst configure with the old version):
 # the running service is restarted, still enabled.
@@ -234,10 +239,11 @@ inside dpkg -i "/mnt/deb/$debname" >/tmp/dpkg.log 2>&1 && pass "upgrade: dpkg -i
 for _ in $(seq 50); do inside systemctl is-active insideoutd.service >/dev/null && break; sleep 0.1; done
 new=$(inside systemctl show -p MainPID --value insideoutd.service)
 [[ $new != "$pid" && $new != 0 ]] && pass "upgrade restarted the service" || fail "upgrade did not restart the service ($pid -> $new)"
-ctl submit echo upgraded | grep -q upgraded && pass "client works after the upgrade" || fail "client after upgrade"
+[[ $(ctl submit echo upgraded) == *upgraded* ]] && pass "client works after the upgrade" || fail "client after upgrade"
 
 # Watchdog: every worker wedged in test.hang while the other threads run.
 if ((full)); then
+  inside mkdir -p /etc/systemd/system/insideoutd.service.d
   inside sh -c 'cat >/etc/systemd/system/insideoutd.service.d/watchdog-test.conf' <<'EOF'
 [Service]
 ExecStart=
@@ -254,7 +260,7 @@ EOF
     sleep 0.1
   done
   ((restarted)) && pass "watchdog restarted the wedged daemon" || fail "watchdog did not restart the wedged daemon"
-  inside journalctl -u insideoutd --no-pager | grep -q -i watchdog && pass "journal names the watchdog" ||
+  [[ $(inside journalctl -u insideoutd --no-pager) == *[Ww]atchdog* ]] && pass "journal names the watchdog" ||
     fail "no watchdog line in the journal"
   inside rm /etc/systemd/system/insideoutd.service.d/watchdog-test.conf
   inside systemctl daemon-reload
@@ -264,7 +270,7 @@ else
 fi
 
 # Logs reach the journal with priorities.
-inside journalctl -u insideoutd --no-pager -o cat | grep -q . && pass "journal has insideoutd's lines" ||
+[[ -n $(inside journalctl -u insideoutd --no-pager -o cat) ]] && pass "journal has insideoutd's lines" ||
   fail "no journal lines"
 
 # Stop: nothing left behind.
