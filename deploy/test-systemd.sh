@@ -262,6 +262,10 @@ EOF
   ((restarted)) && pass "watchdog restarted the wedged daemon" || fail "watchdog did not restart the wedged daemon"
   [[ $(inside journalctl -u insideoutd --no-pager) == *[Ww]atchdog* ]] && pass "journal names the watchdog" ||
     fail "no watchdog line in the journal"
+  # The daemon's own line about it, at priority err (its "<3>" prefix), not only systemd's.
+  [[ -n $(inside journalctl -u insideoutd SYSLOG_IDENTIFIER=insideoutd -p err -o cat --no-pager) ]] &&
+    pass "the daemon's error lines reach the journal with priority err" ||
+    fail "no line of insideoutd at priority err"
   inside rm /etc/systemd/system/insideoutd.service.d/watchdog-test.conf
   inside systemctl daemon-reload
   for _ in $(seq 50); do inside systemctl is-active insideoutd.service >/dev/null && break; sleep 0.1; done
