@@ -10,6 +10,9 @@
 
 namespace insideout::engine {
 
+// A poll() report of a watch the kernel dropped without an event: arm it again.
+inline constexpr std::uint32_t kCancelledWatch = 1u << 31;
+
 class EventQueue::Backend {
  public:
   virtual ~Backend() = default;
@@ -25,6 +28,8 @@ class EventQueue::Backend {
   virtual void disarm(int fd, std::uint64_t token) = 0;
   // `fd` is about to be closed.
   virtual void forget(int fd) = 0;
+  // Whether poll() may find something (false only when it surely finds nothing).
+  virtual bool maybe_ready() const noexcept = 0;
   // What fired since the last call (non-blocking): tokens and their EPOLL* events.
   virtual int poll(std::uint64_t* tokens, std::uint32_t* revents, int n) = 0;
 };

@@ -30,6 +30,7 @@ class EpollBackend final : public EventQueue::Backend {
   ~EpollBackend() override { ::close(epfd_); }
   EventBackendKind kind() const noexcept override { return EventBackendKind::kEpoll; }
   bool edge_triggered() const noexcept override { return false; }
+  bool maybe_ready() const noexcept override { return true; }  // only epoll_wait() can tell
   int notify_fd() const noexcept override { return epfd_; }
   int arm(int fd, std::uint32_t events, std::uint64_t token) override {
     epoll_event ev{};
@@ -81,6 +82,11 @@ class UringBackend final : public EventQueue::Backend {
   }
   EventBackendKind kind() const noexcept override { return EventBackendKind::kIoUring; }
   bool edge_triggered() const noexcept override { return true; }
+  // The completion ring's tail is published (release) before the eventfd is signalled, so a
+  // worker woken by the eventfd sees the completion here.
+  bool maybe_ready() const noexcept override {
+    return ::io_uring_cq_ready(const_cast<io_uring*>(&ring_)) != 0;
+  }
   int notify_fd() const noexcept override { return efd_; }
   int arm(int fd, std::uint32_t events, std::uint64_t token) override {
     io_uring_sqe* sqe = sqe_();
@@ -106,9 +112,14 @@ class UringBackend final : public EventQueue::Backend {
     for (unsigned j = 0; j < got; ++j) {
       const std::uint64_t token = ::io_uring_cqe_get_data64(cqes[j]);
       const int res = cqes[j]->res;
-      if (token == kRemoveToken || res == -ECANCELED) continue;  // a removal, or its victim
+      if (token == kRemoveToken) continue;  // a removal's own completion
       tokens[k] = token;
-      revents[k] = res < 0 ? static_cast<std::uint32_t>(EPOLLERR) : static_cast<std::uint32_t>(res);
+      // -ECANCELED: a removal's victim (its wait has ended: the queue drops the stale
+      // token), or a watch cancelled by the kernel because the thread that submitted it
+      // exited (a retired worker): the queue arms that one again (kCancelledWatch).
+      revents[k] = res == -ECANCELED ? kCancelledWatch
+                   : res < 0         ? static_cast<std::uint32_t>(EPOLLERR)
+                                     : static_cast<std::uint32_t>(res);
       ++k;
     }
     ::io_uring_cq_advance(&ring_, got);

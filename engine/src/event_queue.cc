@@ -30,6 +30,14 @@ std::int64_t now_ns() noexcept {
   return std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
 }
 
+// What the kernel watches for a wait on IO_EV_* events (one shot).
+std::uint32_t watch_events(std::uint32_t io_events) noexcept {
+  std::uint32_t ev = EPOLLONESHOT;
+  if (io_events & IO_EV_READ) ev |= EPOLLIN | EPOLLRDHUP;
+  if (io_events & IO_EV_WRITE) ev |= EPOLLOUT;
+  return ev;
+}
+
 WaitId make_id(std::uint32_t index, std::uint32_t gen) noexcept {
   return (std::uint64_t{gen} << 32) | index;
 }
@@ -187,10 +195,7 @@ int EventQueue::park_fd(Task* t, int fd, std::uint32_t events, std::int64_t when
       Wait& w = waits_[i];
       w.key = static_cast<std::uint64_t>(fd);
       w.events = events;
-      std::uint32_t ev = EPOLLONESHOT;
-      if (events & IO_EV_READ) ev |= EPOLLIN | EPOLLRDHUP;
-      if (events & IO_EV_WRITE) ev |= EPOLLOUT;
-      if (const int e = backend_->arm(fd, ev, make_id(i, w.gen)); e != 0) {
+      if (const int e = backend_->arm(fd, watch_events(events), make_id(i, w.gen)); e != 0) {
         // Not a descriptor the kernel can wait on (a regular file, a closed one): the
         // task is not parked after all (finish() ends the park); the step hears why.
         std::vector<Task*> none;
@@ -500,9 +505,31 @@ void EventQueue::take_signals(std::vector<Task*>& out) {
 
 // ---- harvesting ---------------------------------------------------------------------
 
+void EventQueue::rearm(std::uint64_t token) {
+  if (token == kTimerToken) {
+    backend_->arm(timer_fd_, EPOLLIN, kTimerToken);
+    return;
+  }
+  if (token == kSignalToken) {
+    if (signal_fd_ >= 0) backend_->arm(signal_fd_, EPOLLIN, kSignalToken);
+    return;
+  }
+  const auto i = static_cast<std::uint32_t>(token);
+  if (i >= waits_.size() || waits_[i].gen != static_cast<std::uint32_t>(token >> 32) ||
+      waits_[i].kind != Kind::kFd)
+    return;  // the wait has ended: this was our own removal
+  (void)backend_->arm(static_cast<int>(waits_[i].key), watch_events(waits_[i].events), token);
+}
+
 Task* EventQueue::harvest(Worker& w) {
-  if (!harvest_mu_.try_lock()) return nullptr;  // another worker is at it
-  std::lock_guard h(harvest_mu_, std::adopt_lock);
+  // Nothing can be ready: a load for io_uring (its completion ring), so idle and busy
+  // looks cost no system call.
+  if (!backend_->maybe_ready() && pending_signals_.load(std::memory_order_relaxed) == 0)
+    return nullptr;
+  // Waits for a harvest in progress rather than skipping it: the worker may have been woken
+  // by an edge-triggered notification that the other harvest started too early to see,
+  // and nothing would notify again.
+  std::lock_guard h(harvest_mu_);
   std::vector<Task*> out;
   std::uint64_t tokens[kHarvestBatch];
   std::uint32_t revents[kHarvestBatch];
@@ -513,6 +540,10 @@ Task* EventQueue::harvest(Worker& w) {
     const int n = backend_->poll(tokens, revents, kHarvestBatch);
     bool timer = false;
     for (int k = 0; k < n; ++k) {
+      if (revents[k] == kCancelledWatch) {  // io_uring: its submitter exited; still wanted?
+        rearm(tokens[k]);
+        continue;
+      }
       if (tokens[k] == kTimerToken) {
         std::uint64_t ticks;
         (void)!::read(timer_fd_, &ticks, sizeof(ticks));

@@ -138,6 +138,7 @@ class EventQueue {
   void expire(std::int64_t now_ns, std::vector<Task*>& out);
   void take_signals(std::vector<Task*>& out);
   void hand_over(std::vector<Task*>& out);  // outside mu_: into the pool
+  void rearm(std::uint64_t token);  // a watch the kernel dropped (io_uring: submitter exited)
 
   Scheduler& sched_;
   std::unique_ptr<Backend> backend_;

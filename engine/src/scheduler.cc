@@ -331,9 +331,14 @@ void Scheduler::run(Worker& w) {
 
 void Scheduler::retire(Worker& w) {
   // Everything this worker still holds goes to the injection queue, where any worker of
-  // the pool takes it (the timer heap and the client rings belong to the pool, not to
+  // the pool takes it (the event queue and the client rings belong to the pool, not to
   // a worker, so nothing else is left behind).
   std::vector<Task*> moved;
+  // What the event queue has ready: this worker may have taken the notification that
+  // would have woken another.
+  if (events_->waiting()) {
+    if (Task* t = events_->harvest(w)) moved.push_back(t);
+  }
   while (Task* t = w.queue.pop()) moved.push_back(t);
   w.local.drain_into(&moved);
   if (moved.empty()) return;

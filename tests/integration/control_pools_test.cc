@@ -164,11 +164,12 @@ void resize_under_load(const std::string& pool, const std::vector<std::uint32_t>
     auto settle = [&](Handle& h, std::uint32_t k) {
       auto s = h.wait_for(10s);
       if (!s) {
-        lost.fetch_add(1);
+        if (lost.fetch_add(1) < 3) std::fprintf(stderr, "%s lost\n", fns[k]);
         return;
       }
       if (*s != Status::kOk) {
-        failed.fetch_add(1);
+        if (failed.fetch_add(1) < 3)
+          std::fprintf(stderr, "%s failed: %s\n", fns[k], h.result().error().c_str());
         return;
       }
       const std::uint64_t want = k == 1 || k == 2 ? args[k] : 0;

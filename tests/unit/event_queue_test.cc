@@ -172,7 +172,7 @@ TEST_P(EventQueueTest, ShouldReadWhatArrivesInPiecesAcrossWaits) {
 TEST_P(EventQueueTest, ShouldFailAWaiterCleanlyWhenItsDescriptorIsClosed) {
   auto [a, b] = pair();
   auto h = rt_->submit("t.wait_readable", static_cast<std::uint64_t>(a));
-  std::this_thread::sleep_for(20ms);  // parked by now (if not, it parks on a closed fd: EBADF)
+  std::this_thread::sleep_for(100ms);  // parked by now (if not, it parks on a closed fd: EBADF)
   const auto closed = rt_->call("t.close_it", static_cast<std::uint64_t>(a));
   ASSERT_TRUE(closed.ok()) << closed.error();
   EXPECT_EQ(closed.value, 0u);
