@@ -3,12 +3,14 @@
 // as `systemctl restart` does: scenario restart_term) or killed (SIGKILL, a crash:
 // restart_kill) and a new one started on the same runtime directory at once.
 //
-// Rows: how long the restart took (stop sent -> new daemon answering), how long
-// submissions waited (the longest submit() call, and how many took over 1 ms), how many
-// were refused (submit() failed), and the outcomes: ok, daemon lost (accepted by the old
-// daemon), resubmitted (never accepted, run by the new one), and exactly_once = 1 when
-// every continuation submitted had exactly one outcome and every echo came back with its
-// own bytes. Nothing here asserts a timing.
+// Rows: how long the restart took (restart_gap: stop sent -> new daemon answering), how
+// long submissions waited (max_submit_wait: the longest submit() call; submits_over_1ms;
+// max_outcome_wait: the longest from submit() to the handle's outcome;
+// slowest_client_back: stop sent -> the last client's first result from the new
+// daemon), how many were refused (submit() failed), and the outcomes: ok, daemon lost
+// (accepted by the old daemon), resubmitted (never accepted, run by the new one), and
+// exactly_once = 1 when every continuation submitted had exactly one outcome and every
+// echo came back with its own bytes. Nothing here asserts a timing.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -59,6 +61,7 @@ struct Tally {
   std::uint64_t submitted = 0, refused = 0, ok = 0, lost = 0, other = 0, wrong = 0;
   std::uint64_t waited_over_1ms = 0;
   std::uint64_t max_submit_ns = 0;
+  std::uint64_t max_outcome_ns = 0;          // submit() called -> its handle's outcome
   std::uint64_t first_ok_after_stop_ns = 0;  // from the new daemon, since the stop; 0: none
 };
 
@@ -87,7 +90,12 @@ void run(const Options& o, const char* scenario, int sig) {
       Client& c = *clients[t];
       const std::uint64_t gen0 = c.generation();
       std::uint64_t n = 0;
-      std::vector<std::pair<Handle, std::uint64_t>> window;
+      struct Item {
+        Handle h;
+        std::uint64_t tag;
+        std::uint64_t t0;
+      };
+      std::vector<Item> window;
       while (!stop.load(std::memory_order_relaxed)) {
         window.clear();
         for (int i = 0; i < kWindow; ++i, ++n) {
@@ -102,10 +110,11 @@ void run(const Options& o, const char* scenario, int sig) {
             continue;
           }
           ++y.submitted;
-          window.emplace_back(std::move(*h), tag);
+          window.push_back({std::move(*h), tag, t0});
         }
-        for (auto& [h, tag] : window) {
+        for (auto& [h, tag, t0] : window) {
           const auto st = h.wait_for(std::chrono::seconds(30));
+          y.max_outcome_ns = std::max(y.max_outcome_ns, now_ns() - t0);
           if (st == Status::kOk) {
             ++y.ok;
             const Result r = h.result();
@@ -148,6 +157,7 @@ void run(const Options& o, const char* scenario, int sig) {
     sum.wrong += y.wrong;
     sum.waited_over_1ms += y.waited_over_1ms;
     sum.max_submit_ns = std::max(sum.max_submit_ns, y.max_submit_ns);
+    sum.max_outcome_ns = std::max(sum.max_outcome_ns, y.max_outcome_ns);
     sum.first_ok_after_stop_ns = std::max(sum.first_ok_after_stop_ns, y.first_ok_after_stop_ns);
   }
   std::uint64_t reconnects = 0, resubmitted = 0, lost_by_client = 0;
@@ -167,6 +177,7 @@ void run(const Options& o, const char* scenario, int sig) {
                             sum.other == 0 && lost_by_client == sum.lost;
   emit(scenario, "insideout", "restart_gap", double(t_ready - t_stop) / 1e6, "ms");
   emit(scenario, "insideout", "max_submit_wait", double(sum.max_submit_ns) / 1e6, "ms");
+  emit(scenario, "insideout", "max_outcome_wait", double(sum.max_outcome_ns) / 1e6, "ms");
   emit(scenario, "insideout", "slowest_client_back", double(sum.first_ok_after_stop_ns) / 1e6,
        "ms");
   emit(scenario, "insideout", "submits_over_1ms", double(sum.waited_over_1ms), "count");

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <future>
@@ -159,10 +160,10 @@ TEST(Reconnect, ShouldResubmitWhatWasNeverAcceptedAndLoseWhatWasWhileWaitingOnRe
   EXPECT_EQ(st.lost, 4u);
 }
 
-// Threads submit and wait without pause while the daemon is killed and restarted: every
-// continuation ends exactly once (ok, or kDaemonLost for one the old daemon had taken),
-// no submit fails, and each echo that completed ok carries its own bytes.
-TEST(Reconnect, ShouldGiveEveryContinuationOneOutcomeWhenRestartedWhileSubmitting) {
+// Threads submit and wait without pause while the daemon is stopped (`sig`) and restarted:
+// every continuation ends exactly once (ok, or kDaemonLost for one the old daemon had
+// taken), no submit fails, and each echo that completed ok carries its own bytes.
+void restart_while_submitting(int sig) {
   DaemonProcess first({"--workers", "2"});
   ASSERT_TRUE(first.ready()) << first.log();
   auto c = Client::connect(options_for(first));
@@ -210,14 +211,24 @@ TEST(Reconnect, ShouldGiveEveryContinuationOneOutcomeWhenRestartedWhileSubmittin
     });
   }
   std::this_thread::sleep_for(200ms);
-  ASSERT_EQ(first.stop(SIGKILL, 5s), 128 + SIGKILL);
+  auto join_all = [&] {
+    stop.store(true);
+    for (auto& th : threads) th.join();
+  };
+  const int status = first.stop(sig, 10s);
+  if (status != (sig == SIGKILL ? 128 + SIGKILL : 0)) {
+    join_all();
+    FAIL() << "the first daemon ended with " << status << "\n" << first.log();
+  }
   std::this_thread::sleep_for(50ms);  // submissions pile up while no daemon listens
   std::optional<DaemonProcess> second;
   second.emplace(std::vector<std::string>{"--workers", "2"}, first.runtime_dir());
-  ASSERT_TRUE(second->ready()) << second->log();
+  if (!second->ready()) {
+    join_all();
+    FAIL() << "the second daemon did not start\n" << second->log();
+  }
   std::this_thread::sleep_for(200ms);
-  stop.store(true);
-  for (auto& th : threads) th.join();
+  join_all();
   Tally sum;
   for (const auto& y : tallies) {
     sum.submitted += y.submitted;
@@ -233,12 +244,26 @@ TEST(Reconnect, ShouldGiveEveryContinuationOneOutcomeWhenRestartedWhileSubmittin
   EXPECT_EQ(sum.wrong, 0u);
   EXPECT_EQ(sum.other, 0u);
   EXPECT_GT(sum.ok, 0u);
-  EXPECT_EQ(client.stats().reconnects, 1u);
-  EXPECT_EQ(client.stats().lost, sum.lost);
+  const ClientStats cs = client.stats();
+  EXPECT_EQ(cs.reconnects, 1u);
+  EXPECT_EQ(cs.lost, sum.lost);
+  std::printf(
+      "restart (signal %d) while submitting: %llu submitted, %llu ok, %llu daemon lost, "
+      "%llu resubmitted\n",
+      sig, static_cast<unsigned long long>(sum.submitted), static_cast<unsigned long long>(sum.ok),
+      static_cast<unsigned long long>(sum.lost), static_cast<unsigned long long>(cs.resubmitted));
   // And the client works on after it.
   auto h = client.submit("noop");
   ASSERT_TRUE(h.ok()) << h.status();
   EXPECT_EQ(h->wait_for(5s), Status::kOk);
+}
+
+TEST(Reconnect, ShouldGiveEveryContinuationOneOutcomeWhenKilledWhileSubmitting) {
+  restart_while_submitting(SIGKILL);
+}
+
+TEST(Reconnect, ShouldGiveEveryContinuationOneOutcomeWhenStoppedWhileSubmitting) {
+  restart_while_submitting(SIGTERM);
 }
 
 TEST(Reconnect, ShouldFailEverythingClearlyWhenNoDaemonIsBackWithinTheBound) {
