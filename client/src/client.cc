@@ -1365,7 +1365,11 @@ absl::StatusOr<std::span<std::byte>> Client::allocate_buffer_or_error(std::size_
 
 void Client::free_buffer(std::span<std::byte> buffer) {
   if (buffer.empty()) return;
-  Session* s = impl_->owner_of(buffer.data());
+  Session* s = impl_->cur();
+  const char* p = reinterpret_cast<const char*>(buffer.data());
+  // Usually the current segment's; else a previous daemon's (looked up under a lock).
+  if (!s->has_segment || p < s->base || p >= s->base + s->geometry().size)
+    s = impl_->owner_of(buffer.data());
   if (s != nullptr) impl_->free_buffer(*s, buffer);
 }
 
