@@ -376,5 +376,35 @@ TEST(ConnectWait, ShouldFailAfterTheBoundWithTheUsualErrorAndHowLongItWaited) {
   EXPECT_LT(Clock::now() - t1, 100ms);
 }
 
+TEST(CtlWait, ShouldWaitForTheControlSocketOfADaemonThatIsStarting) {
+  char tmpl[] = "/tmp/insideout-ctlwait-XXXXXX";
+  const std::string parent = ::mkdtemp(tmpl);
+  const std::string dir = parent + "/rt";
+  // No daemon and no wait: unreachable at once.
+  const auto t0 = Clock::now();
+  const Command none = run_command(ctl_args(dir, {"status"}));
+  EXPECT_EQ(none.exit_code, 3) << none.err;
+  EXPECT_LT(Clock::now() - t0, 2s);
+  // --wait=1 and no daemon: unreachable after about a second.
+  const auto t1 = Clock::now();
+  const Command late = run_command(ctl_args(dir, {"--wait=1", "status"}));
+  EXPECT_EQ(late.exit_code, 3) << late.err;
+  EXPECT_GE(Clock::now() - t1, 900ms);
+  // --wait=10 and a daemon that starts 300 ms later: answered.
+  auto waited = std::async(std::launch::async, [&] {
+    return run_command(ctl_args(dir, {"--wait=10", "status"}));
+  });
+  std::this_thread::sleep_for(300ms);
+  {
+    DaemonProcess daemon({}, dir);
+    ASSERT_TRUE(daemon.ready()) << daemon.log();
+    ASSERT_EQ(waited.wait_for(15s), std::future_status::ready);
+    const Command r = waited.get();
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(parent, ec);
+}
+
 }  // namespace
 }  // namespace insideout::testing
