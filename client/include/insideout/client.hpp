@@ -35,7 +35,9 @@
 // the new segment. Everything else that came from the old daemon must be obtained again
 // from the new one: function ids of plugins (a built-in keeps its id), segment_base() and
 // client_id(). A client the daemon itself disconnected (insideoutctl evict, a forged ring)
-// finds the same generation when it reconnects and stays lost.
+// is told so (Goodbye.disconnected) and stays lost; so does one that finds the same
+// generation again. Callbacks that run while the loss is being handled (on the client's
+// monitor thread) do not wait for the next daemon: a submit() from one fails at once.
 //
 // Limits. Each client gets one segment, sized by ClientOptions::segment (SegmentRequest in
 // <insideout/shm/layout.h>); the defaults are
