@@ -201,11 +201,11 @@ struct Session {
       if (f.id == id) return name;
     return {};
   }
-  std::optional<std::uint32_t> id_of(const std::string& name) const {
+  std::optional<std::uint32_t> id_of(std::string_view name) const {
     for (const auto& f : functions)
       if (f.name == name) return f.id;
     std::lock_guard l(learned_mu);
-    if (auto it = learned.find(name); it != learned.end()) return it->second.id;
+    if (auto it = learned.find(std::string(name)); it != learned.end()) return it->second.id;
     return std::nullopt;
   }
 };
@@ -1250,7 +1250,7 @@ absl::Status unknown_function(std::string_view name, const std::string& suggesti
 
 // A function's id in session `s`: from its Welcome, learned, or asked of its daemon.
 absl::StatusOr<std::uint32_t> function_id_in(Client::Impl& d, Session& s, std::string_view name) {
-  if (auto id = s.id_of(std::string(name))) return *id;
+  if (auto id = s.id_of(name)) return *id;
   if (!s.daemon_lookup || s.lost.load(std::memory_order_acquire)) {
     // The nearest name this client knows of.
     const std::size_t limit = std::clamp<std::size_t>(name.size() / 3, 1, 3);
