@@ -101,7 +101,7 @@ void round_trip(const shm::SegmentGeometry& g) {
   };
   std::unique_ptr<void, Free> mem(std::aligned_alloc(4096, g.size));
   std::memset(mem.get(), 0, g.size);
-  shm::initialize_segment(mem.get(), g, 1, 2, 3);
+  shm::initialize_segment(mem.get(), g, 1, 2, 3, 4);
   shm::SegmentGeometry back{};
   FUZZ_CHECK(shm::check_segment(mem.get(), g.size, &back) == shm::CheckResult::kOk);
   FUZZ_CHECK(std::memcmp(&back, &g, sizeof(g)) == 0);

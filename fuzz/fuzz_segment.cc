@@ -168,7 +168,7 @@ class Harness {
         cfg, registry(), std::make_unique<daemon::ClientSource>(table_, registry(), cfg.pool));
     slot_ = table_.reserve();
     std::string err;
-    slot_->segment = shm::Segment::create(g_, 1, 1, 0, &err);
+    slot_->segment = shm::Segment::create(g_, 1, 1, 0, 1, &err);
     FUZZ_CHECK(slot_->segment.valid(), "%s", err.c_str());
     slot_->geom = g_;
     slot_->has_segment = true;

@@ -9,7 +9,9 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -48,6 +50,7 @@ struct Options {
   std::string runtime_dir;
   bool json = false;
   unsigned timeout_ms = 5000;
+  unsigned wait_s = 0;  // --wait: how long to wait for a daemon that is starting
 };
 
 std::string one_line(std::string s) {
@@ -114,10 +117,36 @@ class Ctl {
   std::string stats_path() const { return dir_ + "/" + insideout::shm::kStatsFileName; }
 
   v1::Scheduler::Stub& stub() {
-    if (!stub_)
+    if (!stub_) {
+      if (o_.wait_s != 0) wait_for_socket();
       stub_ = v1::Scheduler::NewStub(
           grpc::CreateChannel("unix:" + path_, grpc::InsecureChannelCredentials()));
+    }
     return *stub_;
+  }
+
+  // --wait: until the control socket accepts a connection (a daemon that is starting
+  // has none yet, or refuses), with backoff, at most --wait seconds; then the call goes
+  // ahead and fails as usual if there is still no daemon.
+  void wait_for_socket() const {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (path_.size() >= sizeof(addr.sun_path)) return;
+    std::memcpy(addr.sun_path, path_.c_str(), path_.size() + 1);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(o_.wait_s);
+    auto backoff = std::chrono::milliseconds(5);
+    for (;;) {
+      const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      if (fd < 0) return;
+      const int rc = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+      const int e = errno;
+      ::close(fd);
+      if (rc == 0 || (e != ENOENT && e != ECONNREFUSED)) return;
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= deadline) return;
+      std::this_thread::sleep_for(std::min<std::chrono::nanoseconds>(backoff, deadline - now));
+      backoff = std::min(backoff * 2, std::chrono::milliseconds(200));
+    }
   }
   std::unique_ptr<grpc::ClientContext> context(unsigned timeout_ms = 0) const {
     auto c = std::make_unique<grpc::ClientContext>();
@@ -794,6 +823,9 @@ int main(int argc, char** argv) {
                  "Runtime directory (default: $INSIDEOUT_RUNTIME_DIR, else /run/insideout "
                  "as root, else $XDG_RUNTIME_DIR/insideout)");
   app.add_option("--timeout-ms", o.timeout_ms, "Deadline of each call");
+  app.add_flag("--wait{5}", o.wait_s,
+               "Wait up to SECONDS (--wait alone: 5) for a daemon that is starting: its "
+               "control socket missing or refusing; then fail as usual (exit 3)");
   auto json_flag = [&](CLI::App* s) {
     s->add_flag("--json", o.json, "Print JSON (one object, proto field names)");
   };

@@ -7,6 +7,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -39,6 +40,15 @@ std::uint64_t now_ns(clockid_t clock) {
   clock_gettime(clock, &ts);
   return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull +
          static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+// A value that differs at every start, so that a client tells a restarted daemon from
+// the one it knew (the pid and the start time may repeat: a container, a clock step).
+std::uint64_t new_generation(std::uint64_t start_ns) {
+  std::uint64_t g = 0;
+  if (::getrandom(&g, sizeof(g), GRND_NONBLOCK) != static_cast<ssize_t>(sizeof(g)))
+    g = start_ns ^ (std::uint64_t{static_cast<std::uint32_t>(::getpid())} << 32);
+  return g == 0 ? 1 : g;
 }
 
 absl::Status errno_status(const std::string& what) {
@@ -197,6 +207,7 @@ absl::Status Daemon::start() {
     (void)!::write(event_fd_, &one, sizeof(one));
   });
   start_ns_ = now_ns(CLOCK_REALTIME);
+  generation_ = new_generation(start_ns_);
   scheduler_->start();
   spdlog::info(
       "insideoutd {} (pid {}) on {}: {} workers{}, idle strategy {}, layout version {}", kVersion,
@@ -499,7 +510,10 @@ int Daemon::run() {
           for (auto& [fd, c] : conns_) {
             if (c.cred.pid == pid) fds.push_back(fd);
           }
-          for (int fd : fds) close_conn(fd, "evicted by the control plane");
+          for (int fd : fds) {
+            send_farewell(fd, "evicted by the control plane");
+            close_conn(fd, "evicted by the control plane");
+          }
         }
         std::vector<Faulted> faulted;
         {
@@ -513,6 +527,7 @@ int Daemon::run() {
           if (cit == conns_.end() || cit->second.slot == nullptr || cit->second.slot->id != f.id)
             continue;
           const std::string why = "failed: " + f.reason;
+          send_farewell(it->second, why);
           close_conn(it->second, why.c_str());
         }
         if (stop_requested_.load(std::memory_order_acquire)) stop = true;
@@ -803,8 +818,8 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
                     std::to_string(config_.max_segment_bytes) + " (insideoutd --max-segment-mib)");
     }
     std::string err;
-    slot->segment =
-        shm::Segment::create(g, static_cast<std::uint32_t>(::getpid()), slot->id, start_ns_, &err);
+    slot->segment = shm::Segment::create(g, static_cast<std::uint32_t>(::getpid()), slot->id,
+                                         start_ns_, generation_, &err);
     if (!slot->segment.valid()) {
       clients_.reclaim(*slot);
       pools_lock.unlock();
@@ -850,6 +865,7 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
     f->set_max_arg(def.max_arg);
   }
   w->set_lookup(true);
+  w->set_generation(generation_);
   // The segment, the pool's bell page (mapped read-only) and the client's bell eventfd.
   const int fds[] = {seg_fd, pool.scheduler->bell_fd(), slot->bell_fd};
   if (const int err = v1::send_message(
@@ -1001,6 +1017,14 @@ void Daemon::flush_outbox() {
     serial_bytes_ -= out.env_bytes;
     send_to(c, out.msg, true);
   }
+}
+
+void Daemon::send_farewell(int fd, const std::string& why) {
+  // Best effort: a client that does not read it still sees the hang-up.
+  v1::DaemonMessage m;
+  m.mutable_goodbye()->set_reason("insideoutd disconnected this client: " + why);
+  m.mutable_goodbye()->set_disconnected(true);
+  (void)v1::send_message(fd, m);
 }
 
 void Daemon::close_conn(int fd, const char* why) {

@@ -154,6 +154,9 @@ class Daemon : public PoolDirectory {
   // Writes what `c` has queued; false when the connection failed (and was closed).
   bool flush_conn(Conn& c);
   void watch(Conn& c, std::uint32_t events);
+  // Tells a client the daemon disconnects it on purpose (Goodbye.disconnected), so that
+  // it does not reconnect.
+  void send_farewell(int fd, const std::string& why);
   void close_conn(int fd, const char* why);
   void flush_outbox();
   void heartbeat();
@@ -206,6 +209,7 @@ class Daemon : public PoolDirectory {
   bool paused_ = false;
   std::uint32_t next_client_id_ = 1;
   std::uint64_t start_ns_ = 0;
+  std::uint64_t generation_ = 0;  // new at every start: Welcome and segment header
   std::unordered_map<int, Conn> conns_;
   std::unordered_map<uid_t, std::uint32_t> uid_conns_;  // connections per peer uid
   std::uint64_t serial_bytes_ = 0;                      // every Conn::bytes summed

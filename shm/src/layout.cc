@@ -112,7 +112,8 @@ bool SegmentGeometry::compute(const SegmentRequest& req, SegmentGeometry* out) n
 }
 
 void initialize_segment(void* base, const SegmentGeometry& g, std::uint32_t daemon_pid,
-                        std::uint32_t client_id, std::uint64_t daemon_start_ns) noexcept {
+                        std::uint32_t client_id, std::uint64_t daemon_start_ns,
+                        std::uint64_t generation) noexcept {
   auto* h = static_cast<SegmentHeader*>(base);
   h->magic = kSegmentMagic;
   h->header_size = sizeof(SegmentHeader);
@@ -135,6 +136,7 @@ void initialize_segment(void* base, const SegmentGeometry& g, std::uint32_t daem
   h->buffer_block_size = g.buffer_block_size;
   h->buffer_block_count = g.buffer_block_count;
   h->messages_off = g.messages_off;
+  h->generation = generation;
   char* b = static_cast<char*>(base);
   ring_initialize(b + g.submit_ring_off, g.ring_capacity);
   ring_initialize(b + g.completion_ring_off, g.ring_capacity);

@@ -59,7 +59,8 @@ void Segment::close_fd() noexcept {
 }
 
 Segment Segment::create(const SegmentGeometry& g, std::uint32_t daemon_pid, std::uint32_t client_id,
-                        std::uint64_t daemon_start_ns, std::string* error) {
+                        std::uint64_t daemon_start_ns, std::uint64_t generation,
+                        std::string* error) {
   Segment s;
   const std::string name = "insideout-client-" + std::to_string(client_id);
   const int fd = ::memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
@@ -79,7 +80,7 @@ Segment Segment::create(const SegmentGeometry& g, std::uint32_t daemon_pid, std:
   }
   if (!map(fd, g.size, &s.region_, error)) return Segment();
   s.geometry_ = g;
-  initialize_segment(s.base(), g, daemon_pid, client_id, daemon_start_ns);
+  initialize_segment(s.base(), g, daemon_pid, client_id, daemon_start_ns, generation);
   return s;
 }
 

@@ -36,6 +36,7 @@ TEST(DaemonLost, ShouldFailAWaitingHandleWithDaemonLostWithinOneSecond) {
   ASSERT_TRUE(daemon.ready()) << daemon.log();
   ClientOptions co;
   co.runtime_dir = daemon.runtime_dir();
+  co.reconnect_wait = 500ms;  // no daemon comes back: submit() gives up after this
   auto c = Client::connect(co);
   ASSERT_TRUE(c.ok()) << c.status();
   auto waited = (*c)->submit("sleep", {}, kTenSeconds);
@@ -88,6 +89,7 @@ TEST(DaemonLost, ShouldFailWaitingSerializedCallsWithDaemonLostWithinOneSecond) 
     ClientOptions co;
     co.runtime_dir = daemon.runtime_dir();
     co.want_segment = i == 1;
+    co.reconnect = false;  // lost for good: later calls fail at once
     auto c = Client::connect(co);
     ASSERT_TRUE(c.ok()) << c.status();
     clients[i] = std::move(*c);

@@ -41,7 +41,7 @@ class InProcessDaemon {
     slot_ = table_.reserve();
     EXPECT_TRUE(shm::SegmentGeometry::compute(req, &geom_));
     std::string err;
-    slot_->segment = shm::Segment::create(geom_, 1, 1, 0, &err);
+    slot_->segment = shm::Segment::create(geom_, 1, 1, 0, 1, &err);
     EXPECT_TRUE(slot_->segment.valid()) << err;
     slot_->geom = geom_;
     slot_->has_segment = true;

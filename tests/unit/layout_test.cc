@@ -14,7 +14,7 @@ namespace {
 // These numbers are the wire format between processes built at different times: a
 // change here must come with a kLayoutVersion bump.
 TEST(Layout, ShouldPinTheSegmentHeader) {
-  EXPECT_EQ(kLayoutVersion, 3u);
+  EXPECT_EQ(kLayoutVersion, 4u);
   EXPECT_EQ(sizeof(SegmentHeader), 128u);
   EXPECT_EQ(offsetof(SegmentHeader, magic), 0u);
   EXPECT_EQ(offsetof(SegmentHeader, layout_version), 8u);
@@ -38,6 +38,7 @@ TEST(Layout, ShouldPinTheSegmentHeader) {
   EXPECT_EQ(offsetof(SegmentHeader, buffer_block_size), 92u);
   EXPECT_EQ(offsetof(SegmentHeader, buffer_block_count), 96u);
   EXPECT_EQ(offsetof(SegmentHeader, messages_off), 100u);
+  EXPECT_EQ(offsetof(SegmentHeader, generation), 104u);
   EXPECT_EQ(kMessageBytes, 128u);
 }
 
@@ -131,12 +132,13 @@ TEST(Segment, ShouldPublishTheVersionLastAndAttach) {
   SegmentGeometry g;
   ASSERT_TRUE(SegmentGeometry::compute({.ring_capacity = 64, .frame_count = 64}, &g));
   std::string err;
-  Segment s = Segment::create(g, 42, 7, 123, &err);
+  Segment s = Segment::create(g, 42, 7, 123, 99, &err);
   ASSERT_TRUE(s.valid()) << err;
   EXPECT_EQ(s.header()->magic, kSegmentMagic);
   EXPECT_EQ(s.header()->layout_version.load(), kLayoutVersion);
   EXPECT_EQ(s.header()->daemon_pid, 42u);
   EXPECT_EQ(s.header()->client_id, 7u);
+  EXPECT_EQ(s.header()->generation, 99u);
   const int dup = ::dup(s.fd());
   Segment c = Segment::attach(dup, &err);
   ASSERT_TRUE(c.valid()) << err;
@@ -150,7 +152,7 @@ TEST(Segment, ShouldReportBothVersionsOnMismatch) {
   SegmentGeometry g;
   ASSERT_TRUE(SegmentGeometry::compute({.ring_capacity = 64, .frame_count = 64}, &g));
   std::string err;
-  Segment s = Segment::create(g, 1, 1, 0, &err);
+  Segment s = Segment::create(g, 1, 1, 0, 1, &err);
   ASSERT_TRUE(s.valid());
   s.header()->layout_version.store(kLayoutVersion + 1);
   Segment c = Segment::attach(::dup(s.fd()), &err);
@@ -167,7 +169,7 @@ TEST(Segment, ShouldBeSealedAgainstShrinking) {
   SegmentGeometry g;
   ASSERT_TRUE(SegmentGeometry::compute({.ring_capacity = 64, .frame_count = 64}, &g));
   std::string err;
-  Segment s = Segment::create(g, 1, 1, 0, &err);
+  Segment s = Segment::create(g, 1, 1, 0, 1, &err);
   ASSERT_TRUE(s.valid());
   // A client that could truncate the memfd would make the daemon fault on access.
   EXPECT_NE(::ftruncate(s.fd(), 0), 0);

@@ -13,6 +13,32 @@
 // Thread safety: a Client may be used from many threads; a Handle from one at a time.
 // Handles must not outlive their Client.
 //
+// Daemon restarts (ClientOptions::reconnect, on by default). When the daemon goes away (it
+// stopped, crashed or was restarted), the same Client reconnects on its own to the next
+// insideoutd on the socket (a new generation(): Welcome and segment header say which
+// start of the daemon it is) and gets a new segment. Every continuation still gets
+// exactly one outcome:
+//   - one the old daemon completed before it went: its result, as usual;
+//   - one the old daemon had accepted (taken from the submit ring) but not completed:
+//     Status::kDaemonLost, since nobody can tell whether its steps ran;
+//   - one still waiting in the submit ring (never accepted): submitted again to the new
+//     daemon, with its environment copied into the new segment; its Handle, callback or
+//     coroutine gets the new daemon's result. When no daemon is back within
+//     ClientOptions::reconnect_wait, it completes with kDaemonLost instead.
+// While no daemon is connected, submit(), allocate_buffer(), call() and function_id()
+// wait for one up to reconnect_wait, then fail with kUnavailable ("daemon lost").
+// Handles stay valid across a restart (they follow their continuation into the new
+// segment). Raw pointers into a segment (a Frame* from allocate_frame(), a buffer from
+// allocate_buffer(), Result::data) belong to the segment they came from: they stay mapped,
+// readable and writable until the Client is destroyed, and a Frame* allocated before a
+// restart may still be passed to submit(), which copies it and its environment buffer into
+// the new segment. Everything else that came from the old daemon must be obtained again
+// from the new one: function ids of plugins (a built-in keeps its id), segment_base() and
+// client_id(). A client the daemon itself disconnected (insideoutctl evict, a forged ring)
+// is told so (Goodbye.disconnected) and stays lost; so does one that finds the same
+// generation again. Callbacks that run while the loss is being handled (on the client's
+// monitor thread) do not wait for the next daemon: a submit() from one fails at once.
+//
 // Limits. Each client gets one segment, sized by ClientOptions::segment (SegmentRequest in
 // <insideout/shm/layout.h>); the defaults are
 //   - 4,096 frames (segment.frame_count): one per continuation in flight or not yet
@@ -72,6 +98,15 @@ struct ClientOptions {
   OnFull on_full = OnFull::kWait;
   std::chrono::milliseconds full_timeout{1000};
   bool dispatcher = false;  // a thread that drains completions (for then() and co_await)
+  // connect(): how long to wait for a daemon that is starting (its socket missing or
+  // refusing), retrying with backoff; 0 fails at once.
+  std::chrono::milliseconds wait{0};
+  // Reconnect to the next daemon after a restart (see "Daemon restarts" above); false: a
+  // lost daemon leaves the Client lost for good, every pending handle kDaemonLost.
+  bool reconnect = true;
+  // How long never-accepted continuations and calls made while no daemon is connected
+  // wait for the next daemon before they fail with daemon lost.
+  std::chrono::milliseconds reconnect_wait{5000};
 };
 
 struct FunctionInfo {
@@ -108,14 +143,23 @@ struct ClientStats {
   std::uint64_t completed = 0;
   std::uint64_t full_fail_fast = 0;  // submissions refused because the ring was full
   std::uint64_t full_waits = 0;      // submissions and allocations that waited for room
+  std::uint64_t reconnects = 0;      // new daemons this client registered with after a loss
+  std::uint64_t resubmitted = 0;     // never-accepted continuations handed to the next daemon
+  std::uint64_t lost = 0;            // continuations completed with kDaemonLost by this client
 };
+
+namespace detail {
+struct Session;  // one registration with one daemon: socket, segment, rings
+}
 
 class Client;
 
 class Handle {
  public:
   Handle() = default;
-  Handle(Handle&& o) noexcept : client_(o.client_), index_(o.index_) { o.client_ = nullptr; }
+  Handle(Handle&& o) noexcept : client_(o.client_), session_(o.session_), index_(o.index_) {
+    o.client_ = nullptr;
+  }
   Handle& operator=(Handle&& o) noexcept;
   Handle(const Handle&) = delete;
   Handle& operator=(const Handle&) = delete;
@@ -146,16 +190,21 @@ class Handle {
 
  private:
   friend class Client;
-  Handle(Client* c, std::uint32_t index) noexcept : client_(c), index_(index) {}
+  Handle(Client* c, detail::Session* s, std::uint32_t index) noexcept
+      : client_(c), session_(s), index_(index) {}
+  // Follows the continuation into a new segment after a restart (see Client).
+  void resolve() const noexcept;
   Client* client_ = nullptr;
-  std::uint32_t index_ = 0;
+  mutable detail::Session* session_ = nullptr;
+  mutable std::uint32_t index_ = 0;
 };
 
 class Client {
  public:
   // Registers with insideoutd and maps the segment it hands over. Fails with
-  // kUnavailable (naming the socket path) when no daemon listens, kFailedPrecondition
-  // when the daemon refuses (it says why: versions, limits).
+  // kUnavailable (naming the socket path) when no daemon listens (after waiting up to
+  // ClientOptions::wait for one to start), kFailedPrecondition when the daemon refuses
+  // (it says why: versions, limits).
   static absl::StatusOr<std::unique_ptr<Client>> connect(ClientOptions options = {});
   ~Client();
   Client(const Client&) = delete;
@@ -206,8 +255,11 @@ class Client {
       std::string_view function, std::string_view env = {}, std::uint64_t arg = 0,
       std::chrono::milliseconds timeout = std::chrono::milliseconds(10000));
 
+  // True while no daemon is connected (lost and not, or not yet, reconnected).
   bool daemon_lost() const noexcept;
   std::string lost_reason() const;
+  // The connected daemon's generation: new at each start of insideoutd.
+  std::uint64_t generation() const noexcept;
   std::uint32_t client_id() const noexcept;
   ClientStats stats() const noexcept;
   void* segment_base() const noexcept;
@@ -221,6 +273,11 @@ class Client {
  private:
   friend class Handle;
   explicit Client(std::unique_ptr<Impl> impl);
+  absl::StatusOr<Handle> submit_in(detail::Session& s, std::uint32_t function_id,
+                                   std::span<const std::byte> env, std::uint64_t arg);
+  absl::StatusOr<Handle> push_in(detail::Session& s, Frame* f);
+  absl::Status submit_batch_in(detail::Session& s, std::span<Frame* const> frames,
+                               std::vector<Handle>* out);
   std::unique_ptr<Impl> impl_;
 };
 

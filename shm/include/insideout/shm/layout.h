@@ -19,8 +19,10 @@ namespace insideout::shm {
 
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::uint64_t kSegmentMagic = 0x3154554F44534E49ULL;  // "INSDOUT1"
-inline constexpr std::uint32_t kLayoutVersion = 3;    // 3: failure messages; 2: the pool bell
-inline constexpr std::uint32_t kProtocolVersion = 2;  // 2: Welcome passes three descriptors
+// 4: the daemon's generation in the header; 3: failure messages; 2: the pool bell
+inline constexpr std::uint32_t kLayoutVersion = 4;
+// 3: Welcome carries the daemon's generation; 2: Welcome passes three descriptors
+inline constexpr std::uint32_t kProtocolVersion = 3;
 
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
@@ -55,7 +57,10 @@ struct SegmentHeader {
   std::uint32_t buffer_block_size;
   std::uint32_t buffer_block_count;
   std::uint32_t messages_off;  // kMessageBytes per frame: why the frame's continuation failed
-  std::uint32_t reserved[6];
+  // Which start of insideoutd made this segment: a new value at every start (never 0), the
+  // same as Welcome.generation. A client tells a restarted daemon from the one it knew.
+  std::uint64_t generation;
+  std::uint32_t reserved[4];
 };
 static_assert(std::is_standard_layout_v<SegmentHeader>);
 static_assert(sizeof(SegmentHeader) == 128);
@@ -63,6 +68,7 @@ static_assert(offsetof(SegmentHeader, layout_version) == 8);
 static_assert(offsetof(SegmentHeader, heartbeat_ns) == 40);
 static_assert(offsetof(SegmentHeader, buffer_block_count) == 96);
 static_assert(offsetof(SegmentHeader, messages_off) == 100);
+static_assert(offsetof(SegmentHeader, generation) == 104);
 
 // The message of a failed continuation (its function's words, "zstd: corrupt input"):
 // written by the daemon into the frame's message slot, NUL-terminated, before the frame
@@ -242,7 +248,8 @@ struct SegmentGeometry {
 // Writes a fresh segment at `base` (size bytes, zero-filled by the kernel): every field,
 // then the layout version with release.
 void initialize_segment(void* base, const SegmentGeometry& g, std::uint32_t daemon_pid,
-                        std::uint32_t client_id, std::uint64_t daemon_start_ns) noexcept;
+                        std::uint32_t client_id, std::uint64_t daemon_start_ns,
+                        std::uint64_t generation) noexcept;
 
 enum class CheckResult { kOk, kNotReady, kBadMagic, kVersionMismatch, kGeometryMismatch };
 // The client's check of a segment it was handed: magic, then version (acquire), then

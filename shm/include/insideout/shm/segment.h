@@ -26,7 +26,8 @@ class Segment {
   // Daemon side: a sealed memfd of g.size bytes, mapped and initialised. On failure
   // returns an empty Segment and sets *error.
   static Segment create(const SegmentGeometry& g, std::uint32_t daemon_pid, std::uint32_t client_id,
-                        std::uint64_t daemon_start_ns, std::string* error);
+                        std::uint64_t daemon_start_ns, std::uint64_t generation,
+                        std::string* error);
   // Client side: maps `fd` (taking ownership) and checks magic, version and geometry.
   static Segment attach(int fd, std::string* error);
 
