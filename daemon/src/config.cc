@@ -33,10 +33,12 @@ absl::Status validate(const DaemonConfig& c) {
 }
 
 absl::Status check_pool_name(std::string_view n) {
-  if (n.empty() || n.size() > 32) return absl::InvalidArgumentError("a pool name has 1 to 32 characters");
+  if (n.empty() || n.size() > 32)
+    return absl::InvalidArgumentError("a pool name has 1 to 32 characters");
   for (char c : n) {
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') {
-      return absl::InvalidArgumentError("pool name '" + std::string(n) + "': only letters, digits, '-' and '_'");
+      return absl::InvalidArgumentError("pool name '" + std::string(n) +
+                                        "': only letters, digits, '-' and '_'");
     }
   }
   return absl::OkStatus();
@@ -45,7 +47,7 @@ absl::Status check_pool_name(std::string_view n) {
 absl::Status check_pool_size(std::uint32_t size) {
   if (size == 0 || size > kMaxPoolWorkers) {
     return absl::InvalidArgumentError("size " + std::to_string(size) + " is out of range: 1.." +
-                   std::to_string(kMaxPoolWorkers));
+                                      std::to_string(kMaxPoolWorkers));
   }
   return absl::OkStatus();
 }

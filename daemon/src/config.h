@@ -21,9 +21,9 @@ namespace insideout::daemon {
 struct PoolConfig {
   std::string name;
   std::uint32_t size = 1;
-  std::vector<int> cpus;                    // empty: every allowed CPU
-  std::optional<shm::IdleStrategy> idle;    // unset: the daemon's --idle
-  std::string policy;                       // other, batch, idle, fifo, rr; empty: inherited
+  std::vector<int> cpus;                  // empty: every allowed CPU
+  std::optional<shm::IdleStrategy> idle;  // unset: the daemon's --idle
+  std::string policy;                     // other, batch, idle, fifo, rr; empty: inherited
   std::optional<int> priority, nice;
   bool operator==(const PoolConfig&) const = default;
 };

@@ -1,5 +1,7 @@
 #include "config_file.h"
 
+#include <toml++/toml.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -9,7 +11,6 @@
 #include <map>
 #include <set>
 #include <sstream>
-#include <toml++/toml.h>
 
 #include "engine.h"
 #include "insideout/shm/futex.h"
@@ -96,21 +97,25 @@ class Reader {
 
   // Typed fields. Each returns false (after recording why) when the value is unusable.
   bool text(const toml::node& n, std::string* out) {
-    if (!n.is_string()) return error(n, std::string("expected a string, not ") + type_name(n)), false;
+    if (!n.is_string())
+      return error(n, std::string("expected a string, not ") + type_name(n)), false;
     *out = *n.value<std::string>();
     return true;
   }
   bool boolean(const toml::node& n, bool* out) {
-    if (!n.is_boolean()) return error(n, std::string("expected true or false, not ") + type_name(n)), false;
+    if (!n.is_boolean())
+      return error(n, std::string("expected true or false, not ") + type_name(n)), false;
     *out = *n.value<bool>();
     return true;
   }
   template <typename T>
   bool integer(const toml::node& n, T* out, std::int64_t lo, std::int64_t hi) {
-    if (!n.is_integer()) return error(n, std::string("expected an integer, not ") + type_name(n)), false;
+    if (!n.is_integer())
+      return error(n, std::string("expected an integer, not ") + type_name(n)), false;
     const std::int64_t v = *n.value<std::int64_t>();
     if (v < lo || v > hi) {
-      error(n, std::to_string(v) + " is out of range: " + std::to_string(lo) + ".." + std::to_string(hi));
+      error(n, std::to_string(v) + " is out of range: " + std::to_string(lo) + ".." +
+                   std::to_string(hi));
       return false;
     }
     *out = static_cast<T>(v);
@@ -131,10 +136,12 @@ class Reader {
   }
   bool strings(const toml::node& n, std::vector<std::string>* out) {
     const toml::array* a = n.as_array();
-    if (a == nullptr) return error(n, std::string("expected an array of strings, not ") + type_name(n)), false;
+    if (a == nullptr)
+      return error(n, std::string("expected an array of strings, not ") + type_name(n)), false;
     std::vector<std::string> v;
     for (const auto& e : *a) {
-      if (!e.is_string()) return error(e, std::string("expected strings, found ") + type_name(e)), false;
+      if (!e.is_string())
+        return error(e, std::string("expected strings, found ") + type_name(e)), false;
       v.push_back(*e.value<std::string>());
     }
     *out = std::move(v);
@@ -206,10 +213,12 @@ void read_pool(const toml::table& t, std::size_t index, PoolConfig* p,
                           " needs policy fifo or rr (other, batch and idle take 0; use nice)"});
   }
   if (rt && p->priority && *p->priority == 0) {
-    errors.push_back({line, at + ".priority", "policy " + p->policy + " needs a priority of 1..99"});
+    errors.push_back(
+        {line, at + ".priority", "policy " + p->policy + " needs a priority of 1..99"});
   }
   if (p->nice && rt) {
-    errors.push_back({line, at + ".nice", "nice applies to policies other and batch, not " + p->policy});
+    errors.push_back(
+        {line, at + ".nice", "nice applies to policies other and batch, not " + p->policy});
   }
 }
 
@@ -222,8 +231,8 @@ ConfigFile parse_config(std::string_view text, const DaemonConfig& base) {
   try {
     root = toml::parse(text);
   } catch (const toml::parse_error& e) {
-    out.errors.push_back({static_cast<std::uint32_t>(e.source().begin.line), "",
-                          std::string(e.description())});
+    out.errors.push_back(
+        {static_cast<std::uint32_t>(e.source().begin.line), "", std::string(e.description())});
     return out;
   }
   DaemonConfig& c = out.config;
@@ -253,9 +262,8 @@ ConfigFile parse_config(std::string_view text, const DaemonConfig& base) {
   r.on("max_connections", u32(&c.max_connections, 1, kU32));
   r.on("max_connections_per_uid", u32(&c.max_connections_per_uid, 1, kU32));
   r.on("hello_timeout_ms", ms(&c.hello_timeout, 1));
-  r.on("max_serial_bytes", [&](const toml::node& n) {
-    r.integer(n, &c.max_serial_bytes, 1, std::int64_t{1} << 40);
-  });
+  r.on("max_serial_bytes",
+       [&](const toml::node& n) { r.integer(n, &c.max_serial_bytes, 1, std::int64_t{1} << 40); });
   r.on("max_serial_bytes_total", [&](const toml::node& n) {
     r.integer(n, &c.max_serial_bytes_total, 1, std::int64_t{1} << 40);
   });

@@ -714,7 +714,8 @@ class SchedulerService final : public v1::Scheduler::Service {
     for (const auto& p : next.pools) {
       if (p.cpus.empty()) continue;
       if (auto c = check_cpus(format_cpu_list(p.cpus), allowed); !c.ok())
-        return absl::InvalidArgumentError("pool '" + p.name + "': " + std::string(c.status().message()));
+        return absl::InvalidArgumentError("pool '" + p.name +
+                                          "': " + std::string(c.status().message()));
     }
     if (!next.cpus.empty()) {
       if (auto c = check_cpus(format_cpu_list(next.cpus), allowed); !c.ok())
@@ -724,8 +725,9 @@ class SchedulerService final : public v1::Scheduler::Service {
       return format_cpu_list(c.empty() ? allowed : c);
     };
     auto size_of = [&](const DaemonConfig& c) -> std::uint32_t {
-      return c.workers != 0 ? c.workers
-                            : static_cast<std::uint32_t>(c.cpus.empty() ? allowed.size() : c.cpus.size());
+      return c.workers != 0
+                 ? c.workers
+                 : static_cast<std::uint32_t>(c.cpus.empty() ? allowed.size() : c.cpus.size());
     };
     // The default pool.
     if (size_of(next) != size_of(old)) {
@@ -796,9 +798,10 @@ class SchedulerService final : public v1::Scheduler::Service {
       const bool kept = std::any_of(next.pools.begin(), next.pools.end(),
                                     [&](const PoolConfig& p) { return p.name == q.name; });
       if (!kept && daemon_.pool(q.name) != nullptr)
-        spdlog::warn("pool '{}' is no longer in the configuration: kept (insideoutctl pool "
-                     "delete {} removes it)",
-                     q.name, q.name);
+        spdlog::warn(
+            "pool '{}' is no longer in the configuration: kept (insideoutctl pool "
+            "delete {} removes it)",
+            q.name, q.name);
     }
     return absl::OkStatus();
   }

@@ -77,7 +77,7 @@ class ControlServer {
   std::unique_ptr<grpc::Server> server_;
   int listen_fd_ = -1;
   bool activated_ = false;  // listen_fd_ came from systemd: control.sock is not ours to unlink
-  int stop_fd_ = -1;  // eventfd: wakes the accept and publish threads
+  int stop_fd_ = -1;        // eventfd: wakes the accept and publish threads
   std::thread accept_thread_;
   std::thread publish_thread_;
   std::atomic<bool> stopping_{false};

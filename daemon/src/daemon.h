@@ -126,6 +126,7 @@ class Daemon : public PoolDirectory {
   // The control socket systemd passed (FileDescriptorName=control), once; -1: none.
   int take_activated_control_fd();
   Notifier& notifier() { return notify_; }
+
  private:
   // One connection to daemon.sock, on the loop thread only.
   //
@@ -267,11 +268,11 @@ class Daemon : public PoolDirectory {
   std::chrono::steady_clock::time_point last_watchdog_{};
   std::string stuck_pool_;  // the pool that stopped the watchdog, once logged
   ReloadHook reload_hook_;
-  std::mutex reload_mu_;     // one reload at a time
+  std::mutex reload_mu_;  // one reload at a time
   mutable std::mutex effective_mu_;
-  DaemonConfig effective_;   // under effective_mu_
+  DaemonConfig effective_;    // under effective_mu_
   std::string reload_error_;  // under effective_mu_: why the last reload was refused
-  bool activated_ = false;   // daemon.sock came from systemd: it is not ours to unlink
+  bool activated_ = false;    // daemon.sock came from systemd: it is not ours to unlink
   int activated_control_fd_ = -1;
   mutable std::mutex info_mu_;
   std::unordered_map<std::uint32_t, ClientInfo> infos_;  // by client id, under info_mu_

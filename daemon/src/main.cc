@@ -67,8 +67,7 @@ bool stderr_is_journal() {
 }
 
 void set_up_logging(const DaemonConfig& c) {
-  const bool journal =
-      c.log_target == "journal" || (c.log_target == "auto" && stderr_is_journal());
+  const bool journal = c.log_target == "journal" || (c.log_target == "auto" && stderr_is_journal());
   std::shared_ptr<spdlog::logger> logger;
   if (journal) {
     logger = std::make_shared<spdlog::logger>("insideoutd", std::make_shared<JournalSink>());

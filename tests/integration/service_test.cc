@@ -152,8 +152,8 @@ TEST(Service, ShouldTellSystemdReadyStatusReloadingAndStopping) {
 TEST(Service, ShouldStopFeedingTheWatchdogOnlyWhileEveryWorkerIsWedged) {
   NotifySocket notify;
   WatchdogEnv wd(2s);
-  DaemonProcess daemon({"--workers", "2", "--no-pin", "--enable-test-functions",
-                        "--drain-timeout-ms", "200"});
+  DaemonProcess daemon(
+      {"--workers", "2", "--no-pin", "--enable-test-functions", "--drain-timeout-ms", "200"});
   ASSERT_TRUE(daemon.ready()) << daemon.log();
   ASSERT_TRUE(notify.wait_for("WATCHDOG=1", 5s)) << "healthy and idle: fed " << notify.all();
   auto stub = control_stub(daemon.runtime_dir());
@@ -226,15 +226,19 @@ TEST(Service, ShouldServeTheRegistrationSocketSystemdPasses) {
   const auto until = std::chrono::steady_clock::now() + 15s;
   while (c == nullptr && std::chrono::steady_clock::now() < until) {
     auto r = Client::connect(co);
-    if (r.ok()) c = std::move(*r);
-    else std::this_thread::sleep_for(50ms);
+    if (r.ok())
+      c = std::move(*r);
+    else
+      std::this_thread::sleep_for(50ms);
   }
   ASSERT_NE(c, nullptr) << read_log();
-  auto h = c->submit("chain", {}, 10);
-  ASSERT_TRUE(h.ok()) << h.status();
-  ASSERT_EQ(h->wait(), Status::kOk);
-  EXPECT_EQ(h->result().value, 10u);
-  c.reset();
+  {
+    auto h = c->submit("chain", {}, 10);
+    ASSERT_TRUE(h.ok()) << h.status();
+    ASSERT_EQ(h->wait(), Status::kOk);
+    EXPECT_EQ(h->result().value, 10u);
+  }
+  c.reset();  // after its handles
   EXPECT_NE(read_log().find("socket activation: daemon.sock from systemd"), std::string::npos)
       << read_log();
   ::kill(pid, SIGTERM);
@@ -361,14 +365,15 @@ TEST(Service, ShouldResizeAPoolOnReloadUnderLoadWithoutLosingAContinuation) {
 TEST(Service, ShouldRefuseAnInvalidFileOnReloadAndKeepItsConfiguration) {
   NotifySocket notify;
   const std::string config = temp_config();
-  write_file(config, pool_toml(2) + "log_level = \"info\"\n");
+  write_file(config, "log_level = \"info\"\n" + pool_toml(2));
   DaemonProcess daemon({"--workers", "1", "--no-pin", "--config", config});
   ASSERT_TRUE(daemon.ready()) << daemon.log();
   auto stub = control_stub(daemon.runtime_dir());
   v1::GetConfigResponse before;
   ASSERT_TRUE(stub->GetConfig(ctx().get(), {}, &before).ok());
   EXPECT_EQ(before.path(), config);
-  EXPECT_NE(before.toml().find("name = \"burst\"\nsize = 2\n"), std::string::npos) << before.toml();
+  EXPECT_NE(before.toml().find("name = 'burst'\nsize = 2\n"), std::string::npos)
+      << before.toml();
 
   write_file(config, pool_toml(3) + "[[pools]]\nname = \"x\"\ncpus = \"3-1\"\n");
   v1::ReloadResponse rr;
@@ -391,7 +396,7 @@ TEST(Service, ShouldRefuseAnInvalidFileOnReloadAndKeepItsConfiguration) {
   EXPECT_EQ(pools.pools(1).size(), 2u);
 
   // A key only a restart applies is named, and the rest still applies.
-  write_file(config, pool_toml(1) + "max_clients = 7\n");
+  write_file(config, "max_clients = 7\n" + pool_toml(1));
   st = stub->Reload(ctx().get(), {}, &rr);
   ASSERT_TRUE(st.ok()) << st.error_message();
   ASSERT_EQ(rr.needs_restart_size(), 1);

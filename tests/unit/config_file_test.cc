@@ -1,12 +1,13 @@
 // insideoutd's configuration file: every key, every kind of error (with its line and
 // key), and the effective configuration read back.
 #include "config_file.h"
-#include "engine.h"
 
 #include <gtest/gtest.h>
 
 #include <fstream>
 #include <string>
+
+#include "engine.h"
 
 namespace insideout::daemon {
 namespace {
@@ -146,8 +147,9 @@ TEST(ConfigFile, OutOfRange) {
   EXPECT_EQ(one_error("[[pools]]\nname = \"a\"\nsize = 0\n"),
             "f.toml:3: pools[0].size: 0 is out of range: 1.." + std::to_string(kMaxPoolWorkers));
   // Checks across keys, as for the command line.
-  EXPECT_NE(one_error("max_serial_bytes = 10\nmax_serial_bytes_total = 5\n").find("max-serial-bytes"),
-            std::string::npos);
+  EXPECT_NE(
+      one_error("max_serial_bytes = 10\nmax_serial_bytes_total = 5\n").find("max-serial-bytes"),
+      std::string::npos);
 }
 
 TEST(ConfigFile, Pools) {
