@@ -428,10 +428,23 @@ TEST(Service, ShouldCheckAConfigurationFile) {
   EXPECT_EQ(r.exit_code, 0) << r.output;
   // A file the daemon cannot start with stops it before anything is made.
   write_file(config, "worker = 2\n");
-  r = run_insideoutd({"--config", config, "--runtime-dir", "/nonexistent/never"});
+  r = run_insideoutd({"--config", config, "--runtime-dir", "/dev/null/never"});
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_NE(r.output.find("did you mean 'workers'"), std::string::npos) << r.output;
   std::filesystem::remove_all(std::filesystem::path(config).parent_path());
+}
+
+TEST(Service, ShouldLogWithJournalPrioritiesForJournald) {
+  // An error (the runtime directory cannot be made) and info lines, as journald reads
+  // them: "<N>" first, no timestamp.
+  auto r = run_insideoutd({"--log-target", "journal", "--runtime-dir", "/dev/null/never"});
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("<3>cannot start: "), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("<"), 0u) << r.output;
+  // Not under systemd: the usual stderr lines, which start with the date.
+  r = run_insideoutd({"--log-target", "stderr", "--runtime-dir", "/dev/null/never"});
+  EXPECT_EQ(r.output.find("<3>"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(" error cannot start: "), std::string::npos) << r.output;
 }
 
 }  // namespace
