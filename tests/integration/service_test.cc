@@ -135,6 +135,10 @@ TEST(Service, ShouldTellSystemdReadyStatusReloadingAndStopping) {
   // SIGHUP: RELOADING=1 with the monotonic time, then READY=1 again.
   timespec before{};
   ::clock_gettime(CLOCK_MONOTONIC, &before);
+  auto ctl = run_command({INSIDEOUTCTL_PATH, "--runtime-dir", daemon.runtime_dir(), "reload"});
+  EXPECT_EQ(ctl.exit_code, 1) << ctl.out << ctl.err;
+  EXPECT_NE(ctl.err.find("INVALID_ARGUMENT"), std::string::npos) << ctl.err;
+  EXPECT_NE(ctl.err.find("bad CPU range '3-1'"), std::string::npos) << ctl.err;
   ASSERT_EQ(::kill(daemon.pid(), SIGHUP), 0);
   ASSERT_TRUE(notify.wait_for("RELOADING=1", 10s)) << notify.all() << daemon.log();
   const std::string& reloading = notify.messages().back();
@@ -195,7 +199,7 @@ TEST(Service, ShouldNotWatchWithoutWatchdogUsec) {
 // $LISTEN_FDNAMES); insideoutd serves it instead of binding its own.
 const char* kSocketActivate = "/usr/bin/systemd-socket-activate";
 
-TEST(Service, ShouldServeTheRegistrationSocketSystemdPasses) {
+TEST(Service, ShouldServeBothSocketsSystemdPasses) {
   if (::access(kSocketActivate, X_OK) != 0) {
     GTEST_SKIP() << "SKIP: " << kSocketActivate << " is missing (Debian package systemd)";
   }
@@ -203,22 +207,28 @@ TEST(Service, ShouldServeTheRegistrationSocketSystemdPasses) {
   const std::string dir = ::mkdtemp(tmpl);
   ::chmod(dir.c_str(), 0700);
   const std::string sock = dir + "/daemon.sock";
+  const std::string control = dir + "/control.sock";
   const std::string log = dir + "/log";
+  // Two of them, nested, as one takes one socket type: the outer binds control.sock
+  // (stream) and passes it on; the inner adds daemon.sock (seqpacket) and names both.
   const pid_t pid = ::fork();
   if (pid == 0) {
     const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
     ::dup2(fd, 1);
     ::dup2(fd, 2);
-    ::execl(kSocketActivate, kSocketActivate, "-l", sock.c_str(), "--seqpacket",
-            "--fdname=registration", insideoutd_path(), "--runtime-dir", dir.c_str(), "--workers",
-            "1", "--no-pin", static_cast<char*>(nullptr));
+    ::execl(kSocketActivate, kSocketActivate, "-l", control.c_str(), "--fdname=control",
+            kSocketActivate, "--seqpacket", "-l", sock.c_str(), "--fdname=control:registration",
+            insideoutd_path(), "--runtime-dir", dir.c_str(), "--workers", "1", "--no-pin",
+            static_cast<char*>(nullptr));
     std::_Exit(127);
   }
   auto read_log = [&] {
     std::ifstream in(log);
     return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   };
-  // The socket exists before the daemon runs; a client connecting early is queued.
+  // The outer one execs on the first connection to control.sock, which stays queued.
+  for (int i = 0; i < 200 && !answers(control, SOCK_STREAM); ++i) std::this_thread::sleep_for(25ms);
+  // daemon.sock exists before the daemon runs; a client that connects early is queued.
   ClientOptions co;
   co.runtime_dir = dir;
   co.name = "activated";
@@ -239,12 +249,19 @@ TEST(Service, ShouldServeTheRegistrationSocketSystemdPasses) {
     EXPECT_EQ(h->result().value, 10u);
   }
   c.reset();  // after its handles
-  EXPECT_NE(read_log().find("socket activation: daemon.sock from systemd"), std::string::npos)
+  EXPECT_NE(read_log().find("socket activation: daemon.sock and control.sock from systemd"),
+            std::string::npos)
       << read_log();
+  // The control plane answers on the socket it was given.
+  v1::GetInfoResponse info;
+  auto st = control_stub(dir)->GetInfo(ctx().get(), {}, &info);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(info.runtime_dir(), dir);
   ::kill(pid, SIGTERM);
   EXPECT_EQ(wait_child(pid, 15s), 0) << read_log();
-  // The socket is systemd's: the daemon leaves it for its successor.
+  // The sockets are systemd's: the daemon leaves them for its successor.
   EXPECT_TRUE(std::filesystem::exists(sock));
+  EXPECT_TRUE(std::filesystem::exists(control));
   std::filesystem::remove_all(dir);
 }
 
@@ -372,8 +389,7 @@ TEST(Service, ShouldRefuseAnInvalidFileOnReloadAndKeepItsConfiguration) {
   v1::GetConfigResponse before;
   ASSERT_TRUE(stub->GetConfig(ctx().get(), {}, &before).ok());
   EXPECT_EQ(before.path(), config);
-  EXPECT_NE(before.toml().find("name = 'burst'\nsize = 2\n"), std::string::npos)
-      << before.toml();
+  EXPECT_NE(before.toml().find("name = 'burst'\nsize = 2\n"), std::string::npos) << before.toml();
 
   write_file(config, pool_toml(3) + "[[pools]]\nname = \"x\"\ncpus = \"3-1\"\n");
   v1::ReloadResponse rr;
