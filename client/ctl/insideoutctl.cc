@@ -910,6 +910,12 @@ int main(int argc, char** argv) {
   auto* resume =
       app.add_subcommand("resume", "Take work from clients again after a drain (admin only)");
   auto* shutdown = app.add_subcommand("shutdown", "Drain and stop the daemon");
+  auto* reload = app.add_subcommand(
+      "reload",
+      "Re-read the daemon's configuration file and apply what changes live, as SIGHUP does "
+      "(admin only); prints the changed keys that need a restart");
+  auto* config = app.add_subcommand(
+      "config", "Print the daemon's effective configuration, as a TOML file it would read");
 
   auto* plugins = app.add_subcommand("plugins", "List loaded plugins (and those still draining)");
   json_flag(plugins);
@@ -1175,6 +1181,21 @@ int main(int argc, char** argv) {
     v1::ShutdownResponse r;
     if (auto st = stub.Shutdown(ctl.context().get(), {}, &r); !st.ok()) return ctl.error(st);
     std::printf("shutting down\n");
+    return kOk;
+  }
+  if (*reload) {
+    v1::ReloadResponse r;
+    if (auto st = stub.Reload(ctl.context(70000).get(), {}, &r); !st.ok()) return ctl.error(st);
+    std::printf("reloaded\n");
+    for (const auto& k : r.needs_restart()) std::printf("needs a restart: %s\n", k.c_str());
+    return kOk;
+  }
+  if (*config) {
+    v1::GetConfigResponse r;
+    if (auto st = stub.GetConfig(ctl.context().get(), {}, &r); !st.ok()) return ctl.error(st);
+    if (!r.path().empty())
+      std::printf("# from %s, with the command line's flags\n", r.path().c_str());
+    std::fputs(r.toml().c_str(), stdout);
     return kOk;
   }
   if (*top) return run_top(ctl, interval_ms, top_iterations);

@@ -3,6 +3,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <limits>
 #include <string>
@@ -28,6 +29,26 @@ absl::Status validate(const DaemonConfig& c) {
     return bad("--max-serial-bytes must be positive and at most --max-serial-bytes-total");
   }
   if (c.max_control_submits == 0) return bad("--max-control-submits must be at least 1");
+  return absl::OkStatus();
+}
+
+absl::Status check_pool_name(std::string_view n) {
+  if (n.empty() || n.size() > 32)
+    return absl::InvalidArgumentError("a pool name has 1 to 32 characters");
+  for (char c : n) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') {
+      return absl::InvalidArgumentError("pool name '" + std::string(n) +
+                                        "': only letters, digits, '-' and '_'");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status check_pool_size(std::uint32_t size) {
+  if (size == 0 || size > kMaxPoolWorkers) {
+    return absl::InvalidArgumentError("size " + std::to_string(size) + " is out of range: 1.." +
+                                      std::to_string(kMaxPoolWorkers));
+  }
   return absl::OkStatus();
 }
 

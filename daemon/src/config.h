@@ -18,6 +18,17 @@
 
 namespace insideout::daemon {
 
+// A named pool the configuration file asks for (the control plane's CreatePool).
+struct PoolConfig {
+  std::string name;
+  std::uint32_t size = 1;
+  std::vector<int> cpus;                  // empty: every allowed CPU
+  std::optional<shm::IdleStrategy> idle;  // unset: the daemon's --idle
+  std::string policy;                     // other, batch, idle, fifo, rr; empty: inherited
+  std::optional<int> priority, nice;
+  bool operator==(const PoolConfig&) const = default;
+};
+
 struct DaemonConfig {
   std::string runtime_dir;    // empty: shm::default_runtime_dir()
   std::uint32_t workers = 0;  // 0: one per CPU in `cpus`
@@ -63,6 +74,14 @@ struct DaemonConfig {
   std::chrono::milliseconds stats_interval{100};  // how often $RUNTIME/stats is refreshed
   // Every *.so in these directories is loaded as a plugin at start (see plugins.h).
   std::vector<std::string> plugin_dirs;
+  // Named pools made at start (and on reload) through the control plane's own code.
+  std::vector<PoolConfig> pools;
+  std::string log_level = "info";
+  std::string log_target = "auto";  // auto (journald under systemd), journal or stderr
+  // The configuration file read (--config), not a key of it; empty: none.
+  std::string config_file;
+  // Test-only functions (test.hang); never in production.
+  bool test_functions = false;
 };
 
 // The most clients the daemon can tell apart: a continuation names its client slot in
@@ -71,6 +90,10 @@ inline constexpr std::uint32_t kMaxClientsLimit = 65535;
 
 // OK, or INVALID_ARGUMENT naming the first field that is out of range and why.
 absl::Status validate(const DaemonConfig& config);
+
+// A pool's name: 1 to 32 letters, digits, '-' and '_'. Its size: 1..kMaxPoolWorkers.
+absl::Status check_pool_name(std::string_view name);
+absl::Status check_pool_size(std::uint32_t size);
 
 // "0-3,8,10-11" -> {0,1,2,3,8,10,11}; nullopt (and *error) on a malformed list.
 std::optional<std::vector<int>> parse_cpu_list(std::string_view text, std::string* error);

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "config.h"
+#include "config_file.h"
 #include "control_checks.h"
 #include "control_service.h"
 #include "daemon.h"
@@ -681,7 +682,150 @@ class SchedulerService final : public v1::Scheduler::Service {
     return Status::OK;
   }
 
+  Status Reload(ServerContext* ctx, const v1::ReloadRequest*, v1::ReloadResponse* out) override {
+    if (auto st = check(ctx, true); !st.ok()) return st;
+    const PeerCred p = server_.peer(ctx->peer());
+    spdlog::info("control: reload requested by pid {} uid {}", p.pid, p.uid);
+    auto r = daemon_.reload();
+    if (!r.ok()) return to_grpc(r.status());
+    for (const auto& k : *r) out->add_needs_restart(k);
+    return Status::OK;
+  }
+
+  Status GetConfig(ServerContext* ctx, const v1::GetConfigRequest*,
+                   v1::GetConfigResponse* out) override {
+    if (auto st = check(ctx, false); !st.ok()) return st;
+    const DaemonConfig c = daemon_.effective_config();
+    out->set_toml(to_toml(c));
+    out->set_path(c.config_file);
+    return Status::OK;
+  }
+
+  // The pools a configuration asks for, through the handlers above (as an admin would
+  // call them): the default pool's size and CPUs, then each [[pools]] entry, created when
+  // new, else resized, re-pinned and given its attributes where they differ from `old`.
+  // Every CPU list is checked before anything changes. Pools the file no longer names
+  // are kept (clients may be registered to them).
+  absl::Status apply_pools(const DaemonConfig& next, const DaemonConfig& old) {
+    auto absl_of = [](const Status& st) {
+      return absl::Status(static_cast<absl::StatusCode>(st.error_code()), st.error_message());
+    };
+    const auto& allowed = daemon_.allowed_cpus();
+    for (const auto& p : next.pools) {
+      if (p.cpus.empty()) continue;
+      if (auto c = check_cpus(format_cpu_list(p.cpus), allowed); !c.ok())
+        return absl::InvalidArgumentError("pool '" + p.name +
+                                          "': " + std::string(c.status().message()));
+    }
+    if (!next.cpus.empty()) {
+      if (auto c = check_cpus(format_cpu_list(next.cpus), allowed); !c.ok())
+        return absl::InvalidArgumentError("cpus: " + std::string(c.status().message()));
+    }
+    auto cpus_text = [&](const std::vector<int>& c) {
+      return format_cpu_list(c.empty() ? allowed : c);
+    };
+    auto size_of = [&](const DaemonConfig& c) -> std::uint32_t {
+      return c.workers != 0
+                 ? c.workers
+                 : static_cast<std::uint32_t>(c.cpus.empty() ? allowed.size() : c.cpus.size());
+    };
+    // The default pool.
+    if (size_of(next) != size_of(old)) {
+      v1::ResizePoolRequest req;
+      req.set_name(kDefaultPool);
+      req.set_size(size_of(next));
+      v1::ResizePoolResponse resp;
+      if (auto st = ResizePool(nullptr, &req, &resp); !st.ok()) return absl_of(st);
+    }
+    if (next.cpus != old.cpus && next.pin) {
+      v1::SetAffinityRequest req;
+      req.mutable_target()->set_pool(kDefaultPool);
+      req.set_cpus(cpus_text(next.cpus));
+      v1::SetAffinityResponse resp;
+      if (auto st = SetAffinity(nullptr, &req, &resp); !st.ok()) return absl_of(st);
+    }
+    for (const auto& p : next.pools) {
+      const PoolConfig* before = nullptr;
+      for (const auto& q : old.pools) {
+        if (q.name == p.name) before = &q;
+      }
+      v1::ThreadAttributes attrs;
+      attrs.set_policy(policy_of(p.policy));
+      if (p.priority) attrs.set_priority(*p.priority);
+      if (p.nice) attrs.set_nice(*p.nice);
+      const bool has_attrs = !p.policy.empty() || p.priority || p.nice;
+      if (daemon_.pool(p.name) == nullptr) {
+        v1::CreatePoolRequest req;
+        auto* pool = req.mutable_pool();
+        pool->set_name(p.name);
+        pool->set_size(p.size);
+        if (!p.cpus.empty()) pool->set_cpus(format_cpu_list(p.cpus));
+        if (p.idle) pool->set_idle(idle_of(*p.idle));
+        if (has_attrs) *pool->mutable_attributes() = attrs;
+        v1::CreatePoolResponse resp;
+        if (auto st = CreatePool(nullptr, &req, &resp); !st.ok())
+          return absl_of(Status(st.error_code(), "pool '" + p.name + "': " + st.error_message()));
+        continue;
+      }
+      if (before == nullptr || before->size != p.size) {
+        v1::ResizePoolRequest req;
+        req.set_name(p.name);
+        req.set_size(p.size);
+        v1::ResizePoolResponse resp;
+        if (auto st = ResizePool(nullptr, &req, &resp); !st.ok()) return absl_of(st);
+      }
+      if ((before == nullptr || before->cpus != p.cpus) && next.pin) {
+        v1::SetAffinityRequest req;
+        req.mutable_target()->set_pool(p.name);
+        req.set_cpus(cpus_text(p.cpus));
+        v1::SetAffinityResponse resp;
+        if (auto st = SetAffinity(nullptr, &req, &resp); !st.ok()) return absl_of(st);
+      }
+      if (has_attrs && (before == nullptr || before->policy != p.policy ||
+                        before->priority != p.priority || before->nice != p.nice)) {
+        v1::SetThreadAttributesRequest req;
+        req.mutable_target()->set_pool(p.name);
+        *req.mutable_attributes() = attrs;
+        v1::SetThreadAttributesResponse resp;
+        if (auto st = SetThreadAttributes(nullptr, &req, &resp); !st.ok()) return absl_of(st);
+        // Workers a later resize starts take them too.
+        auto planned = plan_pool_attributes(attrs);
+        std::lock_guard lock(change_mu_);
+        if (planned.ok()) pool_attrs_[p.name] = *planned;
+      }
+    }
+    for (const auto& q : old.pools) {
+      const bool kept = std::any_of(next.pools.begin(), next.pools.end(),
+                                    [&](const PoolConfig& p) { return p.name == q.name; });
+      if (!kept && daemon_.pool(q.name) != nullptr)
+        spdlog::warn(
+            "pool '{}' is no longer in the configuration: kept (insideoutctl pool "
+            "delete {} removes it)",
+            q.name, q.name);
+    }
+    return absl::OkStatus();
+  }
+
  private:
+  static v1::Policy policy_of(const std::string& p) {
+    if (p == "other") return v1::POLICY_OTHER;
+    if (p == "batch") return v1::POLICY_BATCH;
+    if (p == "idle") return v1::POLICY_IDLE;
+    if (p == "fifo") return v1::POLICY_FIFO;
+    if (p == "rr") return v1::POLICY_RR;
+    return v1::POLICY_UNSPECIFIED;
+  }
+  static v1::IdleStrategy idle_of(shm::IdleStrategy s) {
+    switch (s) {
+      case shm::IdleStrategy::kBlock:
+        return v1::IDLE_STRATEGY_BLOCK;
+      case shm::IdleStrategy::kSpinThenBlock:
+        return v1::IDLE_STRATEGY_SPIN_THEN_BLOCK;
+      default:
+        return v1::IDLE_STRATEGY_POLL;
+    }
+  }
+
   struct Outcome {
     bool shutdown = false;  // released by stopping(): no result will come
     int status = 0;
@@ -704,7 +848,9 @@ class SchedulerService final : public v1::Scheduler::Service {
         std::chrono::duration_cast<std::chrono::milliseconds>(p.loaded.time_since_epoch()).count());
   }
 
+  // ctx == nullptr: the daemon itself (apply_pools(), for its configuration file).
   Status check(ServerContext* ctx, bool admin) const {
+    if (ctx == nullptr) return Status::OK;
     const PeerCred p = server_.peer(ctx->peer());
     if (admin ? server_.may_admin(p) : server_.may_read(p)) return Status::OK;
     return Status(
@@ -934,5 +1080,9 @@ std::unique_ptr<SchedulerService, ServiceDeleter> make_service(ControlServer& se
 grpc::Service* as_grpc_service(SchedulerService& s) { return &s; }
 void open_local_client(SchedulerService& s) { s.open_local_client(); }
 void service_stopping(SchedulerService& s) { s.stopping(); }
+absl::Status service_apply_pools(SchedulerService& s, const DaemonConfig& next,
+                                 const DaemonConfig& old) {
+  return s.apply_pools(next, old);
+}
 
 }  // namespace insideout::daemon

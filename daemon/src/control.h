@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "config.h"
 #include "peer_cred.h"
 
 namespace grpc {
@@ -53,6 +54,11 @@ class ControlServer {
   // Stops serving, removes control.sock and the stats file. Idempotent.
   void stop();
 
+  // Makes the configuration's pools real, or changes them from `old` (Daemon::reload()),
+  // through the same handlers as CreatePool, ResizePool, SetAffinity and
+  // SetThreadAttributes. Loop thread or a reload, after start().
+  absl::Status apply_pools(const DaemonConfig& next, const DaemonConfig& old);
+
   std::string socket_path() const;
   std::string stats_path() const;
 
@@ -70,7 +76,8 @@ class ControlServer {
   std::unique_ptr<SchedulerService, ServiceDeleter> service_;
   std::unique_ptr<grpc::Server> server_;
   int listen_fd_ = -1;
-  int stop_fd_ = -1;  // eventfd: wakes the accept and publish threads
+  bool activated_ = false;  // listen_fd_ came from systemd: control.sock is not ours to unlink
+  int stop_fd_ = -1;        // eventfd: wakes the accept and publish threads
   std::thread accept_thread_;
   std::thread publish_thread_;
   std::atomic<bool> stopping_{false};

@@ -66,24 +66,6 @@ absl::StatusOr<std::vector<int>> check_cpus(std::string_view text,
   return *std::move(cpus);
 }
 
-absl::Status check_pool_name(std::string_view n) {
-  if (n.empty() || n.size() > 32) return invalid("a pool name has 1 to 32 characters");
-  for (char c : n) {
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') {
-      return invalid("pool name '" + std::string(n) + "': only letters, digits, '-' and '_'");
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status check_pool_size(std::uint32_t size) {
-  if (size == 0 || size > kMaxPoolWorkers) {
-    return invalid("size " + std::to_string(size) + " is out of range: 1.." +
-                   std::to_string(kMaxPoolWorkers));
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<shm::IdleStrategy> check_idle(v1::IdleStrategy idle, shm::IdleStrategy fallback) {
   switch (idle) {
     case v1::IDLE_STRATEGY_UNSPECIFIED:

@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "config.h"
 #include "insideout/shm/futex.h"
 #include "insideout/v1/scheduler.pb.h"
 
@@ -29,10 +30,8 @@ bool realtime(int policy);
 
 // A CPU list ("0-3,8") whose every CPU is in `allowed` (sorted): sorted, unique, non-empty.
 absl::StatusOr<std::vector<int>> check_cpus(std::string_view text, const std::vector<int>& allowed);
-// 1 to 32 letters, digits, '-' and '_'.
-absl::Status check_pool_name(std::string_view name);
-// 1..kMaxPoolWorkers.
-absl::Status check_pool_size(std::uint32_t size);
+// check_pool_name() and check_pool_size() are in config.h (the configuration file
+// checks them too).
 // IDLE_STRATEGY_UNSPECIFIED takes `fallback`.
 absl::StatusOr<shm::IdleStrategy> check_idle(v1::IdleStrategy idle, shm::IdleStrategy fallback);
 // SetThreadAttributes before it looks at any thread: a known policy (returned; -1: keep),

@@ -111,13 +111,19 @@ absl::Status ControlServer::start() {
   stats_->header.version.store(shm::kStatsLayoutVersion, std::memory_order_release);
 
   // The socket: ours, so that SO_PEERCRED can be read for each connection.
+  // The socket: ours, so that SO_PEERCRED can be read for each connection; or the one
+  // systemd passed (socket activation), whose mode and group its unit sets.
   const std::string path = socket_path();
-  auto fd = listen_unix(path, SOCK_STREAM, cfg.socket_mode, 64);
-  if (!fd.ok()) return fd.status();
-  listen_fd_ = *fd;
-  ::chmod(path.c_str(), cfg.socket_mode);
-  if (client_gid_ != static_cast<gid_t>(-1))
-    (void)!::chown(path.c_str(), static_cast<uid_t>(-1), client_gid_);
+  listen_fd_ = daemon_.take_activated_control_fd();
+  activated_ = listen_fd_ >= 0;
+  if (!activated_) {
+    auto fd = listen_unix(path, SOCK_STREAM, cfg.socket_mode, 64);
+    if (!fd.ok()) return fd.status();
+    listen_fd_ = *fd;
+    ::chmod(path.c_str(), cfg.socket_mode);
+    if (client_gid_ != static_cast<gid_t>(-1))
+      (void)!::chown(path.c_str(), static_cast<uid_t>(-1), client_gid_);
+  }
   stop_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (stop_fd_ < 0) return absl::InternalError(std::string("eventfd: ") + std::strerror(errno));
 
@@ -141,6 +147,10 @@ absl::Status ControlServer::start() {
   return absl::OkStatus();
 }
 
+absl::Status ControlServer::apply_pools(const DaemonConfig& next, const DaemonConfig& old) {
+  return service_apply_pools(*service_, next, old);
+}
+
 void ControlServer::stop() {
   if (stopped_) return;
   stopped_ = true;
@@ -155,7 +165,7 @@ void ControlServer::stop() {
   if (listen_fd_ >= 0) {
     ::close(listen_fd_);
     listen_fd_ = -1;
-    ::unlink(socket_path().c_str());
+    if (!activated_) ::unlink(socket_path().c_str());
   }
   if (server_) {
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));

@@ -4,6 +4,7 @@
 
 #include <memory>
 
+#include "config.h"
 #include "control.h"
 
 namespace grpc {
@@ -17,5 +18,7 @@ std::unique_ptr<SchedulerService, ServiceDeleter> make_service(ControlServer& se
 grpc::Service* as_grpc_service(SchedulerService& s);
 void open_local_client(SchedulerService& s);
 void service_stopping(SchedulerService& s);
+absl::Status service_apply_pools(SchedulerService& s, const DaemonConfig& next,
+                                 const DaemonConfig& old);
 
 }  // namespace insideout::daemon

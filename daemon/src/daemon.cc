@@ -12,6 +12,7 @@
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,6 +20,7 @@
 #include <csignal>
 #include <cstring>
 #include <ctime>
+#include <thread>
 
 #include "insideout/shm/paths.h"
 #include "insideout/shm/segment.h"
@@ -80,6 +82,15 @@ constexpr std::uint64_t kListenKey = 1ull << 40;
 constexpr std::uint64_t kSignalKey = 2ull << 40;
 constexpr std::uint64_t kTimerKey = 3ull << 40;
 constexpr std::uint64_t kEventKey = 4ull << 40;
+
+// test.hang (--enable-test-functions only): wedges its worker until the daemon shuts down,
+// so that tests can see the watchdog stop. Release: pairs with the acquire load below.
+std::atomic<bool> release_hang{false};
+Step test_hang(Task&, StepContext&) {
+  while (!release_hang.load(std::memory_order_acquire))
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  return Step::kComplete;
+}
 
 }  // namespace
 
@@ -148,9 +159,12 @@ absl::Status Daemon::start() {
 
   // The registration socket; a stale one from a crashed daemon is ours to replace.
   const std::string path = socket_path();
-  auto fd = listen_unix(path, SOCK_SEQPACKET, config_.socket_mode, 128);
-  if (!fd.ok()) return fd.status();
-  listen_fd_ = *fd;
+  if (auto st = take_activated_sockets(); !st.ok()) return st;
+  if (listen_fd_ < 0) {
+    auto fd = listen_unix(path, SOCK_SEQPACKET, config_.socket_mode, 128);
+    if (!fd.ok()) return fd.status();
+    listen_fd_ = *fd;
+  }
 
   // Signals arrive as readable data; the caller blocked them in every thread.
   sigset_t mask;
@@ -183,6 +197,14 @@ absl::Status Daemon::start() {
   }
 
   register_builtins(registry_);
+  if (config_.test_functions) {
+    registry_.add({"test.hang",
+                   "TEST ONLY (--enable-test-functions): never returns until the daemon stops; "
+                   "wedges its worker",
+                   engine_step<test_hang>});
+    spdlog::warn("test functions enabled (test.hang): not for production");
+  }
+  effective_ = config_;
   for (const auto& dir : config_.plugin_dirs) plugins_->load_dir(dir);
   allowed_cpus_ = insideout::daemon::allowed_cpus();
   started_ = std::chrono::steady_clock::now();
@@ -465,7 +487,130 @@ void Daemon::request_stop() {
   (void)!::write(event_fd_, &one, sizeof(one));
 }
 
+absl::Status Daemon::take_activated_sockets() {
+  char** names = nullptr;
+  // Unsets $LISTEN_FDS and friends: nothing the daemon starts takes them.
+  const int n = sd_listen_fds_with_names(1, &names);
+  if (n < 0) return absl::InternalError(std::string("sd_listen_fds: ") + std::strerror(-n));
+  absl::Status st;
+  for (int i = 0; i < n; ++i) {
+    const int fd = SD_LISTEN_FDS_START + i;
+    const std::string name = names != nullptr && names[i] != nullptr ? names[i] : "";
+    const bool reg = name == "registration", ctl = name == "control";
+    const int type = reg ? SOCK_SEQPACKET : SOCK_STREAM;
+    if (st.ok() && !reg && !ctl) {
+      st = absl::InvalidArgumentError(
+          "systemd passed a socket named '" + name +
+          "': insideoutd takes FileDescriptorName=registration (daemon.sock) and control "
+          "(control.sock)");
+    } else if (st.ok() && sd_is_socket_unix(fd, type, 1, nullptr, 0) <= 0) {
+      st = absl::InvalidArgumentError(
+          "the socket systemd passed as '" + name + "' (fd " + std::to_string(fd) +
+          ") is not a listening Unix " + (reg ? "SOCK_SEQPACKET" : "SOCK_STREAM") +
+          " socket (ListenSequentialPacket= for registration, ListenStream= for control)");
+    } else if (st.ok()) {
+      ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+      ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+      if (reg) {
+        listen_fd_ = fd;
+        activated_ = true;
+      } else {
+        activated_control_fd_ = fd;
+      }
+      continue;
+    }
+    ::close(fd);
+  }
+  if (names != nullptr) {
+    for (int i = 0; i < n; ++i) std::free(names[i]);
+    std::free(names);
+  }
+  if (st.ok() && n > 0 && listen_fd_ < 0)
+    st = absl::InvalidArgumentError(
+        "systemd passed sockets but none named 'registration' (FileDescriptorName=)");
+  if (st.ok() && n > 0)
+    spdlog::info("socket activation: daemon.sock{} from systemd",
+                 activated_control_fd_ >= 0 ? " and control.sock" : "");
+  return st;
+}
+
+int Daemon::take_activated_control_fd() { return std::exchange(activated_control_fd_, -1); }
+
+DaemonConfig Daemon::effective_config() const {
+  std::lock_guard lock(effective_mu_);
+  return effective_;
+}
+
+void Daemon::set_effective_config(DaemonConfig config) {
+  std::lock_guard lock(effective_mu_);
+  effective_ = std::move(config);
+}
+
+absl::StatusOr<std::vector<std::string>> Daemon::reload() {
+  std::lock_guard lock(reload_mu_);
+  notify_.reloading();
+  absl::StatusOr<std::vector<std::string>> r =
+      reload_hook_ ? reload_hook_()
+                   : absl::FailedPreconditionError("nothing to reload (no configuration file)");
+  if (r.ok()) {
+    for (const auto& key : *r) spdlog::warn("reload: needs a restart: {}", key);
+    spdlog::info("configuration reloaded");
+    std::lock_guard elock(effective_mu_);
+    reload_error_.clear();
+  } else {
+    spdlog::error("reload refused, the configuration is unchanged: {}",
+                  std::string(r.status().message()));
+    notify_.status("reload refused: " + std::string(r.status().message()));
+    std::lock_guard elock(effective_mu_);
+    reload_error_ = std::string(r.status().message());
+  }
+  notify_.ready();
+  return r;
+}
+
+void Daemon::service_tick() {
+  const auto now = std::chrono::steady_clock::now();
+  if (const auto interval = notify_.watchdog_interval(); interval.count() > 0) {
+    std::vector<ProgressWatch::Pool> all;
+    for (const auto& p : pools()) all.push_back({p.name, p.scheduler});
+    const std::string stuck = progress_.stuck_pool(all, now, interval);
+    if (!stuck.empty()) {
+      if (stuck != stuck_pool_) {
+        spdlog::error(
+            "pool '{}': every worker has been inside one step for over {} ms: no longer "
+            "feeding the watchdog (systemd restarts the daemon)",
+            stuck, interval.count() / 1000);
+        notify_.status("pool '" + stuck + "' stuck: every worker inside one step");
+      }
+    } else if (now - last_watchdog_ >= interval / 2) {
+      last_watchdog_ = now;
+      notify_.watchdog();
+    }
+    stuck_pool_ = stuck;
+    if (!stuck.empty()) return;
+  }
+  std::uint32_t workers = 0;
+  const auto all = pools();
+  for (const auto& p : all) workers += p.scheduler->worker_count();
+  const auto t = totals();
+  // Once nothing is in flight, submitted == completed + failed (scheduler.h).
+  const std::uint64_t done = t.completed + t.failed;
+  const std::uint64_t in_flight = t.submitted > done ? t.submitted - done : 0;
+  std::string status = std::to_string(client_infos().size()) + " clients, " +
+                       std::to_string(all.size()) + " pools, " + std::to_string(workers) +
+                       " workers, " + std::to_string(in_flight) + " continuations in flight";
+  {
+    std::lock_guard lock(effective_mu_);
+    if (!reload_error_.empty()) status += "; last reload refused: " + reload_error_;
+  }
+  notify_.status(status);
+}
+
 int Daemon::run() {
+  // Both sockets listen (the control plane started before run()) and segments can be
+  // made: systemd may start what depends on us.
+  notify_.ready();
+  service_tick();
   epoll_event events[64];
   for (;;) {
     // Draining plugin instances are reaped every 10 ms (their probes are cheap).
@@ -485,9 +630,11 @@ int Daemon::run() {
         signalfd_siginfo si{};
         while (::read(signal_fd_, &si, sizeof(si)) == sizeof(si)) {
           if (si.ssi_signo == SIGHUP) {
-            spdlog::info("SIGHUP: nothing to reload (no configuration file yet)");
+            spdlog::info("SIGHUP: reloading the configuration");
+            (void)reload();
           } else {
             spdlog::info("{} received: draining", strsignal(static_cast<int>(si.ssi_signo)));
+            notify_.stopping();
             stop = true;
           }
         }
@@ -495,6 +642,7 @@ int Daemon::run() {
         std::uint64_t ticks;
         (void)!::read(timer_fd_, &ticks, sizeof(ticks));
         heartbeat();
+        service_tick();
         sweep_connections();
       } else if (key == kEventKey) {
         std::uint64_t v;
@@ -1125,7 +1273,8 @@ void Daemon::shutdown() {
   ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
   ::close(listen_fd_);
   listen_fd_ = -1;
-  ::unlink(socket_path().c_str());
+  // A socket systemd passed stays: it queues connections for the next daemon.
+  if (!activated_) ::unlink(socket_path().c_str());
   const std::uint32_t hw = clients_.high_water();
   for (std::uint32_t i = 0; i < hw; ++i) {
     ClientSlot& s = clients_.slot(i);
@@ -1134,7 +1283,8 @@ void Daemon::shutdown() {
                                       std::memory_order_release);
     }
   }
-  // Every pool drains at once (their deadlines overlap), the default one last.
+  // Every pool drains at once (their deadlines overlap), the default one last; test.hang
+  // steps return once the drain has timed out.
   const auto all = pools();
   for (const auto& p : all) p.scheduler->begin_drain(/*shutdown=*/true);
   bool drained = true;
@@ -1143,6 +1293,7 @@ void Daemon::shutdown() {
   if (!drained)
     spdlog::warn("drain timed out after {} ms; stopping with work in flight",
                  config_.drain_timeout.count());
+  release_hang.store(true, std::memory_order_release);  // pairs with test_hang()'s load
   flush_outbox();
   // Goodbye to everyone, then let their slots go.
   std::vector<int> fds;

@@ -24,6 +24,7 @@
 #include "config.h"
 #include "engine.h"
 #include "insideout/v1/continuation.pb.h"
+#include "notify.h"
 #include "plugins.h"
 
 namespace insideout::daemon {
@@ -109,6 +110,23 @@ class Daemon : public PoolDirectory {
   // Runs first in shutdown(), on the loop thread (the control plane stops there).
   void set_shutdown_hook(std::function<void()> hook) { shutdown_hook_ = std::move(hook); }
 
+  // ---- Configuration reload (SIGHUP, the Reload RPC); under systemd. ----------------
+  // What a reload does (main.cc: re-read the file, apply what changes live); set before
+  // run(). Its error refuses the reload and the daemon keeps its configuration.
+  // The hook returns the changed keys that need a restart.
+  using ReloadHook = std::function<absl::StatusOr<std::vector<std::string>>()>;
+  void set_reload_hook(ReloadHook hook) { reload_hook_ = std::move(hook); }
+  // Runs the hook (one reload at a time, any thread), telling systemd RELOADING=1 then
+  // READY=1, and STATUS= the refusal if it failed.
+  absl::StatusOr<std::vector<std::string>> reload();
+  // The configuration in effect (what GetConfig returns): the start's, then each
+  // successful reload's live changes.
+  DaemonConfig effective_config() const;
+  void set_effective_config(DaemonConfig config);
+  // The control socket systemd passed (FileDescriptorName=control), once; -1: none.
+  int take_activated_control_fd();
+  Notifier& notifier() { return notify_; }
+
  private:
   // One connection to daemon.sock, on the loop thread only.
   //
@@ -163,6 +181,10 @@ class Daemon : public PoolDirectory {
   // Closes connections that sent no Hello in time; re-arms a paused listener.
   void sweep_connections();
   void reclaim_zombies();
+  // Heartbeat: STATUS= and, while every pool makes progress, WATCHDOG=1.
+  void service_tick();
+  // Takes the sockets systemd passed ($LISTEN_FDS); OK with none.
+  absl::Status take_activated_sockets();
   void shutdown();
   void serial_done(ClientSlot& slot, std::uint32_t job);
   std::shared_ptr<Scheduler> make_scheduler(SchedulerConfig sc);
@@ -244,6 +266,18 @@ class Daemon : public PoolDirectory {
   ClientSlot* local_slot_ = nullptr;
   std::function<void(ClientSlot&, std::uint32_t)> local_sink_;
   std::function<void()> shutdown_hook_;
+  // systemd: notify messages, the progress-fed watchdog, socket activation, reloads.
+  Notifier notify_;
+  ProgressWatch progress_;
+  std::chrono::steady_clock::time_point last_watchdog_{};
+  std::string stuck_pool_;  // the pool that stopped the watchdog, once logged
+  ReloadHook reload_hook_;
+  std::mutex reload_mu_;  // one reload at a time
+  mutable std::mutex effective_mu_;
+  DaemonConfig effective_;    // under effective_mu_
+  std::string reload_error_;  // under effective_mu_: why the last reload was refused
+  bool activated_ = false;    // daemon.sock came from systemd: it is not ours to unlink
+  int activated_control_fd_ = -1;
   mutable std::mutex info_mu_;
   std::unordered_map<std::uint32_t, ClientInfo> infos_;  // by client id, under info_mu_
   std::mutex evict_mu_;

@@ -363,7 +363,7 @@ absl::StatusOr<PluginInfo> PluginManager::load(const std::string& path) {
   return out;
 }
 
-std::size_t PluginManager::load_dir(const std::string& dir) {
+std::size_t PluginManager::load_dir(const std::string& dir, bool only_new) {
   if (auto s = check_directory(dir); !s.ok()) {
     spdlog::error("plugin directory {} refused: {}", dir, std::string(s.message()));
     return 0;
@@ -377,6 +377,13 @@ std::size_t PluginManager::load_dir(const std::string& dir) {
     ::closedir(d);
   }
   std::sort(names.begin(), names.end());
+  if (only_new) {
+    const auto loaded = list();
+    std::erase_if(names, [&](const std::string& n) {
+      return std::any_of(loaded.begin(), loaded.end(),
+                         [&](const PluginInfo& p) { return p.path == dir + "/" + n; });
+    });
+  }
   std::size_t loaded = 0;
   for (const auto& n : names) loaded += load(dir + "/" + n).ok() ? 1 : 0;
   spdlog::info("plugin directory {}: {} of {} loaded", dir, loaded, names.size());

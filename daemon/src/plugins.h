@@ -64,7 +64,8 @@ class PluginManager {
 
   // Loads every *.so in `dir` (name order). Each refusal is logged; returns how many
   // loaded. A directory that fails the checks loads nothing (one log line).
-  std::size_t load_dir(const std::string& dir);
+  // `only_new`: skip libraries a loaded instance came from (a rescan on reload).
+  std::size_t load_dir(const std::string& dir, bool only_new = false);
   // One library; the error (also logged) says why it was refused.
   absl::StatusOr<PluginInfo> load(const std::string& path);
   // NOT_FOUND for an unknown plugin. Its functions are unknown from now on; the library
