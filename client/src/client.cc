@@ -118,6 +118,8 @@ struct Client::Impl {
   shm::SubmitBell bell;
   std::unique_ptr<FrameState[]> states;
   BlockAllocator buffers;
+  shm::FrameControl* controls = nullptr;  // per frame: the deadline (layout 4)
+  shm::ClientBells* bells = nullptr;
 
   // Completion ring: one drainer at a time.
   std::mutex drain_mu;
@@ -156,6 +158,17 @@ struct Client::Impl {
   ~Impl() {
     if (bell_page_fd >= 0) ::close(bell_page_fd);
     if (bell_fd >= 0) ::close(bell_fd);
+  }
+
+  // Writes frame idx's control slot; the ring's release store publishes it (P1).
+  void set_control(std::uint32_t idx, const SubmitOptions& o) {
+    std::int64_t ns = 0;
+    if (o.deadline) {
+      ns = std::chrono::duration_cast<std::chrono::nanoseconds>(o.deadline->time_since_epoch())
+               .count();
+      if (ns <= 0) ns = 1;  // 0 means none: a deadline at the clock's start has passed
+    }
+    controls[idx].deadline_ns.store(ns, std::memory_order_relaxed);
   }
 
   std::uint32_t index_of(std::uint32_t off) const {
@@ -536,6 +549,19 @@ bool Handle::Awaiter::await_suspend(std::coroutine_handle<> c) {
   return false;  // completed meanwhile: resume at once
 }
 
+bool Handle::cancel() {
+  if (client_ == nullptr || done()) return false;
+  auto& d = *client_->impl_;
+  // A cancel entry follows the submission in the ring, so the daemon meets it after it
+  // accepted the frame (shm::kSubmitCancel): a no-op there if the frame completed.
+  const std::uint32_t entry = shm::kSubmitCancel | index_;
+  bool pushed = false;
+  if (!d.wait_for_room([&] { return done() || (pushed = d.submit.try_push(entry)); }) || !pushed)
+    return false;
+  d.bell.ring();
+  return true;
+}
+
 void Handle::reset() noexcept {
   if (client_ == nullptr) return;
   auto& impl = *client_->impl_;
@@ -676,6 +702,8 @@ absl::StatusOr<std::unique_ptr<Client>> Client::connect(ClientOptions options) {
     impl->base = static_cast<char*>(impl->segment.base());
     impl->doorbells = impl->segment.doorbells();
     impl->arena = shm::FrameArena(impl->base, g);
+    impl->controls = reinterpret_cast<shm::FrameControl*>(impl->base + g.controls_off);
+    impl->bells = reinterpret_cast<shm::ClientBells*>(impl->base + g.bells_off);
     impl->submit =
         shm::RingProducer(shm::RingView(impl->base + g.submit_ring_off, g.ring_capacity));
     impl->completion =
@@ -852,13 +880,23 @@ std::uint32_t Client::offset_of(const void* p) const noexcept {
 
 absl::StatusOr<Handle> Client::submit(std::string_view function, std::span<const std::byte> env,
                                       std::uint64_t arg) {
-  auto id = function_id(function);
-  if (!id.ok()) return id.status();
-  return submit(*id, env, arg);
+  return submit(function, env, arg, SubmitOptions{});
 }
 
 absl::StatusOr<Handle> Client::submit(std::uint32_t function_id, std::span<const std::byte> env,
                                       std::uint64_t arg) {
+  return submit(function_id, env, arg, SubmitOptions{});
+}
+
+absl::StatusOr<Handle> Client::submit(std::string_view function, std::span<const std::byte> env,
+                                      std::uint64_t arg, const SubmitOptions& options) {
+  auto id = function_id(function);
+  if (!id.ok()) return id.status();
+  return submit(*id, env, arg, options);
+}
+
+absl::StatusOr<Handle> Client::submit(std::uint32_t function_id, std::span<const std::byte> env,
+                                      std::uint64_t arg, const SubmitOptions& options) {
   if (!impl_->has_segment)
     return absl::FailedPreconditionError("this client has no segment (want_segment = false)");
   Frame* f = nullptr;
@@ -891,7 +929,7 @@ absl::StatusOr<Handle> Client::submit(std::uint32_t function_id, std::span<const
     f->env_len = static_cast<std::uint32_t>(env.size());
   }
   impl_->states[impl_->arena.index_of(f)].owned_buffer = owned;
-  auto h = submit(f);
+  auto h = submit(f, options);
   if (!h.ok()) {
     impl_->states[impl_->arena.index_of(f)].owned_buffer = {};
     if (!owned.empty()) free_buffer(owned);
@@ -900,7 +938,7 @@ absl::StatusOr<Handle> Client::submit(std::uint32_t function_id, std::span<const
   return h;
 }
 
-absl::StatusOr<Handle> Client::submit(Frame* f) {
+absl::StatusOr<Handle> Client::submit(Frame* f, const SubmitOptions& options) {
   auto& d = *impl_;
   if (!d.has_segment)
     return absl::FailedPreconditionError("this client has no segment (want_segment = false)");
@@ -908,6 +946,7 @@ absl::StatusOr<Handle> Client::submit(Frame* f) {
     return absl::UnavailableError("daemon lost: " + lost_reason());
   const std::uint32_t idx = d.arena.index_of(f);
   f->status = 0;
+  d.set_control(idx, options);
   // Relaxed: the ring's release store (P1) publishes this with the frame.
   d.states[idx].state.store(kInFlight, std::memory_order_relaxed);
   if (d.submit.try_push(d.arena.offset_of(f))) {
@@ -919,11 +958,12 @@ absl::StatusOr<Handle> Client::submit(Frame* f) {
   // Full (or lost): the batch path waits or fails as the options say.
   Frame* one[1] = {f};
   std::vector<Handle> out;
-  if (auto st = submit_batch(one, &out); !st.ok()) return st;
+  if (auto st = submit_batch(one, &out, options); !st.ok()) return st;
   return std::move(out.front());
 }
 
-absl::Status Client::submit_batch(std::span<Frame* const> frames, std::vector<Handle>* out) {
+absl::Status Client::submit_batch(std::span<Frame* const> frames, std::vector<Handle>* out,
+                                  const SubmitOptions& options) {
   auto& d = *impl_;
   if (!d.has_segment)
     return absl::FailedPreconditionError("this client has no segment (want_segment = false)");
@@ -937,6 +977,7 @@ absl::Status Client::submit_batch(std::span<Frame* const> frames, std::vector<Ha
     for (std::size_t i = 0; i < n; ++i) {
       offs[i] = d.arena.offset_of(frames[done + i]);
       frames[done + i]->status = 0;
+      d.set_control(d.arena.index_of(frames[done + i]), options);
       // Relaxed: the ring's release store (P1) publishes this with the frame.
       d.states[d.arena.index_of(frames[done + i])].state.store(kInFlight,
                                                                std::memory_order_relaxed);
@@ -1032,6 +1073,22 @@ std::uint32_t Client::client_id() const noexcept { return impl_->client_id; }
 void* Client::segment_base() const noexcept { return impl_->base; }
 
 void Client::ring_bell() const noexcept { impl_->bell.ring(); }
+
+absl::Status Client::ring(std::uint32_t bell) {
+  auto& d = *impl_;
+  if (!d.has_segment)
+    return absl::FailedPreconditionError("this client has no segment (want_segment = false)");
+  if (bell >= shm::kClientBells) {
+    return absl::InvalidArgumentError("no doorbell " + std::to_string(bell) + " (there are " +
+                                      std::to_string(shm::kClientBells) + ": 0.." +
+                                      std::to_string(shm::kClientBells - 1) + ")");
+  }
+  // Release: pairs with the daemon's acquire loads (ClientSource::ring_bells()); the
+  // pool bell after it wakes a sleeping worker to look.
+  d.bells->count[bell].fetch_add(1, std::memory_order_release);
+  d.bell.ring();
+  return absl::OkStatus();
+}
 
 ClientStats Client::stats() const noexcept {
   const auto& d = *impl_;
