@@ -56,7 +56,7 @@ bool ClientSource::has_work() {
     ClientSlot& c = clients_.slot(i);
     // A doorbell rung while its ring woke nobody: poll() notifies it.
     if (waiting && c.state.load(std::memory_order_acquire) == SlotState::kActive && c.has_segment &&
-        c.pool == pool_ && ring_bells(c, true)) {
+        c.pool == pool_ && !c.faulted.load(std::memory_order_relaxed) && ring_bells(c, true)) {
       return true;
     }
     // A client accept_from() would refuse is no work: its held-back items wait for one
@@ -275,6 +275,10 @@ bool ClientSource::accept_from(Worker& w, ClientSlot& c) {
   return true;
 }
 
+bool ClientSource::is_cancel(const ClientSlot& c, std::uint32_t entry) noexcept {
+  return (entry & shm::kSubmitCancel) && (entry & ~shm::kSubmitCancel) < c.geom.frame_count;
+}
+
 bool ClientSource::take_cancels(ClientSlot& c) {
   bool took = false;
   // Bounded by the accept batch, whatever the client wrote; under c.draining.
@@ -290,7 +294,7 @@ bool ClientSource::take_cancels(ClientSlot& c) {
     if (!c.submit.try_pop(&entry)) break;  // its acquire pairs with the client's push
     c.peek_head.store(c.submit.head(), std::memory_order_relaxed);
     // The client may have rewritten the slot since the peek: only a cancel is taken here.
-    if (entry & shm::kSubmitCancel) {
+    if (is_cancel(c, entry)) {
       cancel_frame(c, entry & ~shm::kSubmitCancel, FrameCtl::kCancelByClient);
     } else {
       c.rejected.fetch_add(1, std::memory_order_relaxed);
@@ -319,7 +323,7 @@ bool ClientSource::refuse_from(Worker& w, ClientSlot& c) {
   if (n < budget) release_client(c, budget - static_cast<std::uint32_t>(n));
   if (n == 0) return false;
   for (std::size_t i = 0; i < n; ++i) {
-    if (offs[i] & shm::kSubmitCancel) {  // what it cancels was accepted before the pause
+    if (is_cancel(c, offs[i])) {  // what it cancels was accepted before the pause
       cancel_frame(c, offs[i] & ~shm::kSubmitCancel, FrameCtl::kCancelByClient);
       release_client(c, 1);
       continue;
@@ -341,8 +345,9 @@ bool ClientSource::refuse_from(Worker& w, ClientSlot& c) {
 }
 
 void ClientSource::accept_one(Worker& w, ClientSlot& c, std::uint32_t off) {
-  if (off & shm::kSubmitCancel) {
-    // A cancel: no continuation of its own (an index out of range is a no-op).
+  if (is_cancel(c, off)) {
+    // A cancel: no continuation of its own. (One with an index out of range is counted
+    // below as an offset that is no frame.)
     cancel_frame(c, off & ~shm::kSubmitCancel, FrameCtl::kCancelByClient);
     release_client(c, 1);
     return;

@@ -98,6 +98,8 @@ class ClientSource final : public engine::WorkSource {
   };
 
   bool accept_from(Worker& w, ClientSlot& c);
+  // A submit ring entry that cancels one of `c`'s frames (shm::kSubmitCancel).
+  static bool is_cancel(const ClientSlot& c, std::uint32_t entry) noexcept;
   // While `c` is held back: takes the cancel entries at the head of its ring.
   bool take_cancels(ClientSlot& c);
   // While paused: completes what `c` submitted with kDraining, as accept_from() would

@@ -49,7 +49,9 @@ struct FrameCtl {
   };
   // C1: set (fetch_or) by a canceller before it cancels the wait; read by gone() (C2).
   std::atomic<std::uint32_t> state{0};
-  std::atomic<std::int64_t> deadline_ns{0};  // copied at accept (relaxed: read on workers)
+  // Copied at accept (relaxed: the task's hand-over between workers publishes it, and a
+  // canceller on another thread does not read it).
+  std::atomic<std::int64_t> deadline_ns{0};
   // The event queue's WaitId while the continuation is parked in its home pool's queue;
   // 0 otherwise (stored under the queue's lock by parked()/park_ends()).
   std::atomic<std::uint64_t> wait{0};

@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "event_queue.h"
 #include "insideout/client.hpp"
 #include "integration/control_support.h"
 #include "integration/plugin_support.h"
@@ -240,6 +241,47 @@ TEST_F(Doorbells, ShouldCancelACoroutineWaitingOnADoorbell) {
   ASSERT_TRUE(h->cancel());
   ASSERT_EQ(h->wait_for(5s), Status::kCancelled) << h->result().error();
 }
+
+// Each wait this adds (a deadline, a cancel, a doorbell) on both event backends:
+// io_uring, and epoll (Debian 12's 6.1 path, forced).
+class OnBackend : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    if (std::string(GetParam()) == "io_uring") {
+      const std::string why = engine::probe_io_uring();
+      if (!why.empty()) GTEST_SKIP() << "io_uring unavailable here: " << why;
+    }
+    daemon_ = std::make_unique<DaemonProcess>(std::vector<std::string>{
+        "--workers", "2", "--plugin-dir", dir_.path(), "--event-backend", GetParam()});
+    ASSERT_TRUE(daemon_->ready()) << daemon_->log();
+    client_ = connect(*daemon_);
+    ASSERT_NE(client_, nullptr);
+  }
+  PluginDir dir_{"bells"};
+  std::unique_ptr<DaemonProcess> daemon_;
+  std::unique_ptr<Client> client_;
+};
+
+TEST_P(OnBackend, ShouldEndParkedWorkAtItsDeadlineOnCancelAndWakeItOnADoorbell) {
+  const auto start = Clock::now();
+  auto late = client_->submit("sleep", {}, 10'000'000'000, in(100ms));
+  auto cancelled = client_->submit("sleep", {}, 10'000'000'000);
+  auto fed = client_->submit("bells.sum", {}, 50);
+  ASSERT_TRUE(late.ok() && cancelled.ok() && fed.ok());
+  std::this_thread::sleep_for(30ms);
+  EXPECT_TRUE(cancelled->cancel());
+  for (int i = 0; i < 50; ++i) {
+    ASSERT_TRUE(client_->ring(0).ok());
+    if (i % 10 == 0) std::this_thread::sleep_for(2ms);
+  }
+  EXPECT_EQ(cancelled->wait_for(8s), Status::kCancelled);
+  EXPECT_EQ(fed->wait_for(8s), Status::kOk) << fed->result().error();
+  EXPECT_EQ(late->wait_for(8s), Status::kDeadlineExceeded);
+  EXPECT_LT(Clock::now() - start, 5s);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, OnBackend, ::testing::Values("epoll", "io_uring"),
+                         [](const auto& info) { return std::string(info.param); });
 
 }  // namespace
 }  // namespace insideout::testing
