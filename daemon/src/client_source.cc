@@ -386,7 +386,9 @@ void ClientSource::accept_one(Worker& w, ClientSlot& c, std::uint32_t off) {
     ++per(w).accepted_batch;  // accepted, and failed at once
     return complete_frame(w, c, off, Status::kDeadlineExceeded, ErrorDetail::kNone, 0, 0, false);
   }
-  fc.state.store(FrameCtl::kInFlight, std::memory_order_seq_cst);  // C1's counterpart
+  // Seen by C1 of a later cancel: one in this ring comes after this on this worker; the
+  // operator's reads it as in flight from now on.
+  fc.state.store(FrameCtl::kInFlight, std::memory_order_seq_cst);
   Task* t = sched_->new_task(w);
   t->fn = v.def->entry;
   t->w0 = v.arg;
