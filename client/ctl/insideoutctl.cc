@@ -879,6 +879,15 @@ int main(int argc, char** argv) {
   int evict_pid = 0;
   auto* evict = app.add_subcommand("evict", "Disconnect every client of a process");
   evict->add_option("pid", evict_pid)->required();
+  std::uint32_t cancel_client = 0;
+  std::int64_t cancel_frame = -1;
+  auto* cancel = app.add_subcommand(
+      "cancel",
+      "Cancel a client's continuations in flight (queued or parked at once, running after "
+      "their step): all, or one by its frame offset");
+  cancel->add_option("client", cancel_client, "The client's id (insideoutctl clients)")->required();
+  cancel->add_option("--frame", cancel_frame,
+                     "The frame's offset in the client's segment (Client::offset_of)");
 
   bool watch = false, prometheus = false, rpc = false;
   unsigned interval_ms = 1000, count = 0;
@@ -1089,6 +1098,15 @@ int main(int argc, char** argv) {
     v1::EvictClientResponse r;
     if (auto st = stub.EvictClient(ctl.context().get(), q, &r); !st.ok()) return ctl.error(st);
     std::printf("evicted %u client(s) of pid %d\n", r.evicted(), evict_pid);
+    return kOk;
+  }
+  if (*cancel) {
+    v1::CancelRequest q;
+    q.set_client_id(cancel_client);
+    if (cancel_frame >= 0) q.set_frame_offset(static_cast<std::uint32_t>(cancel_frame));
+    v1::CancelResponse r;
+    if (auto st = stub.Cancel(ctl.context().get(), q, &r); !st.ok()) return ctl.error(st);
+    std::printf("cancelled %u continuation(s) of client %u\n", r.cancelled(), cancel_client);
     return kOk;
   }
   if (*stats) {

@@ -135,6 +135,8 @@ struct Session {
   shm::SubmitBell bell;
   std::unique_ptr<FrameState[]> states;
   BlockAllocator buffers;
+  shm::FrameControl* controls = nullptr;  // per frame: the deadline (layout 4)
+  shm::ClientBells* bells = nullptr;
 
   // Completion ring: one drainer at a time.
   std::mutex drain_mu;
@@ -168,6 +170,17 @@ struct Session {
 
   std::uint32_t index_of(std::uint32_t off) const {
     return (off - geometry().frames_off) / static_cast<std::uint32_t>(sizeof(Frame));
+  }
+
+  // Writes frame idx's control slot; the ring's release store publishes it (P1).
+  void set_control(std::uint32_t idx, const SubmitOptions& o) {
+    std::int64_t ns = 0;
+    if (o.deadline) {
+      ns = std::chrono::duration_cast<std::chrono::nanoseconds>(o.deadline->time_since_epoch())
+               .count();
+      if (ns <= 0) ns = 1;  // 0 means none: a deadline at the clock's start has passed
+    }
+    controls[idx].deadline_ns.store(ns, std::memory_order_relaxed);
   }
 
   bool owns_frame(const Frame* f) const {
@@ -323,6 +336,8 @@ absl::StatusOr<std::unique_ptr<Session>> open_session(const ClientOptions& optio
   s->base = static_cast<char*>(s->segment.base());
   s->doorbells = s->segment.doorbells();
   s->arena = shm::FrameArena(s->base, g);
+  s->controls = reinterpret_cast<shm::FrameControl*>(s->base + g.controls_off);
+  s->bells = reinterpret_cast<shm::ClientBells*>(s->base + g.bells_off);
   s->submit = shm::RingProducer(shm::RingView(s->base + g.submit_ring_off, g.ring_capacity));
   s->completion =
       shm::RingConsumer(shm::RingView(s->base + g.completion_ring_off, g.ring_capacity));
@@ -744,6 +759,9 @@ struct Client::Impl {
       f->env_off = static_cast<std::uint32_t>(reinterpret_cast<char*>(env.data()) - to.base);
     const std::uint32_t ni = to.arena.index_of(f);
     to.states[ni].owned_buffer = env;
+    // Its deadline goes along (CLOCK_MONOTONIC: the same on the next daemon).
+    to.controls[ni].deadline_ns.store(from.controls[idx].deadline_ns.load(std::memory_order_relaxed),
+                                      std::memory_order_relaxed);
     return ni;
   }
 
@@ -1101,6 +1119,22 @@ bool Handle::Awaiter::await_suspend(std::coroutine_handle<> c) {
   }
 }
 
+bool Handle::cancel() {
+  if (client_ == nullptr || done()) return false;
+  auto& d = *client_->impl_;
+  resolve();  // the session its frame is in now (it may have moved to a new daemon)
+  Session& s = *session_;
+  // A cancel entry follows the submission in the ring, so the daemon meets it after it
+  // accepted the frame (shm::kSubmitCancel): a no-op there if the frame completed.
+  const std::uint32_t entry = shm::kSubmitCancel | index_;
+  bool pushed = false;
+  if (!d.wait_for_room(s, [&] { return done() || (pushed = s.submit.try_push(entry)); }) ||
+      !pushed)
+    return false;
+  s.bell.ring();
+  return true;
+}
+
 void Handle::reset() noexcept {
   if (client_ == nullptr) return;
   auto& impl = *client_->impl_;
@@ -1384,6 +1418,16 @@ std::uint32_t Client::offset_of(const void* p) const noexcept {
 
 absl::StatusOr<Handle> Client::submit(std::string_view function, std::span<const std::byte> env,
                                       std::uint64_t arg) {
+  return submit(function, env, arg, SubmitOptions{});
+}
+
+absl::StatusOr<Handle> Client::submit(std::uint32_t function_id, std::span<const std::byte> env,
+                                      std::uint64_t arg) {
+  return submit(function_id, env, arg, SubmitOptions{});
+}
+
+absl::StatusOr<Handle> Client::submit(std::string_view function, std::span<const std::byte> env,
+                                      std::uint64_t arg, const SubmitOptions& options) {
   auto& d = *impl_;
   // A daemon lost between the lookup and the push: once more on the next one.
   for (int attempt = 0;; ++attempt) {
@@ -1392,21 +1436,22 @@ absl::StatusOr<Handle> Client::submit(std::string_view function, std::span<const
     auto id = function_id_in(d, *s, function);
     if (!id.ok() && is_lost(id.status()) && attempt < 2) continue;
     if (!id.ok()) return id.status();
-    auto h = submit_in(*s, *id, env, arg);
+    auto h = submit_in(*s, *id, env, arg, options);
     if (!h.ok() && is_lost(h.status()) && attempt < 2) continue;
     return h;
   }
 }
 
 absl::StatusOr<Handle> Client::submit(std::uint32_t function_id, std::span<const std::byte> env,
-                                      std::uint64_t arg) {
+                                      std::uint64_t arg, const SubmitOptions& options) {
   Session* s = impl_->live_session();
   if (s == nullptr) return impl_->lost_error();
-  return submit_in(*s, function_id, env, arg);
+  return submit_in(*s, function_id, env, arg, options);
 }
 
 absl::StatusOr<Handle> Client::submit_in(detail::Session& s, std::uint32_t function_id,
-                                         std::span<const std::byte> env, std::uint64_t arg) {
+                                         std::span<const std::byte> env, std::uint64_t arg,
+                                         const SubmitOptions& options) {
   auto& d = *impl_;
   if (!s.has_segment)
     return absl::FailedPreconditionError("this client has no segment (want_segment = false)");
@@ -1457,7 +1502,7 @@ absl::StatusOr<Handle> Client::submit_in(detail::Session& s, std::uint32_t funct
   }
   const std::uint32_t idx = s.arena.index_of(f);
   s.states[idx].owned_buffer = owned;
-  auto h = push_in(s, f);
+  auto h = push_in(s, f, options);
   if (!h.ok()) {
     s.states[idx].owned_buffer = {};
     if (!owned.empty()) d.free_buffer(s, owned);
@@ -1466,7 +1511,7 @@ absl::StatusOr<Handle> Client::submit_in(detail::Session& s, std::uint32_t funct
   return h;
 }
 
-absl::StatusOr<Handle> Client::submit(Frame* f) {
+absl::StatusOr<Handle> Client::submit(Frame* f, const SubmitOptions& options) {
   auto& d = *impl_;
   if (!d.cur()->has_segment)
     return absl::FailedPreconditionError("this client has no segment (want_segment = false)");
@@ -1489,13 +1534,15 @@ absl::StatusOr<Handle> Client::submit(Frame* f) {
     o->arena.free(f);
     f = s->arena.frame(*ni);
   }
-  return push_in(*s, f);
+  return push_in(*s, f, options);
 }
 
-absl::StatusOr<Handle> Client::push_in(detail::Session& s, Frame* f) {
+absl::StatusOr<Handle> Client::push_in(detail::Session& s, Frame* f,
+                                       const SubmitOptions& options) {
   auto& d = *impl_;
   const std::uint32_t idx = s.arena.index_of(f);
   f->status = 0;
+  s.set_control(idx, options);
   // Relaxed: the ring's release store (P1) publishes this with the frame.
   s.states[idx].state.store(kInFlight, std::memory_order_relaxed);
   if (s.submit.try_push(s.arena.offset_of(f))) {
@@ -1511,21 +1558,22 @@ absl::StatusOr<Handle> Client::push_in(detail::Session& s, Frame* f) {
   // Full (or lost): the batch path waits or fails as the options say.
   Frame* one[1] = {f};
   std::vector<Handle> out;
-  if (auto st = submit_batch_in(s, one, &out); !st.ok()) return st;
+  if (auto st = submit_batch_in(s, one, &out, options); !st.ok()) return st;
   return std::move(out.front());
 }
 
-absl::Status Client::submit_batch(std::span<Frame* const> frames, std::vector<Handle>* out) {
+absl::Status Client::submit_batch(std::span<Frame* const> frames, std::vector<Handle>* out,
+                                  const SubmitOptions& options) {
   auto& d = *impl_;
   if (!d.cur()->has_segment)
     return absl::FailedPreconditionError("this client has no segment (want_segment = false)");
   Session* s = d.live_session();
   if (s == nullptr) return d.lost_error();
   if (std::all_of(frames.begin(), frames.end(), [&](Frame* f) { return s->owns_frame(f); }))
-    return submit_batch_in(*s, frames, out);
+    return submit_batch_in(*s, frames, out, options);
   // Some frames are a previous daemon's: each is copied by submit(Frame*).
   for (Frame* f : frames) {
-    auto h = submit(f);
+    auto h = submit(f, options);
     if (!h.ok()) return h.status();
     out->push_back(std::move(*h));
   }
@@ -1533,7 +1581,7 @@ absl::Status Client::submit_batch(std::span<Frame* const> frames, std::vector<Ha
 }
 
 absl::Status Client::submit_batch_in(detail::Session& s, std::span<Frame* const> frames,
-                                     std::vector<Handle>* out) {
+                                     std::vector<Handle>* out, const SubmitOptions& options) {
   auto& d = *impl_;
   if (s.lost.load(std::memory_order_acquire)) return d.lost_error();
   std::uint32_t offs[256];
@@ -1546,6 +1594,7 @@ absl::Status Client::submit_batch_in(detail::Session& s, std::span<Frame* const>
       offs[i] = s.arena.offset_of(frames[done + i]);
       idxs[i] = s.arena.index_of(frames[done + i]);
       frames[done + i]->status = 0;
+      s.set_control(idxs[i], options);
       // Relaxed: the ring's release store (P1) publishes this with the frame.
       s.states[idxs[i]].state.store(kInFlight, std::memory_order_relaxed);
     }
@@ -1648,6 +1697,23 @@ std::uint32_t Client::client_id() const noexcept { return impl_->cur()->client_i
 void* Client::segment_base() const noexcept { return impl_->cur()->base; }
 
 void Client::ring_bell() const noexcept { impl_->cur()->bell.ring(); }
+
+absl::Status Client::ring(std::uint32_t bell) {
+  Session* s = impl_->live_session();
+  if (s == nullptr) return impl_->lost_error();
+  if (!s->has_segment)
+    return absl::FailedPreconditionError("this client has no segment (want_segment = false)");
+  if (bell >= shm::kClientBells) {
+    return absl::InvalidArgumentError("no doorbell " + std::to_string(bell) + " (there are " +
+                                      std::to_string(shm::kClientBells) + ": 0.." +
+                                      std::to_string(shm::kClientBells - 1) + ")");
+  }
+  // Release: pairs with the daemon's acquire loads (ClientSource::ring_bells()); the
+  // pool bell after it wakes a sleeping worker to look.
+  s->bells->count[bell].fetch_add(1, std::memory_order_release);
+  s->bell.ring();
+  return absl::OkStatus();
+}
 
 ClientStats Client::stats() const noexcept {
   const auto& d = *impl_;

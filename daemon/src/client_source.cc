@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
+#include <time.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -22,6 +23,18 @@ using engine::with_plugin_slot;
 using shm::ErrorDetail;
 using shm::Status;
 
+namespace {
+
+std::int64_t monotonic_ns() noexcept {
+  timespec ts;
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+constexpr std::uint64_t kBellMask = (std::uint64_t{1} << 63) - 1;  // the counted bits
+
+}  // namespace
+
 // Task flags of this source (the engine passes them through): kTaskEnvInline,
 // kTaskSerial and kTaskOutput say where a root task's environment is.
 
@@ -38,8 +51,14 @@ ClientSource::PerWorker& ClientSource::per(const Worker& w) noexcept {
 
 bool ClientSource::has_work() {
   const std::uint32_t hw = clients_.high_water();
+  const bool waiting = sched_->events().waiting();
   for (std::uint32_t i = 0; i < hw; ++i) {
     ClientSlot& c = clients_.slot(i);
+    // A doorbell rung while its ring woke nobody: poll() notifies it.
+    if (waiting && c.state.load(std::memory_order_acquire) == SlotState::kActive && c.has_segment &&
+        c.pool == pool_ && !c.faulted.load(std::memory_order_relaxed) && ring_bells(c, true)) {
+      return true;
+    }
     // A client accept_from() would refuse is no work: its held-back items wait for one
     // of its continuations to complete, on a worker that is awake to complete it.
     if (c.state.load(std::memory_order_acquire) != SlotState::kActive || !c.has_segment ||
@@ -72,8 +91,105 @@ std::span<std::byte> ClientSource::env(const Task& t) {
   return {reinterpret_cast<std::byte*>(c.base + off), len};
 }
 
+FrameCtl* ClientSource::ctl_of(const Task& t) noexcept {
+  if (t.flags & (engine::kTaskChild | kTaskSerial)) return nullptr;
+  ClientSlot& c = clients_.slot(t.client);
+  if (!c.has_segment || c.ctl == nullptr) return nullptr;
+  return &c.ctl[c.frame_index(t.frame)];
+}
+
 bool ClientSource::gone(const Task& t) {
-  return clients_.slot(t.client).state.load(std::memory_order_relaxed) == SlotState::kClosing;
+  if (clients_.slot(t.client).state.load(std::memory_order_relaxed) == SlotState::kClosing)
+    return true;
+  const FrameCtl* f = ctl_of(t);
+  if (f == nullptr) return false;
+  // C2: pairs with C1 in cancel_frame() (relaxed: the event queue's lock orders it where
+  // a park must not miss it; elsewhere the next step boundary looks again).
+  if (f->state.load(std::memory_order_relaxed) &
+      (FrameCtl::kCancelByClient | FrameCtl::kCancelByOperator))
+    return true;
+  const std::int64_t d = f->deadline_ns.load(std::memory_order_relaxed);
+  return d != 0 && monotonic_ns() >= d;
+}
+
+std::int64_t ClientSource::deadline_ns(const Task& t) {
+  const FrameCtl* f = ctl_of(t);
+  return f == nullptr ? 0 : f->deadline_ns.load(std::memory_order_relaxed);
+}
+
+void ClientSource::parked(const Task& t, std::uint64_t id) {
+  // Only waits in the client's home pool are recorded: a WaitId means nothing to another
+  // pool's queue (a continuation that moved is cancelled when its wait ends).
+  FrameCtl* f = ctl_of(t);
+  if (f != nullptr && clients_.slot(t.client).pool == pool_)
+    f->wait.store(id, std::memory_order_relaxed);  // under the queue's lock
+}
+
+bool ClientSource::cancel_frame(ClientSlot& c, std::uint32_t index, std::uint32_t by) {
+  if (!c.has_segment || c.ctl == nullptr || index >= c.geom.frame_count) return false;
+  FrameCtl& f = c.ctl[index];
+  // C1: pairs with C2 in gone().
+  const std::uint32_t prev = f.state.fetch_or(by, std::memory_order_seq_cst);
+  if (!(prev & FrameCtl::kInFlight)) return false;  // done: accept_one() resets the bits
+  // Parked: resume it now. The event queue's lock orders this with a park in progress:
+  // either that park finished before our cancel() took the lock (then `wait` holds its
+  // id, read again below), or it begins after and its admission sees the bit (C2) and
+  // refuses. cancel() of a stale id is a no-op (the id's generation).
+  engine::EventQueue& q = sched_->events();
+  const std::uint64_t id = f.wait.load(std::memory_order_relaxed);
+  if (q.cancel(id)) return true;  // takes the queue's lock even for id 0
+  const std::uint64_t again = f.wait.load(std::memory_order_relaxed);
+  if (again != 0 && again != id) q.cancel(again);
+  return true;
+}
+
+std::uint32_t ClientSource::cancel_all(ClientSlot& c, std::uint32_t by) {
+  if (!c.has_segment || c.ctl == nullptr) return 0;
+  std::uint32_t n = 0;
+  // Bounded by the frame count the daemon accepted.
+  for (std::uint32_t i = 0; i < c.geom.frame_count; ++i) {
+    if (c.ctl[i].state.load(std::memory_order_relaxed) & FrameCtl::kInFlight)
+      n += cancel_frame(c, i, by) ? 1 : 0;
+  }
+  return n;
+}
+
+bool ClientSource::doorbell(const Task& t, std::uint32_t bell, std::uint64_t* key,
+                            std::uint64_t* value) {
+  if (bell >= shm::kClientBells || ctl_of(t) == nullptr) return false;
+  const ClientSlot& c = clients_.slot(t.client);
+  *key = (std::uint64_t{c.index} << 32) | bell;
+  // Acquire: pairs with the client's release fetch_add in Client::ring().
+  *value = c.bells->count[bell].load(std::memory_order_acquire) & kBellMask;
+  return true;
+}
+
+bool ClientSource::doorbell_value(std::uint64_t key, std::uint64_t* value) {
+  const auto index = static_cast<std::uint32_t>(key >> 32);
+  const auto bell = static_cast<std::uint32_t>(key);
+  if (index >= clients_.high_water() || bell >= shm::kClientBells) return false;
+  ClientSlot& c = clients_.slot(index);
+  if (c.state.load(std::memory_order_acquire) != SlotState::kActive || c.bells == nullptr)
+    return false;
+  *value = c.bells->count[bell].load(std::memory_order_acquire) & kBellMask;
+  return true;
+}
+
+bool ClientSource::ring_bells(ClientSlot& c, bool only_look) {
+  bool moved = false;
+  for (std::uint32_t b = 0; b < shm::kClientBells; ++b) {
+    // Acquire: pairs with the client's release fetch_add in Client::ring().
+    const std::uint64_t now = c.bells->count[b].load(std::memory_order_acquire) & kBellMask;
+    std::uint64_t seen = c.bells_seen[b].load(std::memory_order_relaxed);
+    if (now == seen) continue;
+    moved = true;
+    if (only_look) break;
+    // One notifier per value: whoever moves bells_seen notifies (a later ring is seen by
+    // a later look, since the client rings its pool bell after each bump).
+    if (!c.bells_seen[b].compare_exchange_strong(seen, now, std::memory_order_relaxed)) continue;
+    sched_->events().notify_key((std::uint64_t{c.index} << 32) | b, static_cast<std::int64_t>(now));
+  }
+  return moved;
 }
 
 bool ClientSource::park_begins(const Task& t) {
@@ -88,6 +204,7 @@ bool ClientSource::park_begins(const Task& t) {
 
 void ClientSource::park_ends(const Task& t) {
   clients_.slot(t.client).timers.fetch_sub(1, std::memory_order_relaxed);
+  if (FrameCtl* f = ctl_of(t)) f->wait.store(0, std::memory_order_relaxed);  // under its lock
 }
 
 bool ClientSource::poll(Worker& w) {
@@ -95,6 +212,9 @@ bool ClientSource::poll(Worker& w) {
   const std::uint32_t hw = clients_.high_water();
   if (hw == 0) return false;
   const std::uint32_t start = per(w).client_cursor++ % hw;
+  // Doorbells matter only while something waits in the event queue (a relaxed hint: a
+  // ring before a wait began is seen by the wait's own look, StepContext::park_doorbell()).
+  const bool waiting = sched_->events().waiting();
   for (std::uint32_t i = 0; i < hw; ++i) {
     ClientSlot& c = clients_.slot((start + i) % hw);
     // S2: pairs with S1 in ClientTable::activate().
@@ -102,6 +222,7 @@ bool ClientSource::poll(Worker& w) {
         c.pool != pool_ || c.faulted.load(std::memory_order_relaxed)) {
       continue;
     }
+    if (waiting) ring_bells(c, false);
     // A peek without the lock: is the slot at the consumer's position published?
     const std::uint64_t head = c.peek_head.load(std::memory_order_relaxed);
     shm::RingView view(c.base + c.geom.submit_ring_off, c.geom.ring_capacity);
@@ -120,6 +241,9 @@ bool ClientSource::accept_from(Worker& w, ClientSlot& c) {
   // The client may have at most max_inflight continuations in the daemon; the rest wait
   // in its ring (backpressure it sees as a full ring).
   if (held_back(c)) {
+    // Cancels at the head of the ring need no room: a client at its limit (all of its
+    // continuations parked, say) can still cancel them.
+    if (take_cancels(c)) return true;
     c.backpressure.fetch_add(1, std::memory_order_relaxed);
     w.stats.backpressure.fetch_add(1, std::memory_order_relaxed);
     return false;
@@ -151,6 +275,37 @@ bool ClientSource::accept_from(Worker& w, ClientSlot& c) {
   return true;
 }
 
+bool ClientSource::is_cancel(const ClientSlot& c, std::uint32_t entry) noexcept {
+  return (entry & shm::kSubmitCancel) && (entry & ~shm::kSubmitCancel) < c.geom.frame_count;
+}
+
+bool ClientSource::take_cancels(ClientSlot& c) {
+  bool took = false;
+  // Bounded by the accept batch, whatever the client wrote; under c.draining.
+  for (std::uint32_t i = 0; i < sched_->config().accept_batch; ++i) {
+    const std::uint64_t head = c.submit.head();
+    shm::RingView view(c.base + c.geom.submit_ring_off, c.geom.ring_capacity);
+    const std::uint64_t word = view.slot(head).load(std::memory_order_relaxed);
+    if (static_cast<std::uint32_t>(word >> 32) != static_cast<std::uint32_t>(head + 1) ||
+        !(static_cast<std::uint32_t>(word) & shm::kSubmitCancel)) {
+      break;
+    }
+    std::uint32_t entry = 0;
+    if (!c.submit.try_pop(&entry)) break;  // its acquire pairs with the client's push
+    c.peek_head.store(c.submit.head(), std::memory_order_relaxed);
+    // The client may have rewritten the slot since the peek: only a cancel is taken here.
+    if (is_cancel(c, entry)) {
+      cancel_frame(c, entry & ~shm::kSubmitCancel, FrameCtl::kCancelByClient);
+    } else {
+      c.rejected.fetch_add(1, std::memory_order_relaxed);
+      c.dropped.fetch_add(1, std::memory_order_relaxed);
+    }
+    took = true;
+  }
+  if (took) shm::event_notify(c.doorbells->space);
+  return took;
+}
+
 bool ClientSource::refuse_from(Worker& w, ClientSlot& c) {
   // Each refusal is a completion in the client's ring: take no more than accept_from()
   // would (the completion ring has room for what the client may have in flight).
@@ -168,6 +323,11 @@ bool ClientSource::refuse_from(Worker& w, ClientSlot& c) {
   if (n < budget) release_client(c, budget - static_cast<std::uint32_t>(n));
   if (n == 0) return false;
   for (std::size_t i = 0; i < n; ++i) {
+    if (is_cancel(c, offs[i])) {  // what it cancels was accepted before the pause
+      cancel_frame(c, offs[i] & ~shm::kSubmitCancel, FrameCtl::kCancelByClient);
+      release_client(c, 1);
+      continue;
+    }
     if (!c.geom.frame_offset_valid(offs[i])) {
       c.rejected.fetch_add(1, std::memory_order_relaxed);
       c.dropped.fetch_add(1, std::memory_order_relaxed);
@@ -185,6 +345,13 @@ bool ClientSource::refuse_from(Worker& w, ClientSlot& c) {
 }
 
 void ClientSource::accept_one(Worker& w, ClientSlot& c, std::uint32_t off) {
+  if (is_cancel(c, off)) {
+    // A cancel: no continuation of its own. (One with an index out of range is counted
+    // below as an offset that is no frame.)
+    cancel_frame(c, off & ~shm::kSubmitCancel, FrameCtl::kCancelByClient);
+    release_client(c, 1);
+    return;
+  }
   if (!c.geom.frame_offset_valid(off)) {
     // No frame to complete: count it and drop the reference taken for it.
     c.rejected.fetch_add(1, std::memory_order_relaxed);
@@ -207,6 +374,21 @@ void ClientSource::accept_one(Worker& w, ClientSlot& c, std::uint32_t off) {
   const FrameCheck checked = check_frame(f, c.geom, registry_);
   if (const auto* e = std::get_if<FrameError>(&checked)) return reject(e->status, e->detail);
   const ValidFrame& v = std::get<ValidFrame>(checked);
+  // The deadline is copied once (the ring's acquire made the client's store visible);
+  // the state's store also clears a cancel meant for an earlier submission.
+  FrameCtl& fc = c.ctl[c.frame_index(off)];
+  const std::int64_t deadline =
+      c.controls[c.frame_index(off)].deadline_ns.load(std::memory_order_relaxed);
+  fc.deadline_ns.store(deadline, std::memory_order_relaxed);
+  fc.wait.store(0, std::memory_order_relaxed);
+  if (deadline != 0 && monotonic_ns() >= deadline) {  // expired while queued
+    fc.state.store(0, std::memory_order_relaxed);
+    ++per(w).accepted_batch;  // accepted, and failed at once
+    return complete_frame(w, c, off, Status::kDeadlineExceeded, ErrorDetail::kNone, 0, 0, false);
+  }
+  // Seen by C1 of a later cancel: one in this ring comes after this on this worker; the
+  // operator's reads it as in flight from now on.
+  fc.state.store(FrameCtl::kInFlight, std::memory_order_seq_cst);
   Task* t = sched_->new_task(w);
   t->fn = v.def->entry;
   t->w0 = v.arg;
@@ -278,6 +460,8 @@ void ClientSource::complete(Worker& w, Task& t, const Outcome& o) {
     if (serial_sink_) serial_sink_(c, t.frame);
     release_client(c, 1);
   } else {
+    // Before the completion is visible: a cancel from now on finds it done.
+    if (FrameCtl* f = ctl_of(t)) f->state.store(0, std::memory_order_relaxed);
     const bool inline_result = o.result_is_env && (t.flags & kTaskEnvInline);
     if (!o.message.empty()) write_message(c, t.frame, o.message);
     complete_frame(w, c, t.frame, o.status, o.detail, o.value, o.result_len,
@@ -292,6 +476,15 @@ Outcome ClientSource::cut_off_reason(const Task& t) {
   if (sched_->shutting_down()) return {Status::kCancelled, ErrorDetail::kShutdown};
   if (c.state.load(std::memory_order_relaxed) == SlotState::kClosing)
     return {Status::kCancelled, ErrorDetail::kClientGone};
+  if (const FrameCtl* f = ctl_of(t)) {
+    const std::uint32_t st = f->state.load(std::memory_order_relaxed);
+    if (st & FrameCtl::kCancelByOperator)
+      return {Status::kCancelled, ErrorDetail::kCancelledByOperator};
+    if (st & FrameCtl::kCancelByClient)
+      return {Status::kCancelled, ErrorDetail::kCancelledByClient};
+    const std::int64_t d = f->deadline_ns.load(std::memory_order_relaxed);
+    if (d != 0 && monotonic_ns() >= d) return {Status::kDeadlineExceeded, ErrorDetail::kNone};
+  }
   if (sched_->draining())  // a pool being deleted
     return {Status::kCancelled, ErrorDetail::kShutdown};
   if (sched_->paused()) return {Status::kDraining, ErrorDetail::kNone};

@@ -42,6 +42,19 @@ class ClientSource final : public engine::WorkSource {
   bool park_begins(const Task& t) override;
   void park_ends(const Task& t) override;
   bool busy() const override;
+  std::int64_t deadline_ns(const Task& t) override;
+  void parked(const Task& t, std::uint64_t id) override;
+  bool doorbell(const Task& t, std::uint32_t bell, std::uint64_t* key,
+                std::uint64_t* value) override;
+  bool doorbell_value(std::uint64_t key, std::uint64_t* value) override;
+
+  // Cancels the continuation of frame `index` of `slot` (a client of this pool) if it is
+  // in flight: parked, it resumes at once; queued, it is cut off when a worker takes it;
+  // running, at its next step boundary. `by` is FrameCtl::kCancelByClient or
+  // kCancelByOperator. True when it was in flight. Any thread.
+  bool cancel_frame(ClientSlot& slot, std::uint32_t index, std::uint32_t by);
+  // Cancels every continuation of `slot` in flight; returns how many. Any thread.
+  std::uint32_t cancel_all(ClientSlot& slot, std::uint32_t by);
 
   // A client of this pool registers: its bell eventfd is made (slot.bell_fd, closed when
   // the slot is reclaimed) and every worker's epoll set watches it. False (and *error)
@@ -85,6 +98,10 @@ class ClientSource final : public engine::WorkSource {
   };
 
   bool accept_from(Worker& w, ClientSlot& c);
+  // A submit ring entry that cancels one of `c`'s frames (shm::kSubmitCancel).
+  static bool is_cancel(const ClientSlot& c, std::uint32_t entry) noexcept;
+  // While `c` is held back: takes the cancel entries at the head of its ring.
+  bool take_cancels(ClientSlot& c);
   // While paused: completes what `c` submitted with kDraining, as accept_from() would
   // accept it (same budget, same in-flight bound). True when it took anything.
   bool refuse_from(Worker& w, ClientSlot& c);
@@ -97,6 +114,11 @@ class ClientSource final : public engine::WorkSource {
   bool held_back(const ClientSlot& c) const noexcept;
   void release_client(ClientSlot& c, std::uint32_t n);
   PerWorker& per(const Worker& w) noexcept;
+  // The control state of root task `t`'s frame; null for children and serialized jobs.
+  FrameCtl* ctl_of(const Task& t) noexcept;
+  // Notifies the event queue of the doorbells `c` rang since the last look; with
+  // `only_look`, says whether any moved and notifies nothing.
+  bool ring_bells(ClientSlot& c, bool only_look);
 
   ClientTable& clients_;
   const FunctionRegistry& registry_;

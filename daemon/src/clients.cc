@@ -51,6 +51,8 @@ ClientSlot* ClientTable::reserve() {
     s->timers.store(0, std::memory_order_relaxed);
     s->base = nullptr;
     s->doorbells = nullptr;
+    s->controls = nullptr;
+    s->bells = nullptr;
     s->name.clear();
     s->pool = 0;
     const std::uint32_t hw = high_water_.load(std::memory_order_relaxed);
@@ -69,6 +71,20 @@ void ClientTable::activate(ClientSlot& s) {
     s.completion =
         shm::RingProducer(shm::RingView(s.base + s.geom.completion_ring_off, s.geom.ring_capacity),
                           &s.completion_tail);
+    s.controls = reinterpret_cast<shm::FrameControl*>(s.base + s.geom.controls_off);
+    s.bells = reinterpret_cast<shm::ClientBells*>(s.base + s.geom.bells_off);
+    // Sized by the frame count the daemon accepted (at most its ring limit), reused by
+    // the slot's later clients when big enough.
+    if (s.ctl_size < s.geom.frame_count) {
+      s.ctl = std::make_unique<FrameCtl[]>(s.geom.frame_count);
+      s.ctl_size = s.geom.frame_count;
+    }
+    for (std::uint32_t i = 0; i < s.geom.frame_count; ++i) {
+      s.ctl[i].state.store(0, std::memory_order_relaxed);
+      s.ctl[i].deadline_ns.store(0, std::memory_order_relaxed);
+      s.ctl[i].wait.store(0, std::memory_order_relaxed);
+    }
+    for (auto& b : s.bells_seen) b.store(0, std::memory_order_relaxed);
     // The configured limit, never more than the ring holds.
     if (s.max_inflight == 0 || s.max_inflight > s.geom.ring_capacity)
       s.max_inflight = s.geom.ring_capacity;

@@ -39,6 +39,24 @@ struct SerialJob {
   shm::ErrorDetail detail = shm::ErrorDetail::kNone;
 };
 
+// A frame's daemon-private control state (ClientSlot::ctl[i] for frame i): what the
+// daemon copied when it accepted the frame, and whether it was cancelled.
+struct FrameCtl {
+  enum : std::uint32_t {
+    kInFlight = 1u << 0,         // accepted, not yet completed
+    kCancelByClient = 1u << 1,   // Handle::cancel()
+    kCancelByOperator = 1u << 2  // insideoutctl cancel
+  };
+  // C1: set (fetch_or) by a canceller before it cancels the wait; read by gone() (C2).
+  std::atomic<std::uint32_t> state{0};
+  // Copied at accept (relaxed: the task's hand-over between workers publishes it, and a
+  // canceller on another thread does not read it).
+  std::atomic<std::int64_t> deadline_ns{0};
+  // The event queue's WaitId while the continuation is parked in its home pool's queue;
+  // 0 otherwise (stored under the queue's lock by parked()/park_ends()).
+  std::atomic<std::uint64_t> wait{0};
+};
+
 struct alignas(shm::kCacheLine) ClientSlot {
   // Memory ordering: state is stored with release by the registry thread after every
   // field below is set (S1) and loaded with acquire by workers (S2).
@@ -78,6 +96,13 @@ struct alignas(shm::kCacheLine) ClientSlot {
   std::uint32_t max_timers = 0;    // continuations parked on a timer at once; 0: no limit
   std::atomic<std::uint32_t> timers{0};
   std::uint32_t pool = 0;  // the pool (SchedulerConfig::pool) whose workers serve it
+  // Per frame (geom.frame_count, the daemon's clamp), made and reset by activate().
+  std::unique_ptr<FrameCtl[]> ctl;
+  std::uint32_t ctl_size = 0;
+  shm::FrameControl* controls = nullptr;  // in the segment: client-written
+  shm::ClientBells* bells = nullptr;      // in the segment: client-written
+  // The doorbell counters last notified to the pool's event queue (CAS: one notifier each).
+  std::atomic<std::uint64_t> bells_seen[shm::kClientBells] = {};
 
   // Daemon-side statistics (relaxed: counters only).
   std::atomic<std::uint64_t> accepted{0};
@@ -94,6 +119,9 @@ struct alignas(shm::kCacheLine) ClientSlot {
 
   shm::Frame* frame(std::uint32_t off) const noexcept {
     return reinterpret_cast<shm::Frame*>(base + off);
+  }
+  std::uint32_t frame_index(std::uint32_t off) const noexcept {
+    return (off - geom.frames_off) / static_cast<std::uint32_t>(sizeof(shm::Frame));
   }
   // The message slot of the frame at `off` (a valid frame offset).
   char* message(std::uint32_t off) const noexcept {

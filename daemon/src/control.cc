@@ -456,6 +456,24 @@ class SchedulerService final : public v1::Scheduler::Service {
     return Status::OK;
   }
 
+  Status Cancel(ServerContext* ctx, const v1::CancelRequest* req,
+                v1::CancelResponse* out) override {
+    if (auto st = check(ctx, true); !st.ok()) return st;
+    std::optional<std::uint32_t> frame;
+    if (req->has_frame_offset()) frame = req->frame_offset();
+    auto n = daemon_.cancel(req->client_id(), frame);
+    if (!n.ok()) {
+      const auto code = n.status().code() == absl::StatusCode::kNotFound ? StatusCode::NOT_FOUND
+                        : n.status().code() == absl::StatusCode::kInvalidArgument
+                            ? StatusCode::INVALID_ARGUMENT
+                            : StatusCode::FAILED_PRECONDITION;
+      return Status(code, std::string(n.status().message()));
+    }
+    spdlog::info("control: cancelled {} continuation(s) of client {}", *n, req->client_id());
+    out->set_cancelled(*n);
+    return Status::OK;
+  }
+
   Status GetStats(ServerContext* ctx, const v1::GetStatsRequest*, v1::Stats* out) override {
     if (auto st = check(ctx, false); !st.ok()) return st;
     stats(out);

@@ -1356,6 +1356,41 @@ std::uint32_t Daemon::evict(pid_t pid) {
   return n;
 }
 
+absl::StatusOr<std::uint32_t> Daemon::cancel(std::uint32_t client_id,
+                                             std::optional<std::uint32_t> frame_offset) {
+  const std::string unknown =
+      "no client with id " + std::to_string(client_id) + " (insideoutctl clients lists them)";
+  std::string pool_name;
+  {
+    std::lock_guard lock(info_mu_);
+    auto it = infos_.find(client_id);
+    if (it == infos_.end()) return absl::NotFoundError(unknown);
+    pool_name = it->second.pool;
+  }
+  // pools_mu_ is taken before info_mu_ elsewhere (registration): not inside it.
+  const std::int64_t pid = pool_id(pool_name);
+  std::shared_ptr<Scheduler> sched = pid < 0 ? nullptr : find_pool(static_cast<std::uint32_t>(pid));
+  if (sched == nullptr) return absl::NotFoundError(unknown);
+  // While its info is listed the slot is this client's (close_conn() removes it first).
+  std::lock_guard lock(info_mu_);
+  auto it = infos_.find(client_id);
+  if (it == infos_.end()) return absl::NotFoundError(unknown);
+  ClientSlot& s = clients_.slot(it->second.slot);
+  if (!s.has_segment) {
+    return absl::FailedPreconditionError("client " + std::to_string(client_id) +
+                                         " has no segment: serialized calls are not cancellable");
+  }
+  ClientSource& src = ClientSource::of(*sched);
+  if (!frame_offset) return src.cancel_all(s, FrameCtl::kCancelByOperator);
+  if (!s.geom.frame_offset_valid(*frame_offset)) {
+    return absl::InvalidArgumentError("offset " + std::to_string(*frame_offset) +
+                                      " is no frame of client " + std::to_string(client_id) +
+                                      " (frames lie at " + std::to_string(s.geom.frames_off) +
+                                      " + 64 * i, i < " + std::to_string(s.geom.frame_count) + ")");
+  }
+  return src.cancel_frame(s, s.frame_index(*frame_offset), FrameCtl::kCancelByOperator) ? 1u : 0u;
+}
+
 ClientSlot* Daemon::open_local_client(std::string name,
                                       std::function<void(ClientSlot&, std::uint32_t)> sink) {
   if (local_slot_ != nullptr) return local_slot_;

@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -95,6 +96,10 @@ class Daemon : public PoolDirectory {
   // Closes every connection of process `pid` on the loop thread; returns how many
   // registered clients it has (0: nothing to do).
   std::uint32_t evict(pid_t pid);
+  // Control plane: cancels client `client_id`'s continuations in flight (all, or the one
+  // of the frame at `frame_offset`); returns how many were in flight.
+  absl::StatusOr<std::uint32_t> cancel(std::uint32_t client_id,
+                                       std::optional<std::uint32_t> frame_offset);
   // Loop thread, after start() and before run(): a client slot with no connection, for
   // serialized continuations submitted from inside the daemon (the gRPC Submit call).
   // `sink` runs on a worker when one of its jobs completed (see set_serial_sink()).

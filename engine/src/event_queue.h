@@ -93,7 +93,8 @@ class EventQueue {
   // Fails every wait on `fd` with -EBADF, then closes it. Any thread.
   int close_fd(int fd);
   // Cancels one wait (a client's cancel of a parked continuation): true when it was
-  // still parked. Any thread.
+  // still parked. Any thread. It takes the queue's lock even for kNoWait or a stale id:
+  // ClientSource's cancel relies on that to order itself against a park in progress.
   bool cancel(WaitId id);
   // Every parked task for which `which` is true resumes now, cancelled (drain, a client
   // that left). Any thread.

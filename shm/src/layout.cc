@@ -73,6 +73,10 @@ const char* detail_name(ErrorDetail d) noexcept {
       return "step threw an exception";
     case ErrorDetail::kFunctionFailed:
       return "the function failed";
+    case ErrorDetail::kCancelledByClient:
+      return "cancelled by its client";
+    case ErrorDetail::kCancelledByOperator:
+      return "cancelled by an operator (insideoutctl cancel)";
   }
   return "unknown detail";
 }
@@ -104,7 +108,16 @@ bool SegmentGeometry::compute(const SegmentRequest& req, SegmentGeometry* out) n
   off = align_up(off, kCacheLine);
   g.messages_off = static_cast<std::uint32_t>(off);
   off += std::uint64_t{req.frame_count} * kMessageBytes;
+  off = align_up(off, kCacheLine);
+  g.controls_off = static_cast<std::uint32_t>(off);
+  off += std::uint64_t{req.frame_count} * sizeof(FrameControl);
+  off = align_up(off, kCacheLine);
+  g.bells_off = static_cast<std::uint32_t>(off);
+  off += sizeof(ClientBells);
   off = align_up(off, 4096);
+  // Cancel entries in the submit ring use bit 31 (kSubmitCancel): frames must lie below.
+  if (std::uint64_t{g.frames_off} + std::uint64_t{req.frame_count} * sizeof(Frame) >= kSubmitCancel)
+    return false;
   if (off > 0xFFFFFFFFull) return false;
   g.size = off;
   *out = g;
@@ -137,6 +150,8 @@ void initialize_segment(void* base, const SegmentGeometry& g, std::uint32_t daem
   h->buffer_block_count = g.buffer_block_count;
   h->messages_off = g.messages_off;
   h->generation = generation;
+  h->controls_off = g.controls_off;
+  h->bells_off = g.bells_off;
   char* b = static_cast<char*>(base);
   ring_initialize(b + g.submit_ring_off, g.ring_capacity);
   ring_initialize(b + g.completion_ring_off, g.ring_capacity);
@@ -163,7 +178,8 @@ CheckResult check_segment(const void* base, std::size_t size, SegmentGeometry* o
   if (!SegmentGeometry::compute(req, &g) || g.size != h->segment_size || g.size > size ||
       h->completion_ring_capacity != g.ring_capacity || h->frames_off != g.frames_off ||
       h->buffers_off != g.buffers_off || h->messages_off != g.messages_off ||
-      h->frame_size != sizeof(Frame)) {
+      h->controls_off != g.controls_off ||
+      h->bells_off != g.bells_off || h->frame_size != sizeof(Frame)) {
     return CheckResult::kGeometryMismatch;
   }
   *out = g;

@@ -40,6 +40,29 @@ TEST(Layout, ShouldPinTheSegmentHeader) {
   EXPECT_EQ(offsetof(SegmentHeader, messages_off), 100u);
   EXPECT_EQ(offsetof(SegmentHeader, generation), 104u);
   EXPECT_EQ(kMessageBytes, 128u);
+  EXPECT_EQ(offsetof(SegmentHeader, reserved), 120u);
+  EXPECT_EQ(offsetof(SegmentHeader, controls_off), 112u);
+  EXPECT_EQ(offsetof(SegmentHeader, bells_off), 116u);
+}
+
+TEST(Layout, ShouldPinControlsBellsAndCancelEntries) {
+  EXPECT_EQ(sizeof(FrameControl), 16u);
+  EXPECT_EQ(offsetof(FrameControl, deadline_ns), 0u);
+  EXPECT_EQ(kClientBells, 16u);
+  EXPECT_EQ(sizeof(ClientBells), 128u);
+  EXPECT_EQ(kSubmitCancel, 0x80000000u);
+  SegmentGeometry g;
+  ASSERT_TRUE(SegmentGeometry::compute(SegmentRequest{}, &g));
+  EXPECT_EQ(g.controls_off % 64u, 0u);
+  EXPECT_GE(g.controls_off, g.messages_off + 4096u * kMessageBytes);
+  EXPECT_EQ(g.bells_off % 64u, 0u);
+  EXPECT_GE(g.bells_off, g.controls_off + 4096u * 16u);
+  EXPECT_GE(g.size, std::uint64_t{g.bells_off} + sizeof(ClientBells));
+  // The largest rings and frame arena still lie below the cancel bit.
+  ASSERT_TRUE(SegmentGeometry::compute(
+      {.ring_capacity = 1u << 24, .frame_count = 1u << 24, .buffer_block_count = 1}, &g));
+  EXPECT_LT(std::uint64_t{g.frames_off} + (std::uint64_t{1} << 24) * 64u,
+            std::uint64_t{kSubmitCancel});
 }
 
 TEST(Layout, ShouldPinTheFrame) {

@@ -109,6 +109,13 @@ struct ClientOptions {
   std::chrono::milliseconds reconnect_wait{5000};
 };
 
+// Per submission. A deadline (steady_clock, that is CLOCK_MONOTONIC) past which the
+// continuation fails with Status::kDeadlineExceeded ("deadline exceeded"): at once if it
+// is still queued or parked, at its next step boundary if it is running.
+struct SubmitOptions {
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+};
+
 struct FunctionInfo {
   std::string name;
   std::uint32_t id = 0;
@@ -179,6 +186,12 @@ class Handle {
   void then(std::function<void(const Result&)> fn) &&;
   // Lets go without waiting; the frame is freed when its completion arrives.
   void reset() noexcept;
+  // Asks the daemon to cancel this continuation: queued or parked, it completes at once
+  // with Status::kCancelled (ErrorDetail::kCancelledByClient); running, after its
+  // current step. It still completes exactly once: with kCancelled, or with what it
+  // finished with when the cancel came too late. False when there was nothing to cancel
+  // (done, or an invalid handle); waits for room in the submit ring as submit() does.
+  bool cancel();
 
   struct Awaiter {
     Handle& h;
@@ -224,6 +237,11 @@ class Client {
                                 std::uint64_t arg = 0);
   absl::StatusOr<Handle> submit(std::uint32_t function_id, std::span<const std::byte> env = {},
                                 std::uint64_t arg = 0);
+  // The same, with per-submission options (a deadline).
+  absl::StatusOr<Handle> submit(std::string_view function, std::span<const std::byte> env,
+                                std::uint64_t arg, const SubmitOptions& options);
+  absl::StatusOr<Handle> submit(std::uint32_t function_id, std::span<const std::byte> env,
+                                std::uint64_t arg, const SubmitOptions& options);
 
   // Zero-copy. A frame to fill in place (nullptr when all are in use), then submit(f).
   Frame* allocate_frame() noexcept;
@@ -238,10 +256,17 @@ class Client {
   absl::StatusOr<std::span<std::byte>> allocate_buffer_or_error(std::size_t bytes);
   void free_buffer(std::span<std::byte> buffer);
   std::uint32_t offset_of(const void* p) const noexcept;
-  absl::StatusOr<Handle> submit(Frame* f);
+  absl::StatusOr<Handle> submit(Frame* f, const SubmitOptions& options = {});
   // Pushes frames in as few ring reservations as room allows; one doorbell for all.
   // On error, the frames not submitted are left to the caller (out holds the rest).
-  absl::Status submit_batch(std::span<Frame* const> frames, std::vector<Handle>* out);
+  // `options` apply to every frame.
+  absl::Status submit_batch(std::span<Frame* const> frames, std::vector<Handle>* out,
+                            const SubmitOptions& options = {});
+
+  // Rings doorbell `bell` (0..15, shm::kClientBells): bumps its counter in the segment
+  // and wakes the pool, so that a running continuation waiting on it
+  // (CoContext::doorbell()) resumes with the new count, without a new submission.
+  absl::Status ring(std::uint32_t bell);
 
   // Drains the completion ring: marks handles done, runs callbacks, resumes coroutines.
   // Returns how many completions it took.
@@ -274,10 +299,11 @@ class Client {
   friend class Handle;
   explicit Client(std::unique_ptr<Impl> impl);
   absl::StatusOr<Handle> submit_in(detail::Session& s, std::uint32_t function_id,
-                                   std::span<const std::byte> env, std::uint64_t arg);
-  absl::StatusOr<Handle> push_in(detail::Session& s, Frame* f);
+                                   std::span<const std::byte> env, std::uint64_t arg,
+                                   const SubmitOptions& options);
+  absl::StatusOr<Handle> push_in(detail::Session& s, Frame* f, const SubmitOptions& options);
   absl::Status submit_batch_in(detail::Session& s, std::span<Frame* const> frames,
-                               std::vector<Handle>* out);
+                               std::vector<Handle>* out, const SubmitOptions& options);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -19,7 +19,8 @@ namespace insideout::shm {
 
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::uint64_t kSegmentMagic = 0x3154554F44534E49ULL;  // "INSDOUT1"
-// 4: the daemon's generation in the header; 3: failure messages; 2: the pool bell
+// 4: the daemon's generation in the header, per-frame controls (deadlines), client
+// doorbells, cancel entries in the submit ring; 3: failure messages; 2: the pool bell
 inline constexpr std::uint32_t kLayoutVersion = 4;
 // 3: Welcome carries the daemon's generation; 2: Welcome passes three descriptors
 inline constexpr std::uint32_t kProtocolVersion = 3;
@@ -60,7 +61,9 @@ struct SegmentHeader {
   // Which start of insideoutd made this segment: a new value at every start (never 0), the
   // same as Welcome.generation. A client tells a restarted daemon from the one it knew.
   std::uint64_t generation;
-  std::uint32_t reserved[4];
+  std::uint32_t controls_off;  // FrameControl per frame (deadlines)
+  std::uint32_t bells_off;     // ClientBells
+  std::uint32_t reserved[2];
 };
 static_assert(std::is_standard_layout_v<SegmentHeader>);
 static_assert(sizeof(SegmentHeader) == 128);
@@ -69,11 +72,38 @@ static_assert(offsetof(SegmentHeader, heartbeat_ns) == 40);
 static_assert(offsetof(SegmentHeader, buffer_block_count) == 96);
 static_assert(offsetof(SegmentHeader, messages_off) == 100);
 static_assert(offsetof(SegmentHeader, generation) == 104);
+static_assert(offsetof(SegmentHeader, controls_off) == 112);
+static_assert(offsetof(SegmentHeader, bells_off) == 116);
 
 // The message of a failed continuation (its function's words, "zstd: corrupt input"):
 // written by the daemon into the frame's message slot, NUL-terminated, before the frame
 // is completed; read by the client with the failed status. Slot i belongs to frame i.
 inline constexpr std::uint32_t kMessageBytes = 128;
+
+// A frame's control slot (slot i belongs to frame i), written by the client before it
+// pushes the frame (the ring's release store publishes it); the daemon copies it once
+// when it accepts the frame and never reads it again for that submission.
+struct FrameControl {
+  std::atomic<std::int64_t> deadline_ns;  // CLOCK_MONOTONIC; 0: none
+  std::uint64_t reserved;                 // zero
+};
+static_assert(sizeof(FrameControl) == 16);
+
+// Doorbells a client rings to feed its running continuations (CoContext::doorbell()):
+// counters the client bumps (fetch_add, release) and the daemon reads (acquire) when
+// the client's pool bell wakes a worker. Only the low 63 bits count.
+inline constexpr std::uint32_t kClientBells = 16;
+struct alignas(kCacheLine) ClientBells {
+  std::atomic<std::uint64_t> count[kClientBells];
+};
+static_assert(sizeof(ClientBells) == 2 * kCacheLine);
+
+// A submit ring entry is a frame offset, or a cancel: kSubmitCancel | frame index. A
+// cancel follows the submission it cancels in the ring (the client pushes it later), so
+// the daemon meets it after it accepted that frame: it cancels the frame if it is still
+// in flight and is a no-op otherwise (a frame is resubmitted only after it completed).
+// Frame offsets stay below 2^31 (SegmentGeometry::compute()).
+inline constexpr std::uint32_t kSubmitCancel = 1u << 31;
 
 // A futex-backed event: the waiter announces itself in `waiters` before it re-checks its
 // condition and sleeps on `seq`; the notifier bumps `seq` and wakes only when it sees a
@@ -186,8 +216,10 @@ enum class ErrorDetail : std::uint32_t {
   kClientGone = 9,
   kShutdown = 10,
   kStepThrew = 11,
-  kTooManyTimers = 12,   // the client's parked continuations are at its limit
-  kFunctionFailed = 13,  // the function failed it; see the frame's message
+  kTooManyTimers = 12,        // the client's parked continuations are at its limit
+  kFunctionFailed = 13,       // the function failed it; see the frame's message
+  kCancelledByClient = 14,    // Handle::cancel() (layout 4)
+  kCancelledByOperator = 15,  // insideoutctl cancel (layout 4)
 };
 const char* detail_name(ErrorDetail d) noexcept;
 
@@ -228,6 +260,8 @@ struct SegmentGeometry {
   std::uint32_t buffer_block_size;
   std::uint32_t buffer_block_count;
   std::uint32_t messages_off;
+  std::uint32_t controls_off;  // FrameControl per frame
+  std::uint32_t bells_off;     // ClientBells
   std::uint64_t size;
 
   // Returns false where the request cannot be laid out (zero or non-power-of-two
