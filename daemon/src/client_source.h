@@ -42,6 +42,7 @@ class ClientSource final : public engine::WorkSource {
   bool park_begins(const Task& t) override;
   void park_ends(const Task& t) override;
   bool busy() const override;
+  int client_fd(const Task& t, std::uint32_t id) override;
 
   // A client of this pool registers: its bell eventfd is made (slot.bell_fd, closed when
   // the slot is reclaimed) and every worker's epoll set watches it. False (and *error)

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "client_fds.h"
 #include "insideout/shm/layout.h"
 #include "insideout/shm/ring.h"
 #include "insideout/shm/segment.h"
@@ -78,6 +79,9 @@ struct alignas(shm::kCacheLine) ClientSlot {
   std::uint32_t max_timers = 0;    // continuations parked on a timer at once; 0: no limit
   std::atomic<std::uint32_t> timers{0};
   std::uint32_t pool = 0;  // the pool (SchedulerConfig::pool) whose workers serve it
+  // Descriptors it handed over (PassFd), at most max_fds; closed by reclaim().
+  ClientFds fds;
+  std::uint32_t max_fds = 0;
 
   // Daemon-side statistics (relaxed: counters only).
   std::atomic<std::uint64_t> accepted{0};

@@ -90,6 +90,9 @@ class EventQueue {
 
   // Fails every wait on `fd` with -EBADF, then closes it. Any thread.
   int close_fd(int fd);
+  // The same without the close: the daemon's client descriptors (it retires their numbers
+  // itself, daemon/src/client_fds.h). Any thread.
+  void fail_fd(int fd);
   // Cancels one wait (a client's cancel of a parked continuation): true when it was
   // still parked. Any thread.
   bool cancel(WaitId id);
