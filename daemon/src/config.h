@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "event_queue.h"
 #include "insideout/shm/futex.h"
 #include "insideout/shm/layout.h"
 
@@ -53,6 +54,7 @@ struct DaemonConfig {
   std::chrono::milliseconds drain_timeout{5000};
   // A step that runs this long is reported (log line, counter); 0: not watched.
   std::chrono::milliseconds long_step{1000};
+  engine::EventBackendKind event_backend = engine::EventBackendKind::kAuto;
   std::chrono::milliseconds heartbeat{250};
   mode_t socket_mode = 0660;
   // Control plane (control.sock). Root and the daemon's own uid may always change things.

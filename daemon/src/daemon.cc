@@ -251,6 +251,7 @@ std::shared_ptr<Scheduler> Daemon::make_scheduler(SchedulerConfig sc) {
   sc.tasks = &tasks_;
   sc.directory = this;
   sc.long_step = config_.long_step;
+  sc.event_backend = config_.event_backend;
   const std::uint32_t id = sc.pool;
   const std::uint32_t pool = sc.pool;
   auto source = std::make_unique<ClientSource>(clients_, registry_, pool);

@@ -98,6 +98,12 @@ int main(int argc, char** argv) {
                  "insideoutd's user, is refused (one log line each), as is one of another ABI "
                  "or SDK major version, with a name already taken, or whose init fails")
       ->type_name("DIR");
+  std::string event_backend = "auto";
+  app.add_option("--event-backend", event_backend,
+                 "The event queue's kernel interface: auto (io_uring where the kernel allows it, "
+                 "else epoll), epoll, or io_uring. Neither needs more than Linux 6.1")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "epoll", "io_uring"}));
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
   app.set_version_flag("--version",
@@ -128,6 +134,7 @@ int main(int argc, char** argv) {
   config.drain_timeout = std::chrono::milliseconds(drain_ms);
   config.long_step = std::chrono::milliseconds(long_step_ms);
   config.hello_timeout = std::chrono::milliseconds(hello_ms);
+  insideout::engine::parse_event_backend(event_backend, &config.event_backend);
   if (auto st = insideout::daemon::validate(config); !st.ok()) {
     std::fprintf(stderr, "insideoutd: %s\n", std::string(st.message()).c_str());
     return 2;
@@ -139,6 +146,12 @@ int main(int argc, char** argv) {
   sigaddset(&mask, SIGINT);
   sigaddset(&mask, SIGTERM);
   sigaddset(&mask, SIGHUP);
+  // The signals continuations may wait on (the SDK's signal()): the event queue reads
+  // them from its signalfd, so no thread may take them.
+  const sigset_t routed = insideout::engine::routable_signals();
+  for (int s = 1; s < NSIG; ++s) {
+    if (sigismember(&routed, s) == 1) sigaddset(&mask, s);
+  }
   pthread_sigmask(SIG_BLOCK, &mask, nullptr);
   signal(SIGPIPE, SIG_IGN);
 

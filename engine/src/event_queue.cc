@@ -106,7 +106,8 @@ int EventQueue::admit(Task* t) {  // 0, or -errno: the task goes back (see park_
   const bool gone = src.gone(*t);
   const bool root = !(t->flags & kTaskChild);
   if (sched_.draining() || sched_.paused() || gone) {
-    if (root) t->flags |= kTaskCancelled;
+    // A child is not cut off (it reports to its parent) but its cancelled() says so.
+    t->flags |= kTaskCancelled;
     return -ECANCELED;
   }
   // Each client's parked continuations are bounded (--max-timers): the queue, and the
@@ -332,7 +333,9 @@ void EventQueue::finish(std::uint32_t i, std::int64_t result, bool cut_off,
   if (w.heap_pos != kNoPos) heap_remove(i);
   Task* t = w.task;
   if (w.result != nullptr) *w.result = result;
-  if (cut_off && !(t->flags & kTaskChild)) t->flags |= kTaskCancelled;
+  // A root is cut off at its next step (run_task()); a child resumes with the result and
+  // sees cancelled().
+  if (cut_off) t->flags |= kTaskCancelled;
   if (t != nullptr) {
     sched_.source().park_ends(*t);
     out.push_back(t);
@@ -507,11 +510,11 @@ Task* EventQueue::harvest(Worker& w) {
   std::vector<Task*> out;
   std::uint64_t tokens[kHarvestBatch];
   std::uint32_t revents[kHarvestBatch];
-  const int n = backend_->poll(tokens, revents, kHarvestBatch);
   // Signals another queue read for us (acquire: pairs with the release in take_signals()).
   std::uint64_t others = pending_signals_.exchange(0, std::memory_order_acquire);
   {
     std::lock_guard lock(mu_);
+    const int n = backend_->poll(tokens, revents, kHarvestBatch);
     bool timer = false;
     for (int k = 0; k < n; ++k) {
       if (tokens[k] == kTimerToken) {
