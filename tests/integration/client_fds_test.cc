@@ -424,12 +424,17 @@ TEST(ClientFds, ClosingADescriptorShouldFailTheContinuationWaitingOnIt) {
 TEST(ClientFds, AClientThatDiesShouldLeaveNoDescriptorWaitOrSegmentBehind) {
   DaemonProcess daemon({"--workers", "2"});
   ASSERT_TRUE(daemon.ready()) << daemon.log();
-  const int before = count_fds(daemon.pid());
-  int up[2], down[2];  // child to parent: "parked"; parent to child: closed when it may die
+  // go: the parent lets the child start (once its own gRPC connection to the daemon is
+  // counted); up: the child has parked its waits; down: closed when the child may die.
+  int go[2], up[2], down[2];
+  ASSERT_EQ(::pipe2(go, O_CLOEXEC), 0);
   ASSERT_EQ(::pipe2(up, O_CLOEXEC), 0);
   ASSERT_EQ(::pipe2(down, O_CLOEXEC), 0);
   const std::string dir = daemon.runtime_dir();
   const pid_t child = fork_child([&]() -> int {
+    ::close(go[1]);
+    char g;
+    if (::read(go[0], &g, 1) != 1) return 7;
     ClientOptions o;
     o.runtime_dir = dir;
     auto c = Client::connect(o);
@@ -449,9 +454,18 @@ TEST(ClientFds, AClientThatDiesShouldLeaveNoDescriptorWaitOrSegmentBehind) {
     (void)::read(down[0], &c2, 1);  // until the parent has seen the waits
     ::_exit(0);
   });
+  ::close(go[0]);
   ::close(up[1]);
   ::close(down[0]);
+  // Forked before this thread made any other (gRPC's).
   auto stub = control_stub(dir);
+  {
+    v1::Stats s;
+    ASSERT_TRUE(stub->GetStats(ctx().get(), {}, &s).ok());
+  }
+  const int before = count_fds(daemon.pid());
+  ASSERT_EQ(::write(go[1], "g", 1), 1);
+  ::close(go[1]);
   char c;
   ASSERT_EQ(::read(up[0], &c, 1), 1) << "the child failed";
   ::close(up[0]);
