@@ -111,6 +111,13 @@ std::string response(const Answer& a) {
   return r;
 }
 
+// After an answer that ends a connection early (400, 431): no more writes, and what the
+// peer still sends is read and dropped (at most 64 KiB, 1 s), so that closing with
+// unread bytes does not reset the connection before the peer has read the answer.
+insideout::CoContext::Io linger_read(CoContext c, int fd, std::span<std::byte> buf) {
+  return c.recv(fd, buf, 0, std::chrono::seconds(1));
+}
+
 // One connection (ARG: its descriptor): answers requests until the peer hangs up, asks
 // to close, sends garbage, or the client's work ends.
 Continuation connection(CoContext c) {
@@ -124,6 +131,13 @@ Continuation connection(CoContext c) {
       if (in.size() >= kMaxHeader) {
         const std::string r = response({431, false, false});
         co_await c.send(fd.get(), std::as_bytes(std::span(r)));
+        ::shutdown(fd.get(), SHUT_WR);
+        for (std::size_t dropped = 0; dropped < 65536;) {
+          const std::int64_t n =
+              co_await linger_read(c, fd.get(), std::as_writable_bytes(std::span(buf)));
+          if (n <= 0) break;
+          dropped += static_cast<std::size_t>(n);
+        }
         co_return 0;
       }
       const std::size_t room = std::min(sizeof(buf), kMaxHeader - in.size());
@@ -140,6 +154,15 @@ Continuation connection(CoContext c) {
       const std::int64_t w = co_await c.send(fd.get(), std::as_bytes(std::span(r)).subspan(off));
       if (w <= 0) co_return 0;
       off += static_cast<std::size_t>(w);
+    }
+    if (a.status == 400) {
+      ::shutdown(fd.get(), SHUT_WR);
+      for (std::size_t dropped = 0; dropped < 65536;) {
+        const std::int64_t n =
+            co_await linger_read(c, fd.get(), std::as_writable_bytes(std::span(buf)));
+        if (n <= 0) break;
+        dropped += static_cast<std::size_t>(n);
+      }
     }
     if (!a.keep_alive) co_return 0;
   }
