@@ -49,6 +49,8 @@ std::string check_client_fd(int fd) {
   return "only sockets, pipes, FIFOs, regular files and eventfds may be passed";
 }
 
+void ClientFds::prepare() { (void)dead_socket(); }
+
 bool ClientFds::add(int fd, std::uint32_t limit, std::uint32_t* id, std::string* error) {
   if (std::string why = check_client_fd(fd); !why.empty()) {
     ::close(fd);

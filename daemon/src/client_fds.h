@@ -20,6 +20,9 @@ namespace insideout::daemon {
 
 class ClientFds {
  public:
+  // Makes the dead socket that tombstones point at (once per process; later calls do
+  // nothing). Otherwise the first tombstone makes it.
+  static void prepare();
   // Registry thread. Takes `fd` (received with MSG_CMSG_CLOEXEC) into the table: its id
   // (1..limit) in *id, or false with *error (and `fd` closed): not a kind the daemon
   // serves, or the table is full.

@@ -78,7 +78,9 @@ Daemon::Daemon(DaemonConfig config)
     : config_(std::move(config)),
       plugins_(std::make_unique<PluginManager>(
           registry_, [this](std::uint8_t slot) { return plugin_drained_probe(slot); })),
-      clients_(config_.max_clients + 1) {}
+      clients_(config_.max_clients + 1) {
+  ClientFds::prepare();  // its one descriptor from the start, not the first client's
+}
 
 Daemon::~Daemon() {
   for (int fd : {listen_fd_, epoll_fd_, signal_fd_, timer_fd_, event_fd_}) {
