@@ -381,8 +381,13 @@ TEST(ClientFds, ShouldRefuseDirectoriesAndMoreThanTheBound) {
   ::close(p[1]);
 }
 
-TEST(ClientFds, ClosingADescriptorShouldFailTheContinuationWaitingOnIt) {
-  DaemonProcess daemon({"--workers", "2"});
+// The waits on both event queue backends: "auto" (io_uring where the kernel allows it) and
+// epoll (Debian 12's 6.1 path, forced).
+class ClientFdsOnBackend : public ::testing::TestWithParam<const char*> {};
+INSTANTIATE_TEST_SUITE_P(Backends, ClientFdsOnBackend, ::testing::Values("auto", "epoll"));
+
+TEST_P(ClientFdsOnBackend, ClosingADescriptorShouldFailTheContinuationWaitingOnIt) {
+  DaemonProcess daemon({"--workers", "2", "--event-backend", GetParam()});
   ASSERT_TRUE(daemon.ready()) << daemon.log();
   auto client = connect_client(daemon);
   ASSERT_NE(client, nullptr);
@@ -421,8 +426,8 @@ TEST(ClientFds, ClosingADescriptorShouldFailTheContinuationWaitingOnIt) {
 // A child registers, hands over a pipe (both ends) and a socket, parks a read_fd on the
 // pipe nobody writes, and dies: the daemon closes every descriptor of it, its wait
 // ends, its segment goes.
-TEST(ClientFds, AClientThatDiesShouldLeaveNoDescriptorWaitOrSegmentBehind) {
-  DaemonProcess daemon({"--workers", "2"});
+TEST_P(ClientFdsOnBackend, AClientThatDiesShouldLeaveNoDescriptorWaitOrSegmentBehind) {
+  DaemonProcess daemon({"--workers", "2", "--event-backend", GetParam()});
   ASSERT_TRUE(daemon.ready()) << daemon.log();
   // go: the parent lets the child start (once its own gRPC connection to the daemon is
   // counted); up: the child has parked its waits; down: closed when the child may die.
