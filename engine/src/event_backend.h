@@ -15,6 +15,10 @@ class EventQueue::Backend {
   virtual ~Backend() = default;
   virtual EventBackendKind kind() const noexcept = 0;
   virtual int notify_fd() const noexcept = 0;
+  // How workers watch notify_fd(): edge-triggered with EPOLLEXCLUSIVE (one sleeper wakes
+  // per notification, nothing is read back), or level-triggered without (a nested epoll
+  // set: the kernel refuses EPOLLEXCLUSIVE for it).
+  virtual bool edge_triggered() const noexcept = 0;
   // Watches `fd` for `events` (EPOLLIN/EPOLLOUT/..., one shot) under `token`: 0 or -errno.
   virtual int arm(int fd, std::uint32_t events, std::uint64_t token) = 0;
   // Stops the watch `token` on `fd` (it may still be reported: the queue checks tokens).

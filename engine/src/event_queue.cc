@@ -96,6 +96,7 @@ EventQueue::~EventQueue() {
 
 EventBackendKind EventQueue::backend() const noexcept { return backend_->kind(); }
 int EventQueue::notify_fd() const noexcept { return backend_->notify_fd(); }
+bool EventQueue::notify_edge_triggered() const noexcept { return backend_->edge_triggered(); }
 
 // ---- parking -------------------------------------------------------------------------
 

@@ -64,6 +64,8 @@ class EventQueue {
   EventQueue& operator=(const EventQueue&) = delete;
 
   EventBackendKind backend() const noexcept;
+  // Workers watch notify_fd() with EPOLLET | EPOLLEXCLUSIVE (else level-triggered).
+  bool notify_edge_triggered() const noexcept;
   // Readable while something is ready: in every worker's epoll set.
   int notify_fd() const noexcept;
   // Something waits (relaxed: a hint; the descriptor wakes sleepers in any case).

@@ -200,6 +200,13 @@ Runtime::Runtime(RuntimeOptions options) : impl_(std::make_unique<Impl>()) {
   }
 }
 
+bool Runtime::stop(std::chrono::milliseconds timeout) {
+  for (auto& p : impl_->pools) p.sched->begin_drain(true);
+  bool idle = true;
+  for (auto& p : impl_->pools) idle = p.sched->wait_idle(timeout) && idle;
+  return idle;
+}
+
 Runtime::~Runtime() {
   for (auto& p : impl_->pools) p.sched->wait_idle(std::chrono::hours(1));
   for (auto& p : impl_->pools) p.sched->drain(std::chrono::milliseconds(0));
@@ -276,6 +283,8 @@ Runtime::Handle Runtime::submit(std::string_view function, std::uint64_t arg,
     return fail_now(Status::kInvalidArgument, ErrorDetail::kArgumentOutOfRange,
                     "'" + def.name + "' takes at most " + std::to_string(def.max_arg));
   }
+  if (impl_->pools.front().sched->draining())
+    return fail_now(Status::kDraining, ErrorDetail::kShutdown, "the runtime is stopped");
   impl_->start();
   job->env.assign(reinterpret_cast<const char*>(env.data()), env.size());
   Handle h(job);

@@ -86,11 +86,11 @@ std::unique_ptr<Worker> Scheduler::make_worker(std::uint32_t i) {
   ev.events = EPOLLIN | EPOLLET;  // edge-triggered: each wake() is one event, never read
   if (::epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->wake_fd, &ev) != 0)
     throw std::runtime_error(std::string("worker epoll set: ") + std::strerror(errno));
-  // The event queue: level-triggered (it stays readable until harvested); one sleeper
-  // wakes where the kernel allows EPOLLEXCLUSIVE (not for a nested epoll set).
+  // The event queue: an eventfd posting an edge per completion wakes one sleeper
+  // (io_uring); a nested epoll set is level-triggered, every sleeper wakes (epoll).
   epoll_event qev{};
   qev.events = EPOLLIN;
-  if (events_->backend() != EventBackendKind::kEpoll) qev.events |= EPOLLEXCLUSIVE;
+  if (events_->notify_edge_triggered()) qev.events |= EPOLLET | EPOLLEXCLUSIVE;
   if (::epoll_ctl(w->epfd, EPOLL_CTL_ADD, events_->notify_fd(), &qev) != 0)
     throw std::runtime_error(std::string("worker epoll set: ") + std::strerror(errno));
   for (int fd : bell_fds_) {  // the caller holds bells_mu_

@@ -17,6 +17,18 @@ execute_process(COMMAND objdump -p ${lib} OUTPUT_VARIABLE dyn RESULT_VARIABLE rc
 if(rc OR NOT dyn MATCHES "SONAME +libinsideout\\.so\\.[0-9]")
   message(FATAL_ERROR "no soname in ${lib}: ${dyn}")
 endif()
+# The service's files, relative to the prefix (`--prefix` keeps them under it).
+foreach(f sbin/insideoutd bin/insideoutctl lib/systemd/system/insideoutd.service
+    lib/systemd/system/insideoutd.socket lib/systemd/system/insideoutd-control.socket
+    lib/sysusers.d/insideout.conf lib/tmpfiles.d/insideout.conf etc/insideout/insideoutd.toml)
+  if(NOT EXISTS ${prefix}/${f})
+    message(FATAL_ERROR "not installed: ${prefix}/${f}")
+  endif()
+endforeach()
+file(GLOB_RECURSE pc LIST_DIRECTORIES false ${prefix}/lib*/pkgconfig/insideout.pc)
+if(NOT pc)
+  message(FATAL_ERROR "no insideout.pc under ${prefix}")
+endif()
 execute_process(COMMAND ${CMAKE_COMMAND} -S ${SRC} -B ${WORK}/build -G Ninja -DCMAKE_PREFIX_PATH=${prefix}
   RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 if(rc)

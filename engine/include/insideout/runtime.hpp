@@ -12,6 +12,7 @@
 // lock afterwards). Built-ins (noop, echo, checksum, fanout, chain, sleep) are there.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -93,6 +94,12 @@ class Runtime {
     return submit(function, arg, env).wait();
   }
 
+  // Stops taking submissions (later ones fail with kDraining) and cancels every parked
+  // continuation (a server waiting on accept(), a sleep): their handles complete, cut
+  // off. Waits up to `timeout` for the running ones; true when nothing is in flight.
+  // The destructor waits for what is in flight: call stop() first when some of it may
+  // wait forever.
+  bool stop(std::chrono::milliseconds timeout = std::chrono::seconds(5));
   std::vector<std::string> functions() const;
   std::uint32_t workers(std::string_view pool = "default") const;
 
