@@ -118,6 +118,7 @@ struct Session {
   std::uint64_t generation = 0;
   std::vector<FunctionInfo> functions;
   bool daemon_lookup = false;  // the daemon answers Lookup (Welcome.lookup)
+  std::uint32_t max_client_fds = 0;  // Welcome.max_client_fds: 0 when the daemon takes none
   // Functions learned after the Welcome (Lookup), by name: ids are the daemon's.
   mutable std::mutex learned_mu;
   std::unordered_map<std::string, FunctionInfo> learned;
@@ -308,6 +309,7 @@ absl::StatusOr<std::unique_ptr<Session>> open_session(const ClientOptions& optio
   s->client_id = w.client_id();
   s->generation = w.generation();
   s->daemon_lookup = w.lookup();
+  s->max_client_fds = w.max_client_fds();
   for (const auto& f : w.functions()) {
     s->functions.push_back({f.name(), f.id(), f.needs_buffer(), f.max_arg(), f.help()});
   }
@@ -380,6 +382,8 @@ struct Client::Impl {
   std::unordered_map<std::uint64_t, std::promise<SerialResult>> calls;
   // Lookups by name waiting for their LookupResult (under calls_mu, tags from next_tag).
   std::unordered_map<std::uint64_t, std::promise<v1::LookupResult>> lookups;
+  // PassFd and CloseFd waiting for their FdResult (under calls_mu, tags from next_tag).
+  std::unordered_map<std::uint64_t, std::promise<v1::FdResult>> fd_results;
   std::mutex send_mu;
 
   std::thread dispatcher;
@@ -718,6 +722,12 @@ struct Client::Impl {
     calls.clear();
     for (auto& [tag, p] : lookups) p.set_value(v1::LookupResult{});  // not found; lost is set
     lookups.clear();
+    for (auto& [tag, p] : fd_results) {
+      v1::FdResult r;
+      r.set_error("daemon lost: " + reason());
+      p.set_value(std::move(r));
+    }
+    fd_results.clear();
   }
 
   // Copies frame `idx` of the lost session `from` (and its environment) into `to`, hands
@@ -876,6 +886,14 @@ struct Client::Impl {
         if (it == lookups.end()) continue;
         it->second.set_value(m.lookup_result());
         lookups.erase(it);
+        continue;
+      }
+      if (m.has_fd_result()) {
+        std::lock_guard l(calls_mu);
+        auto it = fd_results.find(m.fd_result().tag());
+        if (it == fd_results.end()) continue;
+        it->second.set_value(m.fd_result());
+        fd_results.erase(it);
         continue;
       }
       if (m.has_result()) {
@@ -1682,6 +1700,79 @@ absl::StatusOr<SerialResult> Client::call(std::string_view function, std::string
                                        std::to_string(timeout.count()) + " ms");
   }
   return fut.get();
+}
+
+namespace {
+
+// Sends `m` (PassFd or CloseFd; its tag is set here) with `fd` when >= 0 to session `s`'s
+// daemon, and waits up to 5 s for the FdResult.
+absl::StatusOr<v1::FdResult> fd_request(Client::Impl& d, Session& s, v1::ClientMessage& m,
+                                        int fd) {
+  std::future<v1::FdResult> fut;
+  std::uint64_t tag;
+  {
+    std::lock_guard l(d.calls_mu);
+    tag = d.next_tag++;
+    if (m.has_pass_fd()) {
+      m.mutable_pass_fd()->set_tag(tag);
+    } else {
+      m.mutable_close_fd()->set_tag(tag);
+    }
+    fut = d.fd_results[tag].get_future();
+  }
+  {
+    std::lock_guard l(d.send_mu);
+    if (int e = v1::send_message(s.sock, m, fd); e != 0) {
+      std::lock_guard l2(d.calls_mu);
+      d.fd_results.erase(tag);
+      return absl::UnavailableError(std::string("sending to insideoutd: ") + std::strerror(e));
+    }
+  }
+  if (fut.wait_for(std::chrono::seconds(5)) != std::future_status::ready) {
+    std::lock_guard l(d.calls_mu);
+    if (d.fd_results.erase(tag) != 0)
+      return absl::DeadlineExceededError("insideoutd did not answer about a descriptor in 5 s");
+  }
+  return fut.get();
+}
+
+}  // namespace
+
+absl::StatusOr<std::uint32_t> Client::send_fd(int fd) {
+  auto& d = *impl_;
+  if (fd < 0) return absl::InvalidArgumentError("send_fd: not a descriptor");
+  Session* s = d.live_session();
+  if (s == nullptr) return d.lost_error();
+  if (s->max_client_fds == 0)
+    return absl::FailedPreconditionError(
+        "this insideoutd takes no descriptors (it predates them, or runs with "
+        "--max-client-fds 0)");
+  v1::ClientMessage m;
+  m.mutable_pass_fd();
+  auto r = fd_request(d, *s, m, fd);
+  if (!r.ok()) return r.status();
+  if (!r->error().empty() || r->id() == 0) {
+    if (s->lost.load(std::memory_order_acquire)) return absl::UnavailableError(r->error());
+    return absl::FailedPreconditionError("insideoutd refused the descriptor: " + r->error());
+  }
+  return r->id();
+}
+
+absl::Status Client::close_fd(std::uint32_t id) {
+  auto& d = *impl_;
+  Session* s = d.live_session();
+  if (s == nullptr) return d.lost_error();
+  if (s->max_client_fds == 0)
+    return absl::FailedPreconditionError("this insideoutd takes no descriptors");
+  v1::ClientMessage m;
+  m.mutable_close_fd()->set_id(id);
+  auto r = fd_request(d, *s, m, -1);
+  if (!r.ok()) return r.status();
+  if (!r->error().empty()) {
+    if (s->lost.load(std::memory_order_acquire)) return absl::UnavailableError(r->error());
+    return absl::NotFoundError(r->error());
+  }
+  return absl::OkStatus();
 }
 
 bool Client::daemon_lost() const noexcept {

@@ -202,6 +202,13 @@ bool ClientSource::park_begins(const Task& t) {
   return true;
 }
 
+int ClientSource::client_fd(const Task& t, std::uint32_t id) {
+  ClientSlot& c = clients_.slot(t.client);
+  // A client on its way out has no descriptors (its continuations are being cut off).
+  if (c.state.load(std::memory_order_acquire) != SlotState::kActive) return -1;
+  return c.fds.get(id);
+}
+
 void ClientSource::park_ends(const Task& t) {
   clients_.slot(t.client).timers.fetch_sub(1, std::memory_order_relaxed);
   if (FrameCtl* f = ctl_of(t)) f->wait.store(0, std::memory_order_relaxed);  // under its lock

@@ -55,6 +55,7 @@ class ClientSource final : public engine::WorkSource {
   bool cancel_frame(ClientSlot& slot, std::uint32_t index, std::uint32_t by);
   // Cancels every continuation of `slot` in flight; returns how many. Any thread.
   std::uint32_t cancel_all(ClientSlot& slot, std::uint32_t by);
+  int client_fd(const Task& t, std::uint32_t id) override;
 
   // A client of this pool registers: its bell eventfd is made (slot.bell_fd, closed when
   // the slot is reclaimed) and every worker's epoll set watches it. False (and *error)

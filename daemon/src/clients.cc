@@ -118,6 +118,7 @@ void ClientTable::reclaim(ClientSlot& s) noexcept {
   s.base = nullptr;
   s.doorbells = nullptr;
   s.has_segment = false;
+  s.fds.close_all();
   if (s.bell_fd >= 0) ::close(s.bell_fd);
   s.bell_fd = -1;
   s.state.store(SlotState::kFree, std::memory_order_release);

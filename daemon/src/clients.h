@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "client_fds.h"
 #include "insideout/shm/layout.h"
 #include "insideout/shm/ring.h"
 #include "insideout/shm/segment.h"
@@ -103,6 +104,9 @@ struct alignas(shm::kCacheLine) ClientSlot {
   shm::ClientBells* bells = nullptr;      // in the segment: client-written
   // The doorbell counters last notified to the pool's event queue (CAS: one notifier each).
   std::atomic<std::uint64_t> bells_seen[shm::kClientBells] = {};
+  // Descriptors it handed over (PassFd), at most max_fds; closed by reclaim().
+  ClientFds fds;
+  std::uint32_t max_fds = 0;
 
   // Daemon-side statistics (relaxed: counters only).
   std::atomic<std::uint64_t> accepted{0};

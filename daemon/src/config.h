@@ -61,6 +61,7 @@ struct DaemonConfig {
   std::uint64_t max_segment_bytes = 256ull << 20;
   std::uint32_t max_inflight = 4096;
   std::uint32_t max_timers = 4096;
+  std::uint32_t max_client_fds = 64;  // descriptors one client may hand over (PassFd)
   std::chrono::milliseconds drain_timeout{5000};
   // A step that runs this long is reported (log line, counter); 0: not watched.
   std::chrono::milliseconds long_step{1000};

@@ -1032,6 +1032,9 @@ class SchedulerService final : public v1::Scheduler::Service {
     out->set_steps(t.steps);
     out->set_spawned(t.spawned);
     out->set_clients_faulted(t.faulted);
+    std::uint64_t waits = 0;
+    for (const auto& p : pools) waits += p.scheduler->events().size();
+    out->set_waits_parked(waits);
     // Reasons: the workers' totals, and the registered clients' own counters.
     std::uint64_t unknown_fn = 0, invalid_frames = 0;
     const auto infos = daemon_.client_infos();

@@ -99,7 +99,9 @@ Daemon::Daemon(DaemonConfig config)
     : config_(std::move(config)),
       plugins_(std::make_unique<PluginManager>(
           registry_, [this](std::uint8_t slot) { return plugin_drained_probe(slot); })),
-      clients_(config_.max_clients + 1) {}
+      clients_(config_.max_clients + 1) {
+  ClientFds::prepare();  // its one descriptor from the start, not the first client's
+}
 
 Daemon::~Daemon() {
   for (int fd : {listen_fd_, epoll_fd_, signal_fd_, timer_fd_, event_fd_}) {
@@ -828,7 +830,18 @@ void Daemon::on_readable(Conn& c) {
     }
     v1::ClientMessage msg;
     int err = 0;
-    switch (v1::recv_message(fd, &msg, nullptr, &err)) {
+    std::vector<int> fds;
+    const v1::RecvStatus got = v1::recv_message_fds(fd, &msg, &fds, &err);
+    // Only PassFd carries a descriptor (one); any other is closed at once.
+    int passed = -1;
+    for (int f : fds) {
+      if (got == v1::RecvStatus::kOk && msg.has_pass_fd() && passed < 0) {
+        passed = f;
+      } else {
+        ::close(f);
+      }
+    }
+    switch (got) {
       case v1::RecvStatus::kOk:
         break;
       case v1::RecvStatus::kWouldBlock:
@@ -846,6 +859,10 @@ void Daemon::on_readable(Conn& c) {
       on_submit(c, msg.submit());
     } else if (msg.has_lookup()) {
       on_lookup(c, msg.lookup());
+    } else if (msg.has_pass_fd()) {
+      on_pass_fd(c, msg.pass_fd(), passed);
+    } else if (msg.has_close_fd()) {
+      on_close_fd(c, msg.close_fd());
     } else {
       return close_conn(fd, "sent an empty message");
     }
@@ -984,6 +1001,7 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
   }
   slot->max_inflight = config_.max_inflight;
   slot->max_timers = config_.max_timers;
+  slot->max_fds = config_.max_client_fds;
   clients_.activate(*slot);
   c.slot = slot;
   c.sched = pool.scheduler;
@@ -1014,6 +1032,7 @@ void Daemon::on_hello(Conn& c, const v1::Hello& hello) {
   }
   w->set_lookup(true);
   w->set_generation(generation_);
+  w->set_max_client_fds(config_.max_client_fds);
   // The segment, the pool's bell page (mapped read-only) and the client's bell eventfd.
   const int fds[] = {seg_fd, pool.scheduler->bell_fd(), slot->bell_fd};
   if (const int err = v1::send_message(
@@ -1131,6 +1150,52 @@ void Daemon::on_lookup(Conn& c, const v1::Lookup& lookup) {
   send_to(c, m, false);
 }
 
+void Daemon::on_pass_fd(Conn& c, const v1::PassFd& pass, int fd) {
+  if (c.slot == nullptr) {
+    if (fd >= 0) ::close(fd);
+    return close_conn(c.fd, "passed a descriptor before Hello");
+  }
+  ClientSlot& s = *c.slot;
+  v1::DaemonMessage m;
+  auto* r = m.mutable_fd_result();
+  r->set_tag(pass.tag());
+  std::string why;
+  std::uint32_t id = 0;
+  if (fd < 0) {
+    why = "PassFd carried no descriptor (send one as SCM_RIGHTS with the packet)";
+  } else {
+    // Closed descriptors' numbers are held while a continuation may still use them; with
+    // none in flight (only the connection's reference) they can go.
+    if (s.refs.load(std::memory_order_acquire) == 1) s.fds.reap();
+    if (s.fds.add(fd, s.max_fds, &id, &why)) r->set_id(id);
+  }
+  if (!why.empty()) {
+    r->set_error(why);
+    spdlog::debug("client {}: descriptor refused: {}", s.id, why);
+  }
+  send_to(c, m, false);
+}
+
+void Daemon::on_close_fd(Conn& c, const v1::CloseFd& req) {
+  if (c.slot == nullptr) return close_conn(c.fd, "closed a descriptor before Hello");
+  ClientSlot& s = *c.slot;
+  v1::DaemonMessage m;
+  auto* r = m.mutable_fd_result();
+  r->set_tag(req.tag());
+  r->set_id(req.id());
+  const int fd = s.fds.get(req.id());
+  if (fd < 0) {
+    r->set_error("no descriptor with id " + std::to_string(req.id()));
+  } else {
+    // Waits on it fail (EBADF) before its number is retired, and once more after, for a
+    // continuation that parked on it in between.
+    for (const auto& p : pools()) p.scheduler->events().fail_fd(fd);
+    s.fds.remove(req.id());
+    for (const auto& p : pools()) p.scheduler->events().fail_fd(fd);
+  }
+  send_to(c, m, false);
+}
+
 std::function<bool()> Daemon::plugin_drained_probe(std::uint8_t slot) {
   // Every pool's workers pass a quiescent point after the registry swap: a worker that
   // read the old definition has then counted its task in plugin_live().
@@ -1210,6 +1275,12 @@ void Daemon::close_conn(int fd, const char* why) {
       if (p.scheduler.get() != &home)
         p.scheduler->cancel_parked_if([&](const Task& t) { return t.client == s.index; });
     }
+    // Its descriptors: its waits are cancelled above, its files released now; their
+    // numbers are closed when the slot is reclaimed (client_fds.h).
+    for (int f : s.fds.live()) {
+      for (const auto& p : pools()) p.scheduler->events().fail_fd(f);
+    }
+    s.fds.remove_all();
     clients_.release(s);
   }
 }

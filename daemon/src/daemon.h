@@ -169,6 +169,9 @@ class Daemon : public PoolDirectory {
   void on_hello(Conn& c, const v1::Hello& hello);
   void on_submit(Conn& c, const v1::Continuation& cont);
   void on_lookup(Conn& c, const v1::Lookup& lookup);
+  // Client descriptors (client_fds.h): `fd` is the one the packet carried, or -1.
+  void on_pass_fd(Conn& c, const v1::PassFd& pass, int fd);
+  void on_close_fd(Conn& c, const v1::CloseFd& req);
   // The probe PluginManager polls: nothing of plugin instance `slot` can run any more.
   std::function<bool()> plugin_drained_probe(std::uint8_t slot);
   // Sends `m` on `c`, or queues it when the socket is full. False when the connection

@@ -157,6 +157,11 @@ int parse_args(int argc, char** argv, DaemonConfig& config) {
                  "Continuations of one client parked on a timer at once (0: no limit); past it "
                  "a sleep fails with BACKPRESSURE")
       ->capture_default_str();
+  app.add_option("--max-client-fds", config.max_client_fds,
+                 "Descriptors one client may hand over (Client::send_fd) at once; past it "
+                 "PassFd fails")
+      ->capture_default_str()
+      ->check(CLI::Range(0u, 4096u));
   bool no_control = !config.control;
   app.add_option(
       "--admin-group", config.admin_group,

@@ -1,10 +1,17 @@
 // The built-in functions. Each entry step reads its argument from w0 (put there at
-// accept) and its environment through the context.
+// accept) and its environment through the context. read_fd and write_fd are SDK
+// coroutines (they need only the SDK's operations, so they work on any host).
+#include <sys/socket.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
+#include <insideout/sdk.hpp>
+#include <string>
 
 #include "registry.h"
 #include "step_context.h"
@@ -12,6 +19,11 @@
 namespace insideout::engine {
 namespace {
 
+using ::insideout::CoContext;
+using ::insideout::Continuation;
+using ::insideout::coroutine;
+using ::insideout::Error;
+using ::insideout::Failure;
 using shm::ErrorDetail;
 using shm::Status;
 
@@ -138,6 +150,91 @@ Step sleep(Task& t, StepContext& ctx) {
   return Step::kPark;
 }
 
+// read_fd(id) and write_fd(id): bytes between a descriptor the client handed over
+// (Client::send_fd) and the submission's environment. The descriptor is looked up again
+// after every wait: the client may close it meanwhile (its number is then retired, see
+// daemon/src/client_fds.h), and that fails the continuation.
+Failure fd_failure(const CoContext& c, const char* fn, std::uint32_t id, std::int64_t err) {
+  thread_local std::string msg;  // fail() copies it at once
+  if (err == -ECANCELED) return c.fail("cancelled", Error::kCancelled);
+  if (err == -EBADF) {
+    msg = std::string(fn) + ": descriptor " + std::to_string(id) + " was closed";
+  } else if (err == -EPIPE) {
+    msg = std::string(fn) + ": descriptor " + std::to_string(id) + ": the reader hung up (EPIPE)";
+  } else {
+    msg = std::string(fn) + ": descriptor " + std::to_string(id) + ": " +
+          std::strerror(static_cast<int>(-err));
+  }
+  return c.fail(msg);
+}
+
+Failure no_fd(const CoContext& c, const char* fn, std::uint32_t id) {
+  thread_local std::string msg;
+  msg = std::string(fn) + ": this client has no descriptor with id " + std::to_string(id) +
+        " (Client::send_fd gives ids)";
+  return c.fail(msg, Error::kInvalidArgument);
+}
+
+// Reads what is there, as read(2): waits until the descriptor is readable, then up to the
+// environment's size; the result is the bytes read (value: how many). End of file before
+// any byte fails ("end of file").
+Continuation read_fd(CoContext c) {
+  const auto id = static_cast<std::uint32_t>(c.arg());
+  const std::span<std::byte> out = c.output();
+  if (out.empty())
+    co_return c.fail("read_fd: the environment (where bytes go) is empty", Error::kInvalidArgument);
+  for (;;) {
+    const int fd = c.client_fd(id);
+    if (fd < 0) co_return no_fd(c, "read_fd", id);
+    const ssize_t n = ::read(fd, out.data(), out.size());
+    if (n > 0) {
+      c.set_output_len(static_cast<std::size_t>(n));
+      co_return static_cast<std::uint64_t>(n);
+    }
+    if (n == 0) {
+      thread_local std::string msg;
+      msg = "read_fd: end of file on descriptor " + std::to_string(id);
+      co_return c.fail(msg);
+    }
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) co_return fd_failure(c, "read_fd", id, -errno);
+    const std::int64_t r = co_await c.readable(fd);
+    if (r < 0) co_return fd_failure(c, "read_fd", id, r);
+  }
+}
+
+// Writes the whole environment, waiting for writability as often as it takes; value: the
+// bytes written.
+Continuation write_fd(CoContext c) {
+  const auto id = static_cast<std::uint32_t>(c.arg());
+  const std::span<const std::byte> in = c.env();
+  std::size_t off = 0;
+  bool socket = true;  // send(MSG_NOSIGNAL) first: no SIGPIPE in a host that keeps it
+  while (off < in.size()) {
+    const int fd = c.client_fd(id);
+    if (fd < 0) co_return no_fd(c, "write_fd", id);
+    ssize_t n;
+    if (socket) {
+      n = ::send(fd, in.data() + off, in.size() - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n < 0 && errno == ENOTSOCK) {
+        socket = false;
+        continue;
+      }
+    } else {
+      n = ::write(fd, in.data() + off, in.size() - off);
+    }
+    if (n >= 0) {
+      off += static_cast<std::size_t>(n);
+      continue;
+    }
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) co_return fd_failure(c, "write_fd", id, -errno);
+    const std::int64_t r = co_await c.writable(fd);
+    if (r < 0) co_return fd_failure(c, "write_fd", id, r);
+  }
+  co_return static_cast<std::uint64_t>(off);
+}
+
 }  // namespace
 
 void register_builtins(FunctionRegistry& r) {
@@ -152,6 +249,13 @@ void register_builtins(FunctionRegistry& r) {
          false, 1ull << 40});
   r.add({"sleep", "parks for ARG nanoseconds (at most one hour)", engine_step<sleep>, false,
          3600ull * 1'000'000'000});
+  r.add({"read_fd",
+         "reads what descriptor ARG (Client::send_fd) has, up to the environment's size, into "
+         "the environment: the result (fails at end of file)",
+         coroutine<read_fd>, false, 0xFFFFFFFFull, kFnOutput});
+  r.add({"write_fd",
+         "writes the whole environment to descriptor ARG (Client::send_fd); value: the bytes",
+         coroutine<write_fd>, false, 0xFFFFFFFFull});
 }
 
 }  // namespace insideout::engine

@@ -353,6 +353,12 @@ void EventQueue::finish(std::uint32_t i, std::int64_t result, bool cut_off,
 
 int EventQueue::close_fd(int fd) {
   if (fd < 0) return -EBADF;
+  fail_fd(fd);
+  return ::close(fd) == 0 ? 0 : -errno;
+}
+
+void EventQueue::fail_fd(int fd) {
+  if (fd < 0) return;
   std::vector<Task*> out;
   {
     std::lock_guard lock(mu_);
@@ -366,7 +372,6 @@ int EventQueue::close_fd(int fd) {
     backend_->forget(fd);
   }
   hand_over(out);
-  return ::close(fd) == 0 ? 0 : -errno;
 }
 
 bool EventQueue::cancel(WaitId id) {

@@ -92,6 +92,9 @@ class EventQueue {
 
   // Fails every wait on `fd` with -EBADF, then closes it. Any thread.
   int close_fd(int fd);
+  // The same without the close: the daemon's client descriptors (it retires their numbers
+  // itself, daemon/src/client_fds.h). Any thread.
+  void fail_fd(int fd);
   // Cancels one wait (a client's cancel of a parked continuation): true when it was
   // still parked. Any thread. It takes the queue's lock even for kNoWait or a stale id:
   // ClientSource's cancel relies on that to order itself against a park in progress.

@@ -281,6 +281,18 @@ class Client {
       std::chrono::milliseconds timeout = std::chrono::milliseconds(10000));
 
   // True while no daemon is connected (lost and not, or not yet, reconnected).
+  // Descriptors for continuations: hands `fd` to the daemon over the registration socket
+  // (SCM_RIGHTS; the daemon gets its own copy, the caller keeps and closes its own) and
+  // returns its id, the argument of the built-ins read_fd and write_fd and of a plugin's
+  // CoContext::client_fd(). Sockets, pipes, FIFOs, regular files and eventfds only; the
+  // daemon makes all but regular files O_NONBLOCK, a flag of the open file description
+  // that the caller's copy shares. At most the daemon's --max-client-fds (64) at once;
+  // past it, or for another kind of descriptor, kFailedPrecondition says why.
+  absl::StatusOr<std::uint32_t> send_fd(int fd);
+  // Closes descriptor `id` in the daemon: continuations waiting on it fail (EBADF).
+  // kNotFound when there is no such id. All of them are closed when the client leaves.
+  absl::Status close_fd(std::uint32_t id);
+
   bool daemon_lost() const noexcept;
   std::string lost_reason() const;
   // The connected daemon's generation: new at each start of insideoutd.

@@ -301,7 +301,8 @@ class CoContext {
              std::chrono::nanoseconds timeout = {}) const noexcept;
   // Closes a descriptor, failing whatever waits on it with -EBADF first.
   int close(int fd) const noexcept;
-  // A descriptor the client handed over (Client::send_fd()), borrowed; -1 if none.
+  // A descriptor the client handed over (Client::send_fd()), borrowed; -1 if none. Look
+  // it up again after each co_await: the client may have closed it meanwhile.
   int client_fd(std::uint32_t id) const noexcept;
   // The continuation's deadline (none: time_point::max()).
   std::chrono::steady_clock::time_point deadline() const noexcept;

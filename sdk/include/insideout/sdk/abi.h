@@ -163,7 +163,9 @@ typedef struct io_ctx_ops {
    * engine fails it with "deadline exceeded" at its next step or while it waits. */
   int64_t (*deadline_ns)(io_ctx* c, const io_task* t);
   /* A descriptor the continuation's client passed to the daemon (SCM_RIGHTS), by the id
-   * the client got for it; -1 when it has none of that id. Borrowed: do not close it. */
+   * the client got for it; -1 when it has none of that id. Borrowed: do not close it, and
+   * look it up again after each suspension (the client may close it meanwhile; a wait on
+   * it then ends with -EBADF). */
   int (*client_fd)(io_ctx* c, const io_task* t, uint32_t id);
   /* With IO_STEP_PARK: resumes when the client rings doorbell `bell` (its counter in the
    * segment moves past `seen`; *result = the counter's low 63 bits), at timeout_ns, or
