@@ -117,7 +117,7 @@ struct Session {
   std::uint32_t client_id = 0;
   std::uint64_t generation = 0;
   std::vector<FunctionInfo> functions;
-  bool daemon_lookup = false;  // the daemon answers Lookup (Welcome.lookup)
+  bool daemon_lookup = false;        // the daemon answers Lookup (Welcome.lookup)
   std::uint32_t max_client_fds = 0;  // Welcome.max_client_fds: 0 when the daemon takes none
   // Functions learned after the Welcome (Lookup), by name: ids are the daemon's.
   mutable std::mutex learned_mu;
@@ -770,8 +770,8 @@ struct Client::Impl {
     const std::uint32_t ni = to.arena.index_of(f);
     to.states[ni].owned_buffer = env;
     // Its deadline goes along (CLOCK_MONOTONIC: the same on the next daemon).
-    to.controls[ni].deadline_ns.store(from.controls[idx].deadline_ns.load(std::memory_order_relaxed),
-                                      std::memory_order_relaxed);
+    to.controls[ni].deadline_ns.store(
+        from.controls[idx].deadline_ns.load(std::memory_order_relaxed), std::memory_order_relaxed);
     return ni;
   }
 
@@ -1146,8 +1146,7 @@ bool Handle::cancel() {
   // accepted the frame (shm::kSubmitCancel): a no-op there if the frame completed.
   const std::uint32_t entry = shm::kSubmitCancel | index_;
   bool pushed = false;
-  if (!d.wait_for_room(s, [&] { return done() || (pushed = s.submit.try_push(entry)); }) ||
-      !pushed)
+  if (!d.wait_for_room(s, [&] { return done() || (pushed = s.submit.try_push(entry)); }) || !pushed)
     return false;
   s.bell.ring();
   return true;
@@ -1555,8 +1554,7 @@ absl::StatusOr<Handle> Client::submit(Frame* f, const SubmitOptions& options) {
   return push_in(*s, f, options);
 }
 
-absl::StatusOr<Handle> Client::push_in(detail::Session& s, Frame* f,
-                                       const SubmitOptions& options) {
+absl::StatusOr<Handle> Client::push_in(detail::Session& s, Frame* f, const SubmitOptions& options) {
   auto& d = *impl_;
   const std::uint32_t idx = s.arena.index_of(f);
   f->status = 0;
@@ -1706,8 +1704,7 @@ namespace {
 
 // Sends `m` (PassFd or CloseFd; its tag is set here) with `fd` when >= 0 to session `s`'s
 // daemon, and waits up to 5 s for the FdResult.
-absl::StatusOr<v1::FdResult> fd_request(Client::Impl& d, Session& s, v1::ClientMessage& m,
-                                        int fd) {
+absl::StatusOr<v1::FdResult> fd_request(Client::Impl& d, Session& s, v1::ClientMessage& m, int fd) {
   std::future<v1::FdResult> fut;
   std::uint64_t tag;
   {

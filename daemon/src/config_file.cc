@@ -276,6 +276,12 @@ ConfigFile parse_config(std::string_view text, const DaemonConfig& base) {
   });
   r.on("max_inflight", u32(&c.max_inflight, 1, 1 << 16));
   r.on("max_timers", u32(&c.max_timers, 0, kU32));
+  r.on("max_client_fds", u32(&c.max_client_fds, 0, 4096));
+  r.on("event_backend", [&](const toml::node& n) {
+    std::string v;
+    if (r.one_of(n, &v, {"auto", "epoll", "io_uring"}))
+      engine::parse_event_backend(v, &c.event_backend);
+  });
   r.on("control", [&](const toml::node& n) { r.boolean(n, &c.control); });
   r.on("admin_group", [&](const toml::node& n) { r.text(n, &c.admin_group); });
   r.on("client_group", [&](const toml::node& n) { r.text(n, &c.client_group); });
@@ -366,6 +372,8 @@ std::string to_toml(const DaemonConfig& c) {
   line("max_segment_mib", num(c.max_segment_bytes >> 20));
   line("max_inflight", num(c.max_inflight));
   line("max_timers", num(c.max_timers));
+  line("max_client_fds", num(c.max_client_fds));
+  line("event_backend", quoted(engine::event_backend_name(c.event_backend)));
   line("control", b(c.control));
   line("admin_group", quoted(c.admin_group));
   line("client_group", quoted(c.client_group));
@@ -409,6 +417,8 @@ std::vector<std::string> restart_keys(const DaemonConfig& a, const DaemonConfig&
   diff("max_segment_mib", a.max_segment_bytes != b.max_segment_bytes);
   diff("max_inflight", a.max_inflight != b.max_inflight);
   diff("max_timers", a.max_timers != b.max_timers);
+  diff("max_client_fds", a.max_client_fds != b.max_client_fds);
+  diff("event_backend", a.event_backend != b.event_backend);
   diff("control", a.control != b.control);
   diff("admin_group", a.admin_group != b.admin_group);
   diff("client_group", a.client_group != b.client_group);

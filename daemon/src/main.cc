@@ -179,7 +179,7 @@ int parse_args(int argc, char** argv, DaemonConfig& config) {
                  "insideoutd's user, is refused (one log line each), as is one of another ABI "
                  "or SDK major version, with a name already taken, or whose init fails")
       ->type_name("DIR");
-  std::string event_backend = "auto";
+  std::string event_backend = insideout::engine::event_backend_name(config.event_backend);
   app.add_option("--event-backend", event_backend,
                  "The event queue's kernel interface: auto (io_uring where the kernel allows it, "
                  "else epoll), epoll, or io_uring. Neither needs more than Linux 6.1")
