@@ -70,11 +70,11 @@ int parked(const Options& o, const char* backend) {
     if (c == nullptr) return 1;
     clients.push_back(std::move(c));
   }
-  auto sleep_id = clients[0]->function_id("sleep");
+  auto sleep_id = clients[0]->function_id("sleep_until");
   if (!sleep_id.ok()) return 1;
   // Warm the daemon (its pools, the clients' first frames), then take its size.
   for (auto& c : clients) {
-    auto h = c->submit(*sleep_id, {}, 1000);
+    auto h = c->submit(*sleep_id, {}, now_ns() + 1000);
     if (!h.ok() || h->wait() != Status::kOk) return 1;
   }
   detail::sleep_ms(100);
@@ -95,8 +95,7 @@ int parked(const Options& o, const char* backend) {
       rng ^= rng >> 7;
       rng ^= rng << 17;
       const std::uint64_t due = first + rng % spread;
-      const std::uint64_t now = now_ns();
-      auto h = clients[i]->submit(*sleep_id, {}, due - now);
+      auto h = clients[i]->submit(*sleep_id, {}, due);
       if (!h.ok()) {
         fail(o, std::string(h.status().message()).c_str());
         return 1;

@@ -181,8 +181,8 @@ int parse_args(int argc, char** argv, DaemonConfig& config) {
       ->type_name("DIR");
   std::string event_backend = insideout::engine::event_backend_name(config.event_backend);
   app.add_option("--event-backend", event_backend,
-                 "The event queue's kernel interface: auto (io_uring where the kernel allows it, "
-                 "else epoll), epoll, or io_uring. Neither needs more than Linux 6.1")
+                 "The event queue's kernel interface: auto (epoll, measured the faster: "
+                 "docs/BENCHMARKS.md), epoll, or io_uring. Neither needs more than Linux 6.1")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "epoll", "io_uring"}));
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")

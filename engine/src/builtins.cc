@@ -150,6 +150,18 @@ Step sleep(Task& t, StepContext& ctx) {
   return Step::kPark;
 }
 
+// sleep_until(t): parks until CLOCK_MONOTONIC t (ns), at most an hour ahead; a time
+// already past completes at once. What measures wake-up lateness: the client names the
+// instant, so the time the daemon took to accept it does not count.
+Step sleep_until(Task& t, StepContext& ctx) {
+  const auto when = std::chrono::steady_clock::time_point(std::chrono::nanoseconds(t.w0));
+  if (when > std::chrono::steady_clock::now() + std::chrono::hours(1))
+    return ctx.fail(Status::kInvalidArgument, ErrorDetail::kArgumentOutOfRange);
+  t.fn = engine_step<sleep_done>;
+  ctx.park_until(t, when);
+  return Step::kPark;
+}
+
 // read_fd(id) and write_fd(id): bytes between a descriptor the client handed over
 // (Client::send_fd) and the submission's environment. The descriptor is looked up again
 // after every wait: the client may close it meanwhile (its number is then retired, see
@@ -249,6 +261,9 @@ void register_builtins(FunctionRegistry& r) {
          false, 1ull << 40});
   r.add({"sleep", "parks for ARG nanoseconds (at most one hour)", engine_step<sleep>, false,
          3600ull * 1'000'000'000});
+  r.add({"sleep_until",
+         "parks until CLOCK_MONOTONIC ARG nanoseconds (at most one hour ahead; past: at once)",
+         engine_step<sleep_until>});
   r.add({"read_fd",
          "reads what descriptor ARG (Client::send_fd) has, up to the environment's size, into "
          "the environment: the result (fails at end of file)",

@@ -15,8 +15,9 @@ namespace insideout::engine {
 
 namespace {
 
-// What kAuto picks where io_uring works (docs/ARCHITECTURE.md, "The event queue").
-constexpr bool kDefaultIsUring = true;
+// What kAuto picks where io_uring works: epoll, measured faster for descriptor waits
+// (docs/ARCHITECTURE.md and docs/BENCHMARKS.md, "The event queue").
+constexpr bool kDefaultIsUring = false;
 
 // epoll: one epoll set of the waited descriptors, itself the notify descriptor (an epoll
 // descriptor is readable while its set has events). The kernel refuses EPOLLEXCLUSIVE

@@ -34,7 +34,7 @@ struct RuntimeOptions {
   // The first is the default pool (where submissions go); "default" when empty.
   std::vector<Pool> pools;
   bool pin = true;  // pin workers to their CPUs
-  // The event queue's backend: "auto" (io_uring where the kernel allows, else epoll),
+  // The event queue's backend: "auto" (epoll, measured the faster),
   // "epoll" or "io_uring". Continuations waiting on signals need those signals blocked
   // in every thread of the process before the Runtime is made (see the SDK's signal()).
   std::string event_backend = "auto";
