@@ -62,7 +62,9 @@ int parked(const Options& o, const char* backend) {
   if (!d.ok()) return 1;
   std::vector<std::unique_ptr<Client>> clients;
   for (unsigned i = 0; i < kClients; ++i) {
-    ClientOptions co = d.client_options();
+    // The clients block while they wait (a spinning client would take the CPU the
+    // daemon's workers need, with a wake due every 20 us, and its lateness with it).
+    ClientOptions co = d.client_options(shm::IdleStrategy::kBlock);
     co.segment.frame_count = 65536;
     co.segment.ring_capacity = 65536;
     co.segment.buffer_block_count = 16;
