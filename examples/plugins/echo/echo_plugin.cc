@@ -35,36 +35,7 @@ Continuation connection(CoContext c) {
   }
 }
 
-// The accept loop: one child continuation per connection, which any worker may take.
-Continuation serve(CoContext c) {
-  if (c.arg() == 0)
-    co_return c.fail("echo.serve: ARG is the port (1..65535)", Error::kInvalidArgument);
-  const int lfd = insideout_examples::listen_loopback(static_cast<std::uint16_t>(c.arg()));
-  thread_local std::string msg;  // fail() copies it at once
-  if (lfd < 0) {
-    msg = "echo.serve: listening on 127.0.0.1:" + std::to_string(c.arg()) + ": " +
-          std::strerror(-lfd);
-    co_return c.fail(msg);
-  }
-  OwnedFd listener(c, lfd);
-  for (;;) {
-    const std::int64_t fd = co_await c.accept(listener.get());
-    if (fd >= 0) {
-      c.spawn<connection>(static_cast<std::uint64_t>(fd));
-      continue;
-    }
-    if (fd == -ECANCELED || c.cancelled()) co_return c.fail("cancelled", Error::kCancelled);
-    // Out of descriptors, or a connection reset before it was taken: the server goes on
-    // (after a breath, so that a full table does not spin a worker).
-    if (fd == -EMFILE || fd == -ENFILE || fd == -ENOBUFS || fd == -ENOMEM) {
-      co_await c.sleep_for(std::chrono::milliseconds(10));
-      continue;
-    }
-    if (fd == -ECONNABORTED || fd == -EINTR || fd == -EPROTO) continue;
-    msg = std::string("echo.serve: accept: ") + std::strerror(static_cast<int>(-fd));
-    co_return c.fail(msg);
-  }
-}
+constexpr char kServe[] = "echo.serve";
 
 }  // namespace
 
@@ -72,5 +43,6 @@ INSIDEOUT_PLUGIN("echo", "1.0", plugin) {
   plugin.add("serve",
              "TCP echo server on 127.0.0.1:ARG (one continuation per connection); runs until "
              "cancelled or its client leaves",
-             insideout::coroutine<serve>, 0, 65535);
+             insideout::coroutine<insideout_examples::serve_loopback<connection, kServe>>, 0,
+             65535);
 }

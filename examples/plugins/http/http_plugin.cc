@@ -168,33 +168,7 @@ Continuation connection(CoContext c) {
   }
 }
 
-Continuation serve(CoContext c) {
-  if (c.arg() == 0)
-    co_return c.fail("http.serve: ARG is the port (1..65535)", Error::kInvalidArgument);
-  const int lfd = insideout_examples::listen_loopback(static_cast<std::uint16_t>(c.arg()));
-  thread_local std::string msg;  // fail() copies it at once
-  if (lfd < 0) {
-    msg = "http.serve: listening on 127.0.0.1:" + std::to_string(c.arg()) + ": " +
-          std::strerror(-lfd);
-    co_return c.fail(msg);
-  }
-  OwnedFd listener(c, lfd);
-  for (;;) {
-    const std::int64_t fd = co_await c.accept(listener.get());
-    if (fd >= 0) {
-      c.spawn<connection>(static_cast<std::uint64_t>(fd));
-      continue;
-    }
-    if (fd == -ECANCELED || c.cancelled()) co_return c.fail("cancelled", Error::kCancelled);
-    if (fd == -EMFILE || fd == -ENFILE || fd == -ENOBUFS || fd == -ENOMEM) {
-      co_await c.sleep_for(std::chrono::milliseconds(10));
-      continue;
-    }
-    if (fd == -ECONNABORTED || fd == -EINTR || fd == -EPROTO) continue;
-    msg = std::string("http.serve: accept: ") + std::strerror(static_cast<int>(-fd));
-    co_return c.fail(msg);
-  }
-}
+constexpr char kServe[] = "http.serve";
 
 }  // namespace
 
@@ -202,5 +176,6 @@ INSIDEOUT_PLUGIN("http", "1.0", plugin) {
   plugin.add("serve",
              "HTTP/1.1 on 127.0.0.1:ARG: GET / answers 200, other paths 404, garbage 400; runs "
              "until cancelled or its client leaves",
-             insideout::coroutine<serve>, 0, 65535);
+             insideout::coroutine<insideout_examples::serve_loopback<connection, kServe>>, 0,
+             65535);
 }
