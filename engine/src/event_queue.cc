@@ -108,24 +108,29 @@ bool EventQueue::notify_edge_triggered() const noexcept { return backend_->edge_
 
 // ---- parking -------------------------------------------------------------------------
 
-int EventQueue::admit(Task* t) {  // 0, or -errno: the task goes back (see park_timer())
+bool EventQueue::admit(Task* t, std::int64_t* result, std::vector<Task*>* back) {
   // Under mu_, as the sweeps (cancel_if()) are: a task whose client hung up after its
   // step began must not park, or it would sleep out its whole wait after the sweep.
   WorkSource& src = sched_.source();
   const bool gone = src.gone(*t);
   const bool root = !(t->flags & kTaskChild);
+  int err = 0;
   if (sched_.draining() || sched_.paused() || gone) {
     // A child is not cut off (it reports to its parent) but its cancelled() says so.
     t->flags |= kTaskCancelled;
-    return -ECANCELED;
-  }
-  // Each client's parked continuations are bounded (--max-timers): the queue, and the
-  // sweep when a client leaves, are bounded by the clients times that.
-  if (!src.park_begins(*t)) {
+    err = -ECANCELED;
+  } else if (!src.park_begins(*t)) {
+    // Each client's parked continuations are bounded (--max-timers): the queue, and the
+    // sweep when a client leaves, are bounded by the clients times that.
     if (root) t->flags |= kTaskOverLimit;
-    return -EMFILE;
+    err = -EMFILE;
   }
-  return 0;
+  if (err == 0) return true;
+  // Refused: the task goes back to the engine (to end it, or to resume the step's code
+  // with the error in its result).
+  if (result != nullptr) *result = err;
+  back->push_back(t);
+  return false;
 }
 
 std::uint32_t EventQueue::alloc_wait(Task* t, Kind k, std::int64_t when_ns, std::int64_t timeout_ns,
@@ -167,10 +172,7 @@ int EventQueue::park_timer(Task* t, std::int64_t when_ns, std::int64_t* result) 
   std::vector<Task*> back;
   {
     std::lock_guard lock(mu_);
-    if (const int e = admit(t); e != 0) {
-      if (result != nullptr) *result = e;
-      back.push_back(t);
-    } else {
+    if (admit(t, result, &back)) {
       (void)alloc_wait(t, Kind::kTimer, when_ns <= 0 ? 1 : when_ns, when_ns <= 0 ? 1 : when_ns,
                        result);
       rearm_timer();
@@ -187,10 +189,7 @@ int EventQueue::park_fd(Task* t, int fd, std::uint32_t events, std::int64_t when
   {
     std::lock_guard lock(mu_);
     if (by_fd_.count(static_cast<std::uint64_t>(fd)) != 0) return refuse(result, -EBUSY);
-    if (const int e = admit(t); e != 0) {
-      if (result != nullptr) *result = e;
-      back.push_back(t);
-    } else {
+    if (admit(t, result, &back)) {
       const std::uint32_t i = alloc_wait(t, Kind::kFd, when_ns, when_ns, result);
       Wait& w = waits_[i];
       w.key = static_cast<std::uint64_t>(fd);
@@ -236,10 +235,7 @@ int EventQueue::park_signal(Task* t, int signo, std::int64_t when_ns, std::int64
         g_signal_queues.push_back(this);
       }
     }
-    if (const int e = admit(t); e != 0) {
-      if (result != nullptr) *result = e;
-      back.push_back(t);
-    } else {
+    if (admit(t, result, &back)) {
       const std::uint32_t i = alloc_wait(t, Kind::kSignal, when_ns, when_ns, result);
       waits_[i].key = static_cast<std::uint64_t>(signo);
       link(by_signal_, i);
@@ -254,10 +250,7 @@ int EventQueue::park_key(Task* t, std::uint64_t key, std::int64_t when_ns, std::
   std::vector<Task*> back;
   {
     std::lock_guard lock(mu_);
-    if (const int e = admit(t); e != 0) {
-      if (result != nullptr) *result = e;
-      back.push_back(t);
-    } else {
+    if (admit(t, result, &back)) {
       const std::uint32_t i = alloc_wait(t, Kind::kKey, when_ns, when_ns, result);
       waits_[i].key = key;
       link(by_key_, i);

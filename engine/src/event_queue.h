@@ -127,7 +127,8 @@ class EventQueue {
   static constexpr std::uint32_t kNoPos = 0xFFFFFFFFu;
 
   // All under mu_.
-  int admit(Task* t);  // 0, or the task was handed back (see park_*)
+  // Whether `t` may park; if not, *result (when given) says why and it joins `back`.
+  bool admit(Task* t, std::int64_t* result, std::vector<Task*>* back);
   std::uint32_t alloc_wait(Task* t, Kind k, std::int64_t when_ns, std::int64_t timeout_ns,
                            std::int64_t* result);
   // Removes wait i from every index, writes `result`, hands its task to `out`.
