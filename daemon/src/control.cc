@@ -735,7 +735,9 @@ class SchedulerService final : public v1::Scheduler::Service {
         return absl::InvalidArgumentError("pool '" + p.name +
                                           "': " + std::string(c.status().message()));
     }
-    if (!next.cpus.empty()) {
+    // The default pool's CPUs are checked only when they change: at start they are what
+    // the command line gave (--cpus may name CPUs outside the mask insideoutd inherited).
+    if (!next.cpus.empty() && next.cpus != old.cpus) {
       if (auto c = check_cpus(format_cpu_list(next.cpus), allowed); !c.ok())
         return absl::InvalidArgumentError("cpus: " + std::string(c.status().message()));
     }
