@@ -178,8 +178,8 @@ CheckResult check_segment(const void* base, std::size_t size, SegmentGeometry* o
   if (!SegmentGeometry::compute(req, &g) || g.size != h->segment_size || g.size > size ||
       h->completion_ring_capacity != g.ring_capacity || h->frames_off != g.frames_off ||
       h->buffers_off != g.buffers_off || h->messages_off != g.messages_off ||
-      h->controls_off != g.controls_off ||
-      h->bells_off != g.bells_off || h->frame_size != sizeof(Frame)) {
+      h->controls_off != g.controls_off || h->bells_off != g.bells_off ||
+      h->frame_size != sizeof(Frame)) {
     return CheckResult::kGeometryMismatch;
   }
   *out = g;

@@ -3,9 +3,8 @@
 // and a client that leaves while its continuation waits on a descriptor leaves no
 // descriptor behind in the daemon.
 #include <dirent.h>
-#include <signal.h>
-
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <chrono>
 #include <string>

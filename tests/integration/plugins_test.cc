@@ -102,9 +102,8 @@ TEST(Plugins, ShouldRefuseEachBadPluginWithOneLogLineAndLoadNothingOfIt) {
   };
   for (const Case& c : {
            Case{"bad_abi", "it speaks plugin ABI 99; insideoutd speaks ABI 1"},
-           Case{"bad_sdk",
-                "built with SDK 2.3; insideoutd has SDK " + std::string(kSdk) +
-                    " (the major versions differ)"},
+           Case{"bad_sdk", "built with SDK 2.3; insideoutd has SDK " + std::string(kSdk) +
+                               " (the major versions differ)"},
            Case{"init_fails", "init failed (returned 1): no licence key in /etc/init_fails.conf"},
            Case{"z_dup_name", "a plugin named 'good' is loaded already"},
            Case{"dup_function",

@@ -6,7 +6,6 @@
 
 #include <array>
 #include <chrono>
-
 #include <insideout/sdk.hpp>
 
 namespace {
