@@ -85,8 +85,12 @@ class UringBackend final : public EventQueue::Backend {
   bool edge_triggered() const noexcept override { return true; }
   // The completion ring's tail is published (release) before the eventfd is signalled, so a
   // worker woken by the eventfd sees the completion here.
+  // Called without the queue's lock, so both words are read atomically (acquire on the
+  // tail: pairs with the kernel's release when it posts; relaxed on the head: it only
+  // moves under the lock, in poll()'s io_uring_cq_advance(), itself an atomic store).
   bool maybe_ready() const noexcept override {
-    return ::io_uring_cq_ready(const_cast<io_uring*>(&ring_)) != 0;
+    return __atomic_load_n(ring_.cq.ktail, __ATOMIC_ACQUIRE) !=
+           __atomic_load_n(ring_.cq.khead, __ATOMIC_RELAXED);
   }
   int notify_fd() const noexcept override { return efd_; }
   int arm(int fd, std::uint32_t events, std::uint64_t token) override {
