@@ -679,8 +679,8 @@ struct Client::Impl {
       lost_reason = std::move(why);
     }
     s.lost_at = std::chrono::steady_clock::now();
-    s.lost.store(true, std::memory_order_seq_cst);        // L1
-    std::atomic_thread_fence(std::memory_order_seq_cst);  // F2: pairs with F1 in submit
+    s.lost.store(true, std::memory_order_seq_cst);  // L1
+    shm::full_barrier();                            // F2: pairs with F1 in submit
     std::vector<std::uint32_t> notify;
     if (s.has_segment) {
       // What the daemon completed before it went (its completions precede its Goodbye
