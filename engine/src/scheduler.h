@@ -330,6 +330,9 @@ class Scheduler {
   Task* steal(Worker& w);
   Task* take_injected();
   void run_task(Worker& w, StepContext& ctx, Task* t);
+  // One run of `t` up to its next yield, park or end; true: it yielded and nothing else
+  // waits on this worker, so run_task() runs it again at once.
+  bool run_steps(Worker& w, StepContext& ctx, Task* t);
   void finish(Worker& w, StepContext& ctx, Task* t, Step s);
   void flush_children(Worker& w);
   enum class Origin { kSpawned, kAccepted, kResumed };

@@ -273,6 +273,31 @@ TEST(Scheduler, ShouldSpreadFanoutChildrenOverWorkers) {
   }
 }
 
+// A yielding continuation alone on its worker runs again without the trip through the
+// queues (Scheduler::run_steps()), but still lets the rings in every 32 looks and still
+// passes each step boundary: a noop submitted behind an endless chain completes, and the
+// chain is cut off at a step boundary once its client hangs up.
+TEST(Scheduler, ShouldServeTheRingAndCutOffAnEndlessYieldingChain) {
+  InProcessDaemon d(1);
+  Frame* chain = d.frame();
+  chain->fn = d.fn("chain");
+  chain->arg = 1ull << 40;  // hours of steps: it never ends by itself here
+  ASSERT_TRUE(d.push(chain));
+  for (int i = 0; i < 5000 && d.scheduler().totals().steps < 1000; ++i)
+    std::this_thread::sleep_for(1ms);
+  ASSERT_GE(d.scheduler().totals().steps, 1000u) << "the chain did not start";
+  Frame* f = d.frame();
+  f->fn = d.fn("noop");
+  ASSERT_TRUE(d.push(f));
+  ASSERT_EQ(d.next(), f) << "the ring was not served while the chain yielded";
+  EXPECT_EQ(status_of(f), Status::kOk);
+  EXPECT_EQ(d.scheduler().totals().failed, 0u);
+  d.close_client();
+  for (int i = 0; i < 5000 && d.scheduler().totals().failed == 0; ++i)
+    std::this_thread::sleep_for(1ms);
+  EXPECT_EQ(d.scheduler().totals().failed, 1u) << "the chain was not cut off";
+}
+
 // Defect 2 of the trust-boundary review: a client that hangs up between a worker's
 // "is it active?" check and its taking references must not get references back from
 // zero (its slot would be reclaimed with continuations still writing into it). The hook
