@@ -3,6 +3,8 @@
 // Called under EventQueue::mu_ only, so a backend needs no locking of its own.
 #pragma once
 
+#include <errno.h>
+
 #include <cstdint>
 #include <memory>
 
@@ -24,6 +26,15 @@ class EventQueue::Backend {
   virtual bool edge_triggered() const noexcept = 0;
   // Watches `fd` for `events` (EPOLLIN/EPOLLOUT/..., one shot) under `token`: 0 or -errno.
   virtual int arm(int fd, std::uint32_t events, std::uint64_t token) = 0;
+  // Whether descriptors are registered once, edge-triggered for everything, for as long
+  // as the queue knows them (register_fd() until forget()), with readiness recorded
+  // while nobody waits: a wait then costs no system call. False: each wait arms a
+  // one-shot watch (arm()) and ends it (disarm()).
+  virtual bool persistent() const noexcept { return false; }
+  // persistent() only: registers `fd` for `events` (EPOLLIN/EPOLLOUT; hang-ups and errors
+  // always), edge-triggered, under `token`, or changes what an earlier call registered
+  // (`again`): 0 or -errno.
+  virtual int register_fd(int, std::uint32_t, std::uint64_t, bool) { return -ENOTSUP; }
   // Stops the watch `token` on `fd` (it may still be reported: the queue checks tokens).
   virtual void disarm(int fd, std::uint64_t token) = 0;
   // `fd` is about to be closed.

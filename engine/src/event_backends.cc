@@ -22,7 +22,11 @@ constexpr bool kDefaultIsUring = false;
 // epoll: one epoll set of the waited descriptors, itself the notify descriptor (an epoll
 // descriptor is readable while its set has events). The kernel refuses EPOLLEXCLUSIVE
 // for a nested epoll descriptor, so every sleeping worker wakes on an event and one
-// harvests it (the io_uring backend's eventfd wakes one).
+// harvests it (the io_uring backend's eventfd wakes one). Descriptors are registered
+// once, edge-triggered (persistent(), as Go's netpoller and tokio do): a wait whose
+// descriptor is not ready costs no epoll_ctl, and a harvest empties the set, so the
+// nested descriptor stops waking sleepers. The timerfd and the signalfd keep one-shot
+// watches (arm()).
 class EpollBackend final : public EventQueue::Backend {
  public:
   EpollBackend() : epfd_(::epoll_create1(EPOLL_CLOEXEC)) {
@@ -43,10 +47,20 @@ class EpollBackend final : public EventQueue::Backend {
     if (errno != ENOENT) return -errno;
     return ::epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) == 0 ? 0 : -errno;
   }
-  void disarm(int fd, std::uint64_t) override {
-    // Removed: a registration left armed could still report the wait that ended.
-    (void)::epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
+  bool persistent() const noexcept override { return true; }
+  int register_fd(int fd, std::uint32_t events, std::uint64_t token, bool again) override {
+    epoll_event ev{};
+    ev.events = events | EPOLLRDHUP | EPOLLET;
+    ev.data.u64 = token;
+    if (::epoll_ctl(epfd_, again ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) == 0) return 0;
+    // A new registration of a number still in the set under an older token (a descriptor
+    // the queue forgot was reused): MOD takes the new token and reports what is ready
+    // now. A change of one that left the set (closed with close(2)): ADD.
+    if (again ? errno != ENOENT : errno != EEXIST) return -errno;
+    return ::epoll_ctl(epfd_, again ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ev) == 0 ? 0 : -errno;
   }
+  // A registration outlives its waits (the queue ignores readiness nobody waits for).
+  void disarm(int, std::uint64_t) override {}
   void forget(int fd) override { (void)::epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr); }
   int poll(std::uint64_t* tokens, std::uint32_t* revents, int n) override {
     epoll_event evs[64];

@@ -42,6 +42,31 @@ WaitId make_id(std::uint32_t index, std::uint32_t gen) noexcept {
   return (std::uint64_t{gen} << 32) | index;
 }
 
+// A persistent registration's token: its generation (30 bits, so that it never meets
+// kTimerToken or kSignalToken) over the descriptor.
+std::uint64_t fd_token(int fd, std::uint32_t gen) noexcept {
+  return (std::uint64_t{gen & 0x3FFFFFFFu} << 32) | static_cast<std::uint32_t>(fd);
+}
+
+// IO_EV_* bits of what epoll reported.
+std::uint32_t io_events_of(std::uint32_t revents) noexcept {
+  std::uint32_t ev = 0;
+  if (revents & (EPOLLIN | EPOLLRDHUP)) ev |= IO_EV_READ;
+  if (revents & EPOLLOUT) ev |= IO_EV_WRITE;
+  if (revents & EPOLLERR) ev |= IO_EV_ERROR;
+  if (revents & EPOLLHUP) ev |= IO_EV_HUP;
+  return ev;
+}
+
+// What a wait for `wanted` (IO_EV_READ/WRITE) resumes with when `ready` holds: an error
+// wakes either kind of wait, a hang-up a reader.
+std::int64_t resume_events(std::uint32_t ready, std::uint32_t wanted) noexcept {
+  std::uint32_t ev = ready & (wanted | IO_EV_ERROR | IO_EV_HUP);
+  if (ev & IO_EV_ERROR) ev |= wanted & (IO_EV_READ | IO_EV_WRITE);
+  if (ev & IO_EV_HUP) ev |= wanted & IO_EV_READ;
+  return ev;
+}
+
 // Every queue that waits on signals: a signal is read by one queue's signalfd and
 // delivered to the waiters of all of them.
 std::mutex g_signal_mu;
@@ -193,21 +218,74 @@ int EventQueue::park_fd(Task* t, int fd, std::uint32_t events, std::int64_t when
       const std::uint32_t i = alloc_wait(t, Kind::kFd, when_ns, when_ns, result);
       Wait& w = waits_[i];
       w.key = static_cast<std::uint64_t>(fd);
-      w.events = events;
-      if (const int e = backend_->arm(fd, watch_events(events), make_id(i, w.gen)); e != 0) {
+      w.events = events & (IO_EV_READ | IO_EV_WRITE);
+      if (backend_->persistent()) {
+        auto [it, fresh] = regs_.try_emplace(fd);
+        FdReg& r = it->second;
+        const std::uint32_t want = watch_events(events) & (EPOLLIN | EPOLLOUT);
+        const bool anew = fresh || r.owner != t;
+        if (anew) r = FdReg{.gen = ++reg_gen_, .owner = t};
+        // A registration that is not new reports edges only: unless the step has just
+        // seen EAGAIN, MOD makes the kernel look at the descriptor's level once more (a
+        // ready one is reported at once), as a one-shot watch would.
+        if (anew || (r.events & want) != want ||
+            (!(events & IO_EV_AFTER_EAGAIN) && resume_events(r.ready, events) == 0)) {
+          r.events |= want;
+          if (const int e = backend_->register_fd(fd, r.events, fd_token(fd, r.gen), !anew);
+              e != 0) {
+            regs_.erase(it);
+            std::vector<Task*> none;
+            w.result = nullptr;
+            finish(i, e, false, none);
+            return refuse(result, e);
+          }
+        }
+        wait_on_registration(i, r, back);
+      } else if (const int e = backend_->arm(fd, watch_events(events), make_id(i, w.gen)); e != 0) {
         // Not a descriptor the kernel can wait on (a regular file, a closed one): the
         // task is not parked after all (finish() ends the park); the step hears why.
         std::vector<Task*> none;
         w.result = nullptr;
         finish(i, e, false, none);
         return refuse(result, e);
+      } else {
+        link(by_fd_, i);
+        if (w.when_ns != 0) rearm_timer();
       }
-      link(by_fd_, i);
-      if (w.when_ns != 0) rearm_timer();
     }
   }
   hand_over(back);
   return 0;
+}
+
+void EventQueue::wait_on_registration(std::uint32_t i, FdReg& r, std::vector<Task*>& out) {
+  Wait& w = waits_[i];
+  const std::int64_t ev = resume_events(r.ready, w.events);
+  if (ev != 0) {
+    // Ready since the last wait took it (possibly before the step's own attempt saw
+    // EAGAIN: then it costs one more attempt, never a lost edge).
+    r.ready &= ~(w.events & (IO_EV_READ | IO_EV_WRITE));
+    finish(i, ev, false, out);
+    return;
+  }
+  r.wait = i;
+  link(by_fd_, i);
+  if (w.when_ns != 0) rearm_timer();
+}
+
+void EventQueue::registration_ready(std::uint64_t token, std::uint32_t revents,
+                                    std::vector<Task*>& out) {
+  const int fd = static_cast<int>(static_cast<std::uint32_t>(token));
+  auto it = regs_.find(fd);
+  if (it == regs_.end() || fd_token(fd, it->second.gen) != token) return;  // forgotten
+  FdReg& r = it->second;
+  r.ready |= io_events_of(revents);
+  if (r.wait == kNoPos) return;  // kept for the next wait
+  const std::uint32_t i = r.wait;
+  const std::int64_t ev = resume_events(r.ready, waits_[i].events);
+  if (ev == 0) return;
+  r.ready &= ~(waits_[i].events & (IO_EV_READ | IO_EV_WRITE));
+  finish(i, ev, false, out);
 }
 
 int EventQueue::park_signal(Task* t, int signo, std::int64_t when_ns, std::int64_t* result) {
@@ -316,6 +394,8 @@ void EventQueue::finish(std::uint32_t i, std::int64_t result, bool cut_off,
   switch (w.kind) {
     case Kind::kFd:
       unlink(by_fd_, i);
+      if (auto it = regs_.find(static_cast<int>(w.key)); it != regs_.end() && it->second.wait == i)
+        it->second.wait = kNoPos;
       break;
     case Kind::kSignal:
       unlink(by_signal_, i);
@@ -363,6 +443,7 @@ void EventQueue::fail_fd(int fd) {
       it = by_fd_.find(static_cast<std::uint64_t>(fd));
     }
     backend_->forget(fd);
+    regs_.erase(fd);
   }
   hand_over(out);
 }
@@ -552,6 +633,10 @@ Task* EventQueue::harvest(Worker& w) {
       if (tokens[k] == kSignalToken) {
         take_signals(out);
         backend_->arm(signal_fd_, EPOLLIN, kSignalToken);
+        continue;
+      }
+      if (backend_->persistent()) {
+        registration_ready(tokens[k], revents[k], out);
         continue;
       }
       const auto i = static_cast<std::uint32_t>(tokens[k]);

@@ -157,6 +157,28 @@ class EventQueue {
   std::vector<std::uint32_t> heap_;  // wait indices, earliest when_ns first
   std::int64_t armed_ns_ = 0;        // what timer_fd_ is set to (0: disarmed)
   std::unordered_map<std::uint64_t, std::uint32_t> by_fd_, by_signal_, by_key_;
+  // Persistent backends (Backend::persistent()): each descriptor registered once, until
+  // close_fd()/fail_fd(), under a token of its own (fd_token()), for the kinds of
+  // readiness its waits have asked for so far (a socket only read from never reports
+  // the acknowledgements that free its send buffer); `ready` gathers the
+  // IO_EV_* bits reported since a wait last took them; `wait` is its waiter, if any.
+  // `owner`: the task that registered it; another task's first wait registers the
+  // number again (a descriptor closed with close(2) leaves the epoll set by itself, and
+  // its number may name another file now).
+  struct FdReg {
+    std::uint32_t gen = 0;
+    std::uint32_t ready = 0;
+    std::uint32_t wait = kNoPos;
+    std::uint32_t events = 0;  // EPOLLIN/EPOLLOUT registered: what some wait wanted
+    const Task* owner = nullptr;
+  };
+  std::unordered_map<int, FdReg> regs_;
+  std::uint32_t reg_gen_ = 0;
+  // A wait on a persistent registration: resumes at once on what is ready already, or
+  // becomes the descriptor's waiter.
+  void wait_on_registration(std::uint32_t i, FdReg& r, std::vector<Task*>& out);
+  // Readiness of a registration, from the harvest.
+  void registration_ready(std::uint64_t token, std::uint32_t revents, std::vector<Task*>& out);
   std::unordered_map<std::uint32_t, std::uint32_t> key_owners_;  // owner -> waits on its keys
   std::atomic<std::size_t> count_{0};  // waits parked (relaxed: waiting() is a hint)
   std::mutex harvest_mu_;              // one harvester at a time (try_lock)

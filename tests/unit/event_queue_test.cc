@@ -54,6 +54,16 @@ Continuation read_four(CoContext c) {
   co_return sum;
 }
 
+// Waits twice for fd ARG to be readable, reading nothing: a level, not an edge, so both
+// resume on data that was there before either. The two IO_EV_* masks, first << 8 | second.
+Continuation wait_readable_twice(CoContext c) {
+  const std::int64_t a = co_await c.readable(static_cast<int>(c.arg()), 1s);
+  if (a < 0) co_return c.fail(std::string("first wait: ") + std::strerror(static_cast<int>(-a)));
+  const std::int64_t b = co_await c.readable(static_cast<int>(c.arg()), 1s);
+  if (b < 0) co_return c.fail(std::string("second wait: ") + std::strerror(static_cast<int>(-b)));
+  co_return static_cast<std::uint64_t>(a << 8 | b);
+}
+
 // Closes fd ARG through the event queue.
 Continuation close_it(CoContext c) {
   co_return static_cast<std::uint64_t>(c.close(static_cast<int>(c.arg())));
@@ -115,6 +125,7 @@ class EventQueueTest : public ::testing::TestWithParam<const char*> {
     rt_->add("t.wait_readable", coroutine<wait_readable>);
     rt_->add("t.wait_short", coroutine<wait_short>);
     rt_->add("t.read_four", coroutine<read_four>);
+    rt_->add("t.wait_readable_twice", coroutine<wait_readable_twice>);
     rt_->add("t.close_it", coroutine<close_it>);
     rt_->add("t.wait_sigusr1", coroutine<wait_sigusr1>);
     rt_->add("t.wait_sigterm", coroutine<wait_sigterm>);
@@ -167,6 +178,42 @@ TEST_P(EventQueueTest, ShouldReadWhatArrivesInPiecesAcrossWaits) {
   EXPECT_EQ(r.value, 10u);
   ::close(a);
   ::close(b);
+}
+
+TEST_P(EventQueueTest, ShouldResumeEveryWaitOnADescriptorThatIsReadyAlready) {
+  auto [a, b] = pair();
+  ASSERT_EQ(::write(b, "x", 1), 1);
+  const auto r = rt_->call("t.wait_readable_twice", static_cast<std::uint64_t>(a));
+  ASSERT_TRUE(r.ok()) << r.error();
+  EXPECT_EQ(r.value >> 8 & IO_EV_READ, static_cast<std::uint64_t>(IO_EV_READ)) << r.value;
+  EXPECT_EQ(r.value & IO_EV_READ, static_cast<std::uint64_t>(IO_EV_READ)) << r.value;
+  ::close(a);
+  ::close(b);
+}
+
+// A descriptor one continuation waited on, closed with close(2) rather than through the
+// queue, and its number given to a new socket that another continuation waits on: the
+// second wait watches the new socket (the epoll backend registers descriptors once).
+TEST_P(EventQueueTest, ShouldWatchTheNewFileBehindAReusedDescriptorNumber) {
+  auto [a, b] = pair();
+  ASSERT_EQ(::write(b, "x", 1), 1);
+  const auto first = rt_->call("t.wait_readable", static_cast<std::uint64_t>(a));
+  ASSERT_TRUE(first.ok()) << first.error();
+  ASSERT_EQ(static_cast<std::int64_t>(first.value) & IO_EV_READ, IO_EV_READ);
+  ::close(a);
+  ::close(b);
+  auto [c, d] = pair();
+  ASSERT_EQ(c, a) << "the kernel did not reuse the number; the test needs it";
+  auto h = rt_->submit("t.wait_readable", static_cast<std::uint64_t>(c));
+  std::this_thread::sleep_for(20ms);
+  EXPECT_FALSE(h.done()) << "resumed before anything was written";
+  ASSERT_EQ(::write(d, "y", 1), 1);
+  const auto r = h.wait();
+  ASSERT_TRUE(r.ok()) << r.error();
+  EXPECT_EQ(static_cast<std::int64_t>(r.value) & IO_EV_READ, IO_EV_READ)
+      << "the wait did not see the new socket (-ETIMEDOUT: it watched the old one)";
+  ::close(c);
+  ::close(d);
 }
 
 TEST_P(EventQueueTest, ShouldFailAWaiterCleanlyWhenItsDescriptorIsClosed) {

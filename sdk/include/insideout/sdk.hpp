@@ -669,7 +669,8 @@ inline io_step co_step(io_task* t, io_ctx* c) noexcept {
       if (p.wait_result == -EAGAIN) {
         if (p.until_ns != 0 && c->ops->now_ns(c) >= p.until_ns) {
           p.wait_result = -ETIMEDOUT;
-        } else if (c->ops->park_fd(c, t, p.fd, io_events(p), p.until_ns, &p.wait_result) == 0) {
+        } else if (c->ops->park_fd(c, t, p.fd, io_events(p) | IO_EV_AFTER_EAGAIN, p.until_ns,
+                                   &p.wait_result) == 0) {
           return IO_STEP_PARK;  // the last act: the task may run elsewhere from here
         }
       }
@@ -698,8 +699,10 @@ inline io_step co_step(io_task* t, io_ctx* c) noexcept {
       case Promise::Op::kIo:
         if (!INSIDEOUT_HAS_OP(c->ops, park_fd)) {
           p.wait_result = -ENOSYS;
-        } else if (c->ops->park_fd(c, t, p.fd, p.op == Promise::Op::kIo ? io_events(p) : p.events,
-                                   p.until_ns, &p.wait_result) == 0) {
+        } else if (c->ops->park_fd(
+                       c, t, p.fd,
+                       p.op == Promise::Op::kIo ? io_events(p) | IO_EV_AFTER_EAGAIN : p.events,
+                       p.until_ns, &p.wait_result) == 0) {
           return IO_STEP_PARK;
         }
         continue;  // not parked: resume with the error (kIo: io_pending retries nothing)

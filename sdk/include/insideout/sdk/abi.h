@@ -84,6 +84,12 @@ enum {
   IO_EV_WRITE = 1u << 1, /* writable, or a connect finished */
   IO_EV_ERROR = 1u << 2, /* reported only: an error is pending on it */
   IO_EV_HUP = 1u << 3,   /* reported only: the peer hung up */
+  /* A hint with park_fd (never reported): the caller's own read, write, accept ... on
+   * `fd` has just failed with EAGAIN, so only readiness that comes after it can matter
+   * and the engine need not look at the descriptor again before it parks. Without it a
+   * wait resumes at once on a descriptor that is ready already. Engines that predate it
+   * ignore it. */
+  IO_EV_AFTER_EAGAIN = 1u << 4,
 };
 
 /* Values of the spawn `share` argument. */
