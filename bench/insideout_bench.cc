@@ -39,60 +39,113 @@ std::string second_cpu() { return std::to_string(cpu_for(1)); }
 // (Handle::reset), and whoever drains completions frees the frames, a batch at a time;
 // ClientStats::completed counts what came back, and at the end every frame must be back
 // in the arena (a lost or doubled completion would leave it short or corrupt).
+// Runs `total` of them through `c`; false (after saying why) on any failure.
+bool pump(const Options& o, Client& c, std::uint64_t total, std::uint32_t batch) {
+  const std::uint32_t noop = *c.function_id("noop");
+  constexpr std::uint64_t kWindow = 2048;
+  std::vector<Handle> handles;
+  handles.reserve(batch);
+  std::vector<Frame*> frames;
+  const std::uint64_t base = c.stats().completed;
+  std::vector<Frame*> all(65536);
+  all.resize(c.allocate_frames(all));
+  const std::size_t free_before = all.size();
+  for (Frame* f : all) c.release_frame(f);
+  std::uint64_t submitted = 0, completed = 0;
+  while (completed < total) {
+    while (submitted < total && submitted - completed + batch <= kWindow) {
+      frames.resize(static_cast<std::size_t>(std::min<std::uint64_t>(batch, total - submitted)));
+      frames.resize(c.allocate_frames(frames));
+      if (frames.empty()) break;
+      for (Frame* f : frames) f->fn = noop;
+      handles.clear();
+      if (batch == 1) {
+        auto h = c.submit(frames[0]);
+        if (!h.ok()) return false;
+        handles.push_back(std::move(*h));
+      } else if (!c.submit_batch(frames, &handles).ok()) {
+        return false;
+      }
+      submitted += handles.size();
+      handles.clear();  // let go: the drainer frees each frame when it completes
+    }
+    c.poll();
+    completed = c.stats().completed - base;
+    if (completed < total && submitted - completed + batch > kWindow) {
+      const std::uint64_t seen = completed;
+      if (!c.run_until([&] { return c.stats().completed - base > seen; }, std::chrono::seconds(10)))
+        return false;
+      completed = c.stats().completed - base;
+    }
+  }
+  // Every frame is back in the arena: none was lost or completed twice.
+  all.resize(65536);
+  if (c.allocate_frames(all) != free_before) {
+    fail(o, "insideout: frames missing after the throughput run");
+    return false;
+  }
+  for (Frame* f : all) c.release_frame(f);
+  return true;
+}
+
 int throughput(const Options& o, std::uint32_t batch) {
   Daemon d(1, second_cpu(), "spin-then-block");
   if (!d.ok()) return 1;
   pin_thread(cpu_for(0));
   auto c = d.connect();
   if (!c) return 1;
-  const std::uint32_t noop = *c->function_id("noop");
   const std::uint64_t total = o.pick(20'000'000, 2'000'000, 20'000);
-  constexpr std::uint64_t kWindow = 2048;
-  std::vector<Handle> handles;
-  handles.reserve(batch);
-  std::vector<Frame*> frames;
-  const std::uint64_t base = c->stats().completed;
-  std::vector<Frame*> all(65536);
-  all.resize(c->allocate_frames(all));
-  const std::size_t free_before = all.size();
-  for (Frame* f : all) c->release_frame(f);
-  std::uint64_t submitted = 0, completed = 0;
   const std::uint64_t t0 = now_ns();
-  while (completed < total) {
-    while (submitted < total && submitted - completed + batch <= kWindow) {
-      frames.resize(static_cast<std::size_t>(std::min<std::uint64_t>(batch, total - submitted)));
-      frames.resize(c->allocate_frames(frames));
-      if (frames.empty()) break;
-      for (Frame* f : frames) f->fn = noop;
-      handles.clear();
-      if (batch == 1) {
-        auto h = c->submit(frames[0]);
-        if (!h.ok()) return 1;
-        handles.push_back(std::move(*h));
-      } else if (!c->submit_batch(frames, &handles).ok()) {
-        return 1;
-      }
-      submitted += handles.size();
-      handles.clear();  // let go: the drainer frees each frame when it completes
-    }
-    c->poll();
-    completed = c->stats().completed - base;
-    if (completed < total && submitted - completed + batch > kWindow) {
-      const std::uint64_t seen = completed;
-      if (!c->run_until([&] { return c->stats().completed - base > seen; },
-                        std::chrono::seconds(10)))
-        return 1;
-      completed = c->stats().completed - base;
-    }
-  }
+  if (!pump(o, *c, total, batch)) return 1;
   const std::uint64_t t1 = now_ns();
-  // Every frame is back in the arena: none was lost or completed twice.
-  all.resize(65536);
-  if (c->allocate_frames(all) != free_before) {
-    fail(o, "insideout: frames missing after the throughput run");
+  emit_rate("throughput_batch" + std::to_string(batch), kSystem, total, t1 - t0);
+  return 0;
+}
+
+// Aggregate throughput of n client processes (throughput_clients{1,2,4,8}), each pumping
+// batches of 64 noops as throughput() does, into one daemon with a worker on every
+// CPU. The clients are not pinned (there may be more of them than CPUs) and block when
+// their window is full. The clock runs from the gate's opening to the last client's end.
+struct ClientsGate {
+  std::atomic<std::uint32_t> ready{0};  // R1: release by each client, acquire by the parent
+  std::atomic<std::uint32_t> go{0};     // G1: release by the parent, acquire by each client
+  std::atomic<std::uint64_t> end_ns[8] = {};
+};
+
+int throughput_clients(const Options& o, unsigned n) {
+  const unsigned cpus = std::max(1u, std::thread::hardware_concurrency());
+  std::string list;
+  for (unsigned i = 0; i < cpus; ++i) append_cpu(list, i);
+  Daemon d(cpus, list, "spin-then-block");
+  if (!d.ok()) return 1;
+  const std::uint64_t per = o.pick(8'000'000, 800'000, 10'000) / n;
+  Shared<ClientsGate> gate;
+  std::vector<pid_t> kids;
+  for (unsigned i = 0; i < n; ++i) {
+    kids.push_back(spawn(-1, [&, i] {
+      auto c = d.connect(IdleStrategy::kSpinThenBlock);
+      if (!c || !pump(o, *c, 64 * 16, 64)) return 1;        // warm: frames, rings, pages
+      gate->ready.fetch_add(1, std::memory_order_release);  // R1
+      while (gate->go.load(std::memory_order_acquire) == 0) detail::sleep_ms(1);  // G1
+      if (!pump(o, *c, per, 64)) return 1;
+      gate->end_ns[i].store(now_ns(), std::memory_order_relaxed);
+      return 0;
+    }));
+  }
+  const std::uint64_t limit = now_ns() + 30'000'000'000ull;
+  while (gate->ready.load(std::memory_order_acquire) < n && now_ns() < limit)  // R1
+    detail::sleep_ms(1);
+  const std::uint64_t t0 = now_ns();
+  gate->go.store(1, std::memory_order_release);  // G1
+  bool ok = true;
+  for (pid_t k : kids) ok = reap(k, std::chrono::seconds(120)) && ok;
+  if (!ok) {
+    fail(o, "insideout: a throughput client failed");
     return 1;
   }
-  emit_rate("throughput_batch" + std::to_string(batch), kSystem, total, t1 - t0);
+  std::uint64_t t1 = t0;
+  for (unsigned i = 0; i < n; ++i) t1 = std::max(t1, gate->end_ns[i].load());
+  emit_rate("throughput_clients" + std::to_string(n), kSystem, per * n, t1 - t0);
   return 0;
 }
 
@@ -229,6 +282,10 @@ int main(int argc, char** argv) {
                                         "throughput_batch8",
                                         "throughput_batch64",
                                         "throughput_batch512",
+                                        "throughput_clients1",
+                                        "throughput_clients2",
+                                        "throughput_clients4",
+                                        "throughput_clients8",
                                         "rtt_busy",
                                         "rtt_sleep",
                                         "memory",
@@ -243,6 +300,9 @@ int main(int argc, char** argv) {
   int failures = 0;
   for (std::uint32_t b : {1u, 8u, 64u, 512u}) {
     if (o.wants("throughput_batch" + std::to_string(b))) failures += throughput(o, b);
+  }
+  for (unsigned n : {1u, 2u, 4u, 8u}) {
+    if (o.wants("throughput_clients" + std::to_string(n))) failures += throughput_clients(o, n);
   }
   if (o.wants("rtt_busy")) failures += round_trips(o, false);
   if (o.wants("rtt_sleep")) failures += round_trips(o, true);
