@@ -305,9 +305,14 @@ void Scheduler::run(Worker& w) {
         if ((t = find_work(w)) != nullptr) break;
         if (stop_.load(std::memory_order_relaxed) || w.retiring.load(std::memory_order_relaxed))
           break;
-        if (config_.idle == shm::IdleStrategy::kSpinThenBlock && (i & 63) == 63 &&
-            std::chrono::steady_clock::now() >= until) {
-          break;
+        if (config_.idle == shm::IdleStrategy::kSpinThenBlock && (i & 63) == 63) {
+          if (std::chrono::steady_clock::now() >= until) break;
+          // A spinning worker holds a CPU that a woken thread of this host (a client
+          // about to take its completions, another pool's worker) may be waiting for: the
+          // scheduler's wake-up preemption can leave that thread queued for a millisecond
+          // or more. Yielding every 64 looks hands the CPU over at once, and costs one
+          // system call that returns at once when nothing else is runnable.
+          sched_yield();
         }
       }
       if (t != nullptr) {
