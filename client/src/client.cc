@@ -1682,6 +1682,11 @@ absl::StatusOr<SerialResult> Client::call(std::string_view function, std::string
     c->set_env(std::string(env));
     c->set_arg(arg);
     c->set_tag(tag);
+    // The timeout is the continuation's deadline too: the daemon cuts it off there
+    // (STATUS_DEADLINE_EXCEEDED) rather than running it on for a caller who left.
+    c->set_deadline_ns(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                           (std::chrono::steady_clock::now() + timeout).time_since_epoch())
+                           .count());
   }
   {
     std::lock_guard l(d.send_mu);
@@ -1691,7 +1696,9 @@ absl::StatusOr<SerialResult> Client::call(std::string_view function, std::string
       return absl::UnavailableError(std::string("sending to insideoutd: ") + std::strerror(e));
     }
   }
-  if (fut.wait_for(timeout) != std::future_status::ready) {
+  // Its Result (kDeadlineExceeded at the latest, once a step running at the deadline
+  // has finished) is waited for a little past the deadline.
+  if (fut.wait_for(timeout + std::chrono::seconds(1)) != std::future_status::ready) {
     std::lock_guard l(d.calls_mu);
     d.calls.erase(m.submit().tag());
     return absl::DeadlineExceededError("no result from insideoutd within " +

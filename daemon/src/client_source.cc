@@ -101,6 +101,14 @@ FrameCtl* ClientSource::ctl_of(const Task& t) noexcept {
 bool ClientSource::gone(const Task& t) {
   if (clients_.slot(t.client).state.load(std::memory_order_relaxed) == SlotState::kClosing)
     return true;
+  if (t.flags & kTaskSerial) {
+    // The serialized path's deadline and cancel, under the slot's job lock (its steps are
+    // not the ring's fast path).
+    ClientSlot& c = clients_.slot(t.client);
+    std::lock_guard lock(c.jobs_mu);
+    const SerialJob& j = *c.jobs[t.frame];
+    return j.cancel != 0 || (j.deadline_ns != 0 && monotonic_ns() >= j.deadline_ns);
+  }
   const FrameCtl* f = ctl_of(t);
   if (f == nullptr) return false;
   // C2: pairs with C1 in cancel_frame() (relaxed: the event queue's lock orders it where
@@ -113,6 +121,11 @@ bool ClientSource::gone(const Task& t) {
 }
 
 std::int64_t ClientSource::deadline_ns(const Task& t) {
+  if (t.flags & kTaskSerial) {
+    ClientSlot& c = clients_.slot(t.client);
+    std::lock_guard lock(c.jobs_mu);
+    return c.jobs[t.frame]->deadline_ns;
+  }
   const FrameCtl* f = ctl_of(t);
   return f == nullptr ? 0 : f->deadline_ns.load(std::memory_order_relaxed);
 }
@@ -120,6 +133,13 @@ std::int64_t ClientSource::deadline_ns(const Task& t) {
 void ClientSource::parked(const Task& t, std::uint64_t id) {
   // Only waits in the client's home pool are recorded: a WaitId means nothing to another
   // pool's queue (a continuation that moved is cancelled when its wait ends).
+  if ((t.flags & kTaskSerial) && !(t.flags & engine::kTaskChild)) {
+    ClientSlot& c = clients_.slot(t.client);
+    if (c.pool != pool_) return;
+    std::lock_guard lock(c.jobs_mu);  // under the queue's lock too
+    c.jobs[t.frame]->wait = id;
+    return;
+  }
   FrameCtl* f = ctl_of(t);
   if (f != nullptr && clients_.slot(t.client).pool == pool_)
     f->wait.store(id, std::memory_order_relaxed);  // under the queue's lock
@@ -141,6 +161,36 @@ bool ClientSource::cancel_frame(ClientSlot& c, std::uint32_t index, std::uint32_
   const std::uint64_t again = f.wait.load(std::memory_order_relaxed);
   if (again != 0 && again != id) q.cancel(again);
   return true;
+}
+
+std::uint32_t ClientSource::cancel_serial(ClientSlot& c, std::uint64_t tag, std::uint32_t by) {
+  std::vector<std::uint32_t> hit;
+  std::vector<std::uint64_t> waits;
+  {
+    std::lock_guard lock(c.jobs_mu);
+    // Bounded by the jobs in flight (--max-serial-inflight per connection).
+    for (std::uint32_t i = 0; i < c.jobs.size(); ++i) {
+      SerialJob& j = *c.jobs[i];
+      if (!j.in_flight || j.tag != tag) continue;
+      j.cancel |= by;  // seen by gone() at the next step boundary or admission
+      hit.push_back(i);
+      waits.push_back(j.wait);
+    }
+  }
+  // As cancel_frame(): the queue's lock orders this with a park in progress; a park that
+  // finished meanwhile left its id in the job, read again.
+  engine::EventQueue& q = sched_->events();
+  for (std::size_t k = 0; k < hit.size(); ++k) {
+    if (q.cancel(waits[k])) continue;
+    std::uint64_t again = 0;
+    {
+      std::lock_guard lock(c.jobs_mu);
+      const SerialJob& j = *c.jobs[hit[k]];
+      if (j.in_flight && j.tag == tag) again = j.wait;
+    }
+    if (again != 0 && again != waits[k]) q.cancel(again);
+  }
+  return static_cast<std::uint32_t>(hit.size());
 }
 
 std::uint32_t ClientSource::cancel_all(ClientSlot& c, std::uint32_t by) {
@@ -483,6 +533,16 @@ Outcome ClientSource::cut_off_reason(const Task& t) {
   if (sched_->shutting_down()) return {Status::kCancelled, ErrorDetail::kShutdown};
   if (c.state.load(std::memory_order_relaxed) == SlotState::kClosing)
     return {Status::kCancelled, ErrorDetail::kClientGone};
+  if (t.flags & kTaskSerial) {
+    std::lock_guard lock(const_cast<ClientSlot&>(c).jobs_mu);
+    const SerialJob& j = *c.jobs[t.frame];
+    if (j.cancel & FrameCtl::kCancelByOperator)
+      return {Status::kCancelled, ErrorDetail::kCancelledByOperator};
+    if (j.cancel & FrameCtl::kCancelByClient)
+      return {Status::kCancelled, ErrorDetail::kCancelledByClient};
+    if (j.deadline_ns != 0 && monotonic_ns() >= j.deadline_ns)
+      return {Status::kDeadlineExceeded, ErrorDetail::kNone};
+  }
   if (const FrameCtl* f = ctl_of(t)) {
     const std::uint32_t st = f->state.load(std::memory_order_relaxed);
     if (st & FrameCtl::kCancelByOperator)

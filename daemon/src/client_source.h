@@ -55,6 +55,9 @@ class ClientSource final : public engine::WorkSource {
   bool cancel_frame(ClientSlot& slot, std::uint32_t index, std::uint32_t by);
   // Cancels every continuation of `slot` in flight; returns how many. Any thread.
   std::uint32_t cancel_all(ClientSlot& slot, std::uint32_t by);
+  // The serialized continuations in flight with `tag` (the connection's Cancel): as
+  // cancel_frame(), by the job's own cancel bits and wait. How many were in flight.
+  std::uint32_t cancel_serial(ClientSlot& slot, std::uint64_t tag, std::uint32_t by);
   int client_fd(const Task& t, std::uint32_t id) override;
 
   // A client of this pool registers: its bell eventfd is made (slot.bell_fd, closed when

@@ -4,7 +4,7 @@
 
 namespace insideout::daemon {
 
-std::uint32_t ClientSlot::new_job(std::uint64_t tag, std::string env) {
+std::uint32_t ClientSlot::new_job(std::uint64_t tag, std::string env, std::int64_t deadline_ns) {
   std::lock_guard lock(jobs_mu);
   std::uint32_t job;
   if (!free_jobs.empty()) {
@@ -18,6 +18,8 @@ std::uint32_t ClientSlot::new_job(std::uint64_t tag, std::string env) {
   j = SerialJob{};
   j.tag = tag;
   j.env = std::move(env);
+  j.deadline_ns = deadline_ns;
+  j.in_flight = true;
   return job;
 }
 

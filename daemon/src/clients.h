@@ -38,6 +38,14 @@ struct SerialJob {
   std::uint64_t value = 0;
   shm::Status status = shm::Status::kPending;
   shm::ErrorDetail detail = shm::ErrorDetail::kNone;
+  // While in flight, under ClientSlot::jobs_mu (read by workers at step boundaries, by
+  // the event queue when it parks, written by the connection's Cancel): the deadline
+  // (CLOCK_MONOTONIC ns, 0: none), FrameCtl::kCancelBy* bits, and the wait it is parked
+  // in (EventQueue::WaitId; 0: none), as FrameCtl keeps them for frames.
+  std::int64_t deadline_ns = 0;
+  std::uint32_t cancel = 0;
+  std::uint64_t wait = 0;
+  bool in_flight = false;  // accepted by a pool, its Result not yet taken
 };
 
 // A frame's daemon-private control state (ClientSlot::ctl[i] for frame i): what the
@@ -119,7 +127,7 @@ struct alignas(shm::kCacheLine) ClientSlot {
   std::atomic<std::uint64_t> backpressure{0};
 
   // A serialized job slot (reused when one is free), its environment copied in.
-  std::uint32_t new_job(std::uint64_t tag, std::string env);
+  std::uint32_t new_job(std::uint64_t tag, std::string env, std::int64_t deadline_ns = 0);
 
   shm::Frame* frame(std::uint32_t off) const noexcept {
     return reinterpret_cast<shm::Frame*>(base + off);

@@ -537,8 +537,21 @@ class SchedulerService final : public v1::Scheduler::Service {
       }
       fut = waiters_[tag].get_future();
     }
+    // The call's timeout (default 10 s) and the caller's own gRPC deadline, whichever is
+    // sooner, are the continuation's deadline: past it the daemon cuts it off, it does
+    // not run on for nobody.
+    auto timeout = std::chrono::milliseconds(req->timeout_ms() == 0 ? 10000 : req->timeout_ms());
+    const auto caller = ctx->deadline();
+    if (caller != std::chrono::system_clock::time_point::max()) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          caller - std::chrono::system_clock::now());
+      timeout = std::max(std::chrono::milliseconds(1), std::min(timeout, left));
+    }
+    const std::int64_t deadline_ns =
+        std::chrono::duration_cast<std::chrono::nanoseconds>((t0 + timeout).time_since_epoch())
+            .count();
     ClientSlot& s = *local_;
-    const std::uint32_t job = s.new_job(tag, req->env());
+    const std::uint32_t job = s.new_job(tag, req->env(), deadline_ns);
     shm::Status st;
     shm::ErrorDetail d;
     bool accepted;
@@ -549,6 +562,7 @@ class SchedulerService final : public v1::Scheduler::Service {
     if (!accepted) {
       {
         std::lock_guard lock(s.jobs_mu);
+        s.jobs[job]->in_flight = false;
         s.free_jobs.push_back(job);
       }
       {
@@ -572,15 +586,25 @@ class SchedulerService final : public v1::Scheduler::Service {
       }
       return invalid(why);
     }
-    const auto timeout =
-        std::chrono::milliseconds(req->timeout_ms() == 0 ? 10000 : req->timeout_ms());
-    if (fut.wait_for(timeout) != std::future_status::ready) {
+    // The result comes by the deadline (the daemon cuts the continuation off there) or
+    // soon after (a step running at the deadline finishes first): waited for in slices,
+    // so that a caller who cancels the call cancels the continuation too.
+    const auto give_up = t0 + timeout + std::chrono::seconds(1);
+    bool cancelled = false;
+    while (fut.wait_for(std::chrono::milliseconds(20)) != std::future_status::ready) {
+      if (!cancelled && ctx->IsCancelled()) {
+        cancelled = true;
+        ClientSource::of(*sched).cancel_serial(s, tag, FrameCtl::kCancelByClient);
+      }
+      if (std::chrono::steady_clock::now() < give_up) continue;
       std::lock_guard lock(waiters_mu_);
       if (waiters_.erase(tag) != 0) {
         return Status(StatusCode::DEADLINE_EXCEEDED,
                       "no result within " + std::to_string(timeout.count()) + " ms");
       }
+      break;  // it came just now
     }
+    if (cancelled) return Status(StatusCode::CANCELLED, "the call was cancelled");
     Outcome o = fut.get();
     if (o.shutdown) {
       return Status(StatusCode::UNAVAILABLE,

@@ -863,6 +863,11 @@ void Daemon::on_readable(Conn& c) {
       on_pass_fd(c, msg.pass_fd(), passed);
     } else if (msg.has_close_fd()) {
       on_close_fd(c, msg.close_fd());
+    } else if (msg.has_cancel()) {
+      // No answer of its own: the continuation's Result says how it ended.
+      if (c.slot != nullptr)
+        ClientSource::of(*c.sched).cancel_serial(*c.slot, msg.cancel().tag(),
+                                                 FrameCtl::kCancelByClient);
     } else {
       return close_conn(fd, "sent an empty message");
     }
@@ -1097,7 +1102,7 @@ void Daemon::on_submit(Conn& c, const v1::Continuation& cont) {
     return answer(Status::kBackpressure, ErrorDetail::kNone, "backpressure: " + full);
   }
   ClientSlot& s = *c.slot;
-  const std::uint32_t job = s.new_job(cont.tag(), cont.env());
+  const std::uint32_t job = s.new_job(cont.tag(), cont.env(), cont.deadline_ns());
   Status st;
   ErrorDetail d;
   bool accepted;
@@ -1109,6 +1114,7 @@ void Daemon::on_submit(Conn& c, const v1::Continuation& cont) {
   if (!accepted) {
     {
       std::lock_guard lock(s.jobs_mu);
+      s.jobs[job]->in_flight = false;
       s.free_jobs.push_back(job);
     }
     if (d == ErrorDetail::kArgumentOutOfRange) {

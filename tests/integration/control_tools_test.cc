@@ -108,6 +108,21 @@ TEST(ControlTools, ShouldRunASerializedContinuationThroughSubmit) {
   auto c = run_command(ctl_args(daemon.runtime_dir(), {"submit", "echo", "from the shell"}));
   EXPECT_EQ(c.exit_code, 0) << c.err;
   EXPECT_NE(c.out.find("from the shell"), std::string::npos) << c.out;
+
+  // The call's timeout is the continuation's deadline: a 60 s sleep ends at 200 ms with
+  // the continuation's own DEADLINE_EXCEEDED, and the daemon runs nothing on for it.
+  q.set_function("sleep");
+  q.set_arg(60'000'000'000);
+  q.set_timeout_ms(200);
+  const auto t0 = std::chrono::steady_clock::now();
+  st = stub->Submit(ctx().get(), q, &r);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(r.status_name(), "STATUS_DEADLINE_EXCEEDED") << r.error();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  v1::GetStatsRequest sq;
+  v1::Stats stats;
+  ASSERT_TRUE(stub->GetStats(ctx().get(), sq, &stats).ok());
+  EXPECT_EQ(stats.waits_parked(), 0u) << "the sleep is still parked";
 }
 
 TEST(ControlTools, ShouldExitWithCodesAScriptCanRelyOn) {

@@ -11,6 +11,7 @@
 #include <map>
 #include <random>
 #include <string>
+#include <thread>
 
 #include "insideout/client.hpp"
 #include "integration/raw_protocol.h"
@@ -109,6 +110,84 @@ TEST(SerializedProtocol, ShouldServeContinuationsToAProcessThatSpeaksTheProtocol
   // Nothing more comes: exactly one result each.
   v1::DaemonMessage extra;
   EXPECT_FALSE(conn.recv(&extra, 100ms).has_value()) << extra.DebugString();
+}
+
+std::int64_t monotonic_ns_from_now(std::chrono::nanoseconds d) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             (std::chrono::steady_clock::now() + d).time_since_epoch())
+      .count();
+}
+
+// Issue 9's deadlines and cancellation on the serialized path: a continuation past its
+// deadline fails whether parked, running or still queued; a Cancel ends a parked or a
+// running one; exactly one Result each; a Cancel of a tag with nothing in flight is
+// ignored; and Client::call()'s timeout is the continuation's deadline.
+TEST(SerializedProtocol, ShouldCutOffAtTheDeadlineAndOnCancelWithOneResultEach) {
+  DaemonProcess daemon;
+  ASSERT_TRUE(daemon.ready()) << daemon.log();
+  RawConnection conn(daemon.socket_path());
+  ASSERT_TRUE(conn.valid()) << conn.error();
+  handshake(conn);
+  const std::uint64_t kForever = 1ull << 40;   // a chain's steps: hours
+  const std::uint64_t kLong = 60'000'000'000;  // a sleep of 60 s
+  auto submit = [&](std::uint64_t tag, const char* fn, std::uint64_t arg, std::int64_t deadline) {
+    v1::ClientMessage m = submit_message(fn, "", arg, tag);
+    m.mutable_submit()->set_deadline_ns(deadline);
+    ASSERT_EQ(conn.send(m), 0);
+  };
+  const auto start = std::chrono::steady_clock::now();
+  submit(1, "sleep", kLong, monotonic_ns_from_now(150ms));     // parked past it
+  submit(2, "chain", kForever, monotonic_ns_from_now(150ms));  // running past it
+  submit(3, "noop", 0, monotonic_ns_from_now(-1ms));           // expired when queued
+  submit(4, "sleep", 1'000'000, monotonic_ns_from_now(10s));   // done well before it
+  submit(5, "sleep", kLong, 0);                                // parked, then cancelled
+  submit(6, "chain", kForever, 0);                             // running, then cancelled
+  std::this_thread::sleep_for(50ms);
+  for (std::uint64_t tag : {5ull, 6ull, 99ull}) {  // 99: nothing in flight, ignored
+    v1::ClientMessage m;
+    m.mutable_cancel()->set_tag(tag);
+    ASSERT_EQ(conn.send(m), 0);
+  }
+  submit(7, "noop", 0, 0);  // the connection still serves
+  const std::map<std::uint64_t, v1::Status> want = {{1, v1::STATUS_DEADLINE_EXCEEDED},
+                                                    {2, v1::STATUS_DEADLINE_EXCEEDED},
+                                                    {3, v1::STATUS_DEADLINE_EXCEEDED},
+                                                    {4, v1::STATUS_OK},
+                                                    {5, v1::STATUS_CANCELLED},
+                                                    {6, v1::STATUS_CANCELLED},
+                                                    {7, v1::STATUS_OK}};
+  std::map<std::uint64_t, v1::Result> got;
+  while (got.size() < want.size() && std::chrono::steady_clock::now() < start + 20s) {
+    v1::DaemonMessage m;
+    const auto st = conn.recv(&m, 1s);
+    if (!st) continue;
+    ASSERT_EQ(*st, v1::RecvStatus::kOk);
+    ASSERT_TRUE(m.has_result()) << m.DebugString();
+    EXPECT_FALSE(got.count(m.result().tag())) << "two results for tag " << m.result().tag();
+    got[m.result().tag()] = m.result();
+  }
+  // Promptly: nothing waited out its 60 s sleep or its endless chain.
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
+  for (const auto& [tag, status] : want) {
+    SCOPED_TRACE("tag " + std::to_string(tag));
+    ASSERT_TRUE(got.count(tag)) << "no result";
+    EXPECT_EQ(got[tag].status(), status) << got[tag].error();
+  }
+  EXPECT_NE(got[5].error().find("client"), std::string::npos) << got[5].error();
+  v1::DaemonMessage extra;
+  EXPECT_FALSE(conn.recv(&extra, 100ms).has_value()) << extra.DebugString();
+
+  // The library's call(): its timeout ends the continuation in the daemon too.
+  ClientOptions o;
+  o.socket_path = daemon.socket_path();
+  o.want_segment = false;
+  auto c = Client::connect(o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = (*c)->call("sleep", "", kLong, 200ms);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->status, Status::kDeadlineExceeded) << r->error;
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
 }
 
 TEST(SerializedProtocol, ShouldRefuseAMismatchedProtocolVersionNamingBothVersions) {

@@ -276,6 +276,8 @@ class Client {
                  std::optional<std::chrono::nanoseconds> timeout = std::nullopt);
 
   // The serialized path: a protobuf Continuation over the registration socket.
+  // `timeout` is also its deadline in the daemon: past it, it ends with
+  // kDeadlineExceeded whether queued, parked or running (at its next step).
   absl::StatusOr<SerialResult> call(
       std::string_view function, std::string_view env = {}, std::uint64_t arg = 0,
       std::chrono::milliseconds timeout = std::chrono::milliseconds(10000));
