@@ -85,7 +85,12 @@ AutosizeDecision AutosizePolicy::decide(const LoadSample& s) {
 
   // Windows: every sample in them must agree, so one spike (or one idle moment) is not
   // a trend.
-  const bool congested = !first && s.idle == 0 && d.delay >= config_.target_delay;
+  // Congested: every worker busy, and either at least two tasks waiting per worker
+  // (short steps: each waits little, but more workers would run them at once) or work
+  // waiting longer than the target.
+  const bool congested =
+      !first && s.idle == 0 && s.queued > 0 &&
+      (s.queued >= 2 * std::uint64_t{s.active} || d.delay >= config_.target_delay);
   if (!congested) {
     congested_since_.reset();
   } else if (!congested_since_) {

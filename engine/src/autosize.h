@@ -4,10 +4,12 @@
 //
 // The policy (AutosizePolicy) is a pure class: it is fed samples with their time and
 // answers a worker count, so tests drive it with a fake clock. Its rules:
-//   - congested: every worker is busy (none looking for work) and the queueing delay,
-//     estimated by Little's law (tasks waiting / tasks started per second), is at least
-//     `target_delay`. Congestion sustained for `grow_after` (every sample in the window
-//     congested: one spike is not enough) doubles the pool, up to `max`.
+//   - congested: every worker is busy (none looking for work) and work waits: at least
+//     two tasks per worker (continuations of short steps each wait little, yet more
+//     workers would run them at once), or a queueing delay, estimated by Little's law
+//     (tasks waiting / tasks started per second), of at least `target_delay`. Congestion
+//     sustained for `grow_after` (every sample in the window congested: one spike is not
+//     enough) doubles the pool, up to `max`.
 //   - idle: at least one worker looking for work at every sample. Idleness sustained for
 //     the shrink hold (`shrink_after`, longer while the pool flaps) removes half of the
 //     workers that were idle throughout (at least one), down to `min`.

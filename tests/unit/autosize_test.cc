@@ -117,10 +117,18 @@ TEST(AutosizePolicy, ShouldNotGrowWhileSomeWorkerIsIdle) {
   EXPECT_EQ(p.policy().grows(), 0u);
 }
 
-TEST(AutosizePolicy, ShouldNotGrowBelowTheTargetDelay) {
+TEST(AutosizePolicy, ShouldNotGrowOnAShortQueueBelowTheTargetDelay) {
   FakePool p(config(1, 8), 2);
-  // 100 waiting at 1000 per ms: 100 us, under the 200 us target.
-  for (int i = 0; i < 100; ++i) p.busy(100);
+  // 3 waiting (fewer than two per worker) at 1000 per ms: 3 us, under the 200 us target.
+  for (int i = 0; i < 100; ++i) p.busy(3);
+  EXPECT_EQ(p.workers(), 2u);
+}
+
+TEST(AutosizePolicy, ShouldGrowWhenShortStepsKeepEveryWorkerBusyWithWorkWaiting) {
+  FakePool p(config(1, 8), 1);
+  // 63 yielding chains behind one worker at 10 steps per us: each step waits 6.3 us
+  // (under the target), but a second worker would run half of them at once.
+  for (int i = 0; i < 10; ++i) p.busy(63, 10'000);
   EXPECT_EQ(p.workers(), 2u);
 }
 
