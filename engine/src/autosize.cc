@@ -196,11 +196,15 @@ void Autosizer::loop() {
     // `armed`. Either this look sees the worker awake, or the worker sees the bell armed
     // and rings it (under bell.mu, so not before this thread waits).
     bell.armed.store(true, std::memory_order_seq_cst);
-    if (scheduler_.all_parked()) {
+    // Asleep until a wake-up only at min; above it, until the next shrink is due, which
+    // the policy knows once a sample has opened its idle window (not yet right after a
+    // change, nor after a sample that caught a worker between two parks).
+    const auto due = policy.shrink_due();
+    if (scheduler_.all_parked() && (due || scheduler_.worker_count() <= config_.min)) {
       bump(sleeps_);
       const std::uint64_t seen = bell.rings;
       auto woken = [&] { return stop_ || bell.rings != seen; };
-      if (const auto due = policy.shrink_due()) {
+      if (due) {
         bell.cv.wait_until(lock, *due, woken);
       } else {
         bell.cv.wait(lock, woken);

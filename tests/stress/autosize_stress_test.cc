@@ -154,7 +154,13 @@ TEST(AutosizeStress, ShouldSleepWhileEveryWorkerIsParkedAndWakeWithTheFirst) {
          std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  ASSERT_EQ(d.scheduler().worker_count(), 1u);
+  {
+    const auto k = *d.scheduler().autosize_counters();
+    const auto l = d.scheduler().load();
+    ASSERT_EQ(d.scheduler().worker_count(), 1u)
+        << k.grows << " grows " << k.shrinks << " shrinks, delay " << k.last_delay_ns << " idle "
+        << l.idle << " queued " << l.queued;
+  }
   std::this_thread::sleep_for(std::chrono::milliseconds(20));  // let it go to sleep
   const auto before = *d.scheduler().autosize_counters();
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
