@@ -800,7 +800,9 @@ class SchedulerService final : public v1::Scheduler::Service {
     if (!next.autosize && old.autosize) {
       if (auto st = set_autosize(kDefaultPool, std::nullopt); !st.ok()) return st;
     }
-    if (!next.autosize && size_of(next) != size_of(old)) {
+    // Autosize turned off: the pool takes the file's size again (it is wherever the
+    // controller left it).
+    if (!next.autosize && (size_of(next) != size_of(old) || old.autosize)) {
       v1::ResizePoolRequest req;
       req.set_name(kDefaultPool);
       req.set_size(size_of(next));
@@ -841,11 +843,14 @@ class SchedulerService final : public v1::Scheduler::Service {
           return absl_of(Status(st.error_code(), "pool '" + p.name + "': " + st.error_message()));
         continue;
       }
-      const bool was_auto = daemon_.pool(p.name)->autosize().has_value();
-      if (!p.autosize && was_auto && (before == nullptr || before->autosize)) {
+      // Autosize the file turned off (one set live by SetPoolAutosize stays, as a live
+      // resize does): off first, then the file's size.
+      const bool turned_off = !p.autosize && daemon_.pool(p.name)->autosize().has_value() &&
+                              (before == nullptr || before->autosize);
+      if (turned_off) {
         if (auto st = set_autosize(p.name, std::nullopt); !st.ok()) return st;
       }
-      if (!p.autosize && (before == nullptr || before->size != p.size)) {
+      if (!p.autosize && (before == nullptr || before->size != p.size || turned_off)) {
         v1::ResizePoolRequest req;
         req.set_name(p.name);
         req.set_size(p.size);

@@ -241,5 +241,35 @@ TEST(ControlAutosize, ShouldCheckAutosizeInAConfigurationFile) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(ControlAutosize, ShouldTurnAutosizeOnAndOffOnReload) {
+  char tmpl[] = "/tmp/io-autosize-XXXXXX";
+  const std::string dir = ::mkdtemp(tmpl);
+  const std::string config = dir + "/insideoutd.toml";
+  std::ofstream(config) << "workers = 1\n[[pools]]\nname = \"b\"\nsize = 1\n"
+                        << "autosize = { min = 1, max = 1 }\n";
+  DaemonProcess daemon({"--config", config});
+  ASSERT_TRUE(daemon.ready()) << daemon.log();
+  auto stub = control_stub(daemon.runtime_dir());
+  EXPECT_TRUE(pool_named(*stub, "b").autosize().enabled());
+  EXPECT_FALSE(pool_named(*stub, "default").autosize().enabled());
+  // Off for "b" (which takes the file's size), on for the default pool.
+  std::ofstream(config) << "workers = 1\nautosize = { min = 1, max = 1, shrink_after_ms = 5 }\n"
+                        << "[[pools]]\nname = \"b\"\nsize = 2\n";
+  auto r = run_command(ctl_args(daemon.runtime_dir(), {"reload"}));
+  EXPECT_EQ(r.exit_code, 0) << r.err << daemon.log();
+  v1::Pool b = pool_named(*stub, "b");
+  EXPECT_FALSE(b.autosize().enabled());
+  EXPECT_EQ(b.size(), 2u);
+  v1::Pool d = pool_named(*stub, "default");
+  EXPECT_TRUE(d.autosize().enabled());
+  EXPECT_EQ(d.autosize().shrink_after_ms(), 5u);
+  // The effective configuration says so.
+  r = run_command(ctl_args(daemon.runtime_dir(), {"config"}));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("autosize = { min = 1, max = 1"), std::string::npos) << r.out;
+  EXPECT_EQ(daemon.stop(SIGTERM), 0) << daemon.log();
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace insideout::testing
