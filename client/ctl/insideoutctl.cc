@@ -674,11 +674,17 @@ grpc::Status top_loop(Ctl& ctl, unsigned interval_ms, unsigned iterations) {
                   info.version().c_str(), info.pid(), info.uptime_seconds(),
                   info.cpus_allowed().c_str(), info.cpus_online(), info.workers(), info.clients());
     out += line;
-    out += "\x1b[7mPOOL       SIZE  CPUS        IDLE             POLICY  CLIENTS\x1b[0m\r\n";
+    out +=
+        "\x1b[7mPOOL       SIZE  AUTO      CPUS        IDLE             POLICY  CLIENTS\x1b[0m\r\n";
     for (const auto& p : ps.pools()) {
-      std::snprintf(line, sizeof(line), "%-10s %4u  %-10s  %-15s  %-6s  %7u\r\n", p.name().c_str(),
-                    p.size(), p.cpus().c_str(), idle_text(p.idle()).c_str(),
-                    policy_text(p.attributes().policy()).c_str(), p.clients());
+      const std::string autosize =
+          p.autosize().enabled()
+              ? std::to_string(p.autosize().min()) + ".." + std::to_string(p.autosize().max())
+              : "-";
+      std::snprintf(line, sizeof(line), "%-10s %4u  %-8s  %-10s  %-15s  %-6s  %7u\r\n",
+                    p.name().c_str(), p.size(), autosize.c_str(), p.cpus().c_str(),
+                    idle_text(p.idle()).c_str(), policy_text(p.attributes().policy()).c_str(),
+                    p.clients());
       out += line;
     }
     out +=
