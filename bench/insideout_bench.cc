@@ -8,6 +8,8 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <cctype>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +17,9 @@
 #include <thread>
 
 #include "bench_common.h"
+#include "client_source.h"
+#include "clients.h"
+#include "engine.h"
 #include "insideout/client.hpp"
 #include "insideout_daemon.h"
 #include "task.h"
@@ -273,6 +278,172 @@ int memory(const Options& o) {
   return 0;
 }
 
+// ---- autosize_burst: a pool that sizes itself beside a fixed one ----------------------
+
+// The daemon's workers (threads named io-wN; not io-watch or io-autosize), from /proc:
+// a thread appears when resize() starts it and is gone once it was joined.
+unsigned worker_threads(pid_t pid) {
+  unsigned n = 0;
+  std::error_code ec;
+  for (const auto& e :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
+    std::ifstream in(e.path() / "comm");
+    std::string name;
+    std::getline(in, name);
+    if (name.size() > 4 && name.rfind("io-w", 0) == 0 && std::isdigit(name[4])) ++n;
+  }
+  return n;
+}
+
+// What a grow (1 -> 2 workers) and a shrink (2 -> 1) cost the thread that resizes: the
+// engine's Scheduler::resize(), in this process, with no work.
+int resize_cost(const Options& o) {
+  engine::FunctionRegistry registry;
+  daemon::register_builtins(registry);
+  daemon::ClientTable table(8);
+  daemon::SchedulerConfig cfg;
+  cfg.workers = 1;
+  cfg.idle = IdleStrategy::kBlock;
+  daemon::Scheduler s(cfg, registry, std::make_unique<daemon::ClientSource>(table, registry, 0));
+  s.start();
+  std::vector<std::uint64_t> grow, shrink;
+  const std::uint64_t n = o.pick(2000, 300, 20);
+  for (std::uint64_t i = 0; i < n; ++i) {
+    const std::uint64_t t0 = now_ns();
+    s.resize(2);
+    const std::uint64_t t1 = now_ns();
+    s.resize(1);
+    const std::uint64_t t2 = now_ns();
+    grow.push_back(t1 - t0);
+    shrink.push_back(t2 - t1);
+  }
+  s.drain(std::chrono::seconds(1));
+  s.stop();
+  std::sort(grow.begin(), grow.end());
+  std::sort(shrink.begin(), shrink.end());
+  emit("autosize_burst", "insideout_autosize", "grow_cost_p50", percentile(grow, 0.5) / 1e3, "us");
+  emit("autosize_burst", "insideout_autosize", "shrink_cost_p50", percentile(shrink, 0.5) / 1e3,
+       "us");
+  return 0;
+}
+
+// Bursts of `chain` continuations (each about 1 ms of steps) 150 ms apart, from one client
+// that sleeps while it waits: the completion latency of each continuation (submit to
+// seen done) in a pool of N pinned workers (`insideout_fixed`) and in one that sizes
+// itself within 1..N (`insideout_autosize`, started at N and left to shrink first). For
+// the latter, from the worker threads the daemon has (sampled every 200 us): how long a
+// burst waited for its first extra worker and for all N, and how long after a burst the
+// pool was back to 1 (`shrink_ms`; the gap, 150 ms, when it was not). `grown_bursts`:
+// the bursts that met one worker and got more.
+int autosize_burst(const Options& o, bool autosize) {
+  const unsigned n = std::max(2u, std::min(4u, std::thread::hardware_concurrency()));
+  std::string cpus;
+  for (unsigned i = 0; i < n; ++i) append_cpu(cpus, i);
+  std::vector<std::string> extra;
+  if (autosize) extra = {"--autosize", "1.." + std::to_string(n)};
+  Daemon d(n, cpus, "spin-then-block", extra);
+  if (!d.ok()) return 1;
+  auto c = d.connect(IdleStrategy::kBlock);
+  if (!c) return 1;
+  const char* system = autosize ? "insideout_autosize" : "insideout_fixed";
+  const auto chain = *c->function_id("chain");
+  // About 1 ms of steps per continuation (chain_step_workers1 is some 25-50 ns a step).
+  const std::uint64_t steps = 30'000;
+  const unsigned burst = 8 * n;
+  // Longer than the shrink hold's back-off (a grow within two holds of a shrink doubles
+  // it), so that each burst meets a pool of one worker: what is measured is the reaction
+  // from 1, not a pool that (rightly) kept its workers between close bursts.
+  const auto gap = std::chrono::milliseconds(150);
+  const std::uint64_t rounds = o.pick(40, 12, 3);
+  auto idle_until_one = [&](std::chrono::milliseconds limit) {
+    const auto end = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < end) {
+      if (worker_threads(d.pid()) == 1) return true;
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    return false;
+  };
+  if (autosize) {
+    // Idle from the start: the first shrink to 1 is the idle reaction.
+    const std::uint64_t t0 = now_ns();
+    if (!idle_until_one(std::chrono::seconds(5))) {
+      fail(o, "insideout_autosize: the idle pool did not shrink to 1 within 5 s");
+      return 1;
+    }
+    emit("autosize_burst", system, "idle_shrink_to_1_ms", double(now_ns() - t0) / 1e6, "ms");
+    std::this_thread::sleep_for(gap);  // as between bursts
+  }
+  std::vector<std::uint64_t> latency, grow, full, shrink, makespan;
+  double worker_sum = 0;
+  std::uint64_t worker_samples = 0;
+  for (std::uint64_t r = 0; r < rounds; ++r) {
+    std::vector<Handle> hs;
+    std::vector<std::uint64_t> start;
+    const bool from_one = worker_threads(d.pid()) == 1;
+    const std::uint64_t t0 = now_ns();
+    for (unsigned i = 0; i < burst; ++i) {
+      auto h = c->submit(chain, {}, steps);
+      if (!h.ok()) return 1;
+      start.push_back(now_ns());
+      hs.push_back(std::move(*h));
+    }
+    std::uint64_t t_grow = 0, t_full = 0, last_done = 0;
+    std::vector<bool> seen(hs.size(), false);
+    std::size_t left = hs.size();
+    const std::uint64_t limit = t0 + 30'000'000'000ull;
+    while (left > 0 && now_ns() < limit) {
+      c->poll();
+      const std::uint64_t now = now_ns();
+      for (std::size_t i = 0; i < hs.size(); ++i) {
+        if (seen[i] || !hs[i].done()) continue;
+        seen[i] = true;
+        --left;
+        latency.push_back(now - start[i]);
+        last_done = now;
+      }
+      const unsigned w = worker_threads(d.pid());
+      worker_sum += w;
+      ++worker_samples;
+      if (t_grow == 0 && w > 1) t_grow = now;
+      if (t_full == 0 && w >= n) t_full = now;
+      if (left > 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    if (left > 0) {
+      fail(o, (std::string(system) + ": a burst did not complete within 30 s").c_str());
+      return 1;
+    }
+    for (auto& h : hs) {
+      if (h.wait() != Status::kOk) return 1;
+    }
+    makespan.push_back(last_done - t0);
+    if (autosize) {
+      if (from_one && t_grow != 0) grow.push_back(t_grow - t0);
+      if (from_one && t_full != 0) full.push_back(t_full - t0);
+      idle_until_one(gap);
+      shrink.push_back(now_ns() - last_done);
+      const auto rest = gap - std::chrono::nanoseconds(now_ns() - last_done);
+      if (rest.count() > 0) std::this_thread::sleep_for(rest);
+    } else {
+      std::this_thread::sleep_for(gap);
+    }
+  }
+  std::sort(latency.begin(), latency.end());
+  emit("autosize_burst", system, "latency_p50", percentile(latency, 0.5) / 1e3, "us");
+  emit("autosize_burst", system, "latency_p99", percentile(latency, 0.99) / 1e3, "us");
+  std::sort(makespan.begin(), makespan.end());
+  emit("autosize_burst", system, "burst_ms_p50", percentile(makespan, 0.5) / 1e6, "ms");
+  emit("autosize_burst", system, "workers_while_busy", worker_sum / double(worker_samples),
+       "workers");
+  if (autosize) {
+    for (auto* v : {&grow, &full, &shrink}) std::sort(v->begin(), v->end());
+    emit("autosize_burst", system, "grow_ms_p50", percentile(grow, 0.5) / 1e6, "ms");
+    emit("autosize_burst", system, "grow_to_max_ms_p50", percentile(full, 0.5) / 1e6, "ms");
+    emit("autosize_burst", system, "shrink_to_1_ms_p50", percentile(shrink, 0.5) / 1e6, "ms");
+    emit("autosize_burst", system, "grown_bursts", double(grow.size()), "bursts");
+  }
+  return 0;
+}
+
 }  // namespace
 }  // namespace insideout::bench
 
@@ -289,6 +460,7 @@ int main(int argc, char** argv) {
                                         "rtt_busy",
                                         "rtt_sleep",
                                         "memory",
+                                        "autosize_burst",
                                         "billion"};
   for (const auto& s : dispatch_scenarios()) scenarios.push_back(s);
   for (unsigned t : dispatch_thread_counts()) {
@@ -313,6 +485,12 @@ int main(int argc, char** argv) {
       failures += in_daemon(o, t, false);
   }
   if (o.wants("memory")) failures += memory(o);
+  if (o.wants("autosize_burst")) {
+    // Alternated, so that drift hits both alike.
+    failures += autosize_burst(o, false);
+    failures += autosize_burst(o, true);
+    failures += resize_cost(o);
+  }
   // The billion runs only when asked for by name, or in a full run.
   if (o.scenario == "billion" || (o.scenario == "all" && o.size == Size::kFull)) {
     failures += in_daemon(o, std::max(1u, std::thread::hardware_concurrency()), true);

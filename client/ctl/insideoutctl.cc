@@ -674,11 +674,17 @@ grpc::Status top_loop(Ctl& ctl, unsigned interval_ms, unsigned iterations) {
                   info.version().c_str(), info.pid(), info.uptime_seconds(),
                   info.cpus_allowed().c_str(), info.cpus_online(), info.workers(), info.clients());
     out += line;
-    out += "\x1b[7mPOOL       SIZE  CPUS        IDLE             POLICY  CLIENTS\x1b[0m\r\n";
+    out +=
+        "\x1b[7mPOOL       SIZE  AUTO      CPUS        IDLE             POLICY  CLIENTS\x1b[0m\r\n";
     for (const auto& p : ps.pools()) {
-      std::snprintf(line, sizeof(line), "%-10s %4u  %-10s  %-15s  %-6s  %7u\r\n", p.name().c_str(),
-                    p.size(), p.cpus().c_str(), idle_text(p.idle()).c_str(),
-                    policy_text(p.attributes().policy()).c_str(), p.clients());
+      const std::string autosize =
+          p.autosize().enabled()
+              ? std::to_string(p.autosize().min()) + ".." + std::to_string(p.autosize().max())
+              : "-";
+      std::snprintf(line, sizeof(line), "%-10s %4u  %-8s  %-10s  %-15s  %-6s  %7u\r\n",
+                    p.name().c_str(), p.size(), autosize.c_str(), p.cpus().c_str(),
+                    idle_text(p.idle()).c_str(), policy_text(p.attributes().policy()).c_str(),
+                    p.clients());
       out += line;
     }
     out +=
@@ -855,7 +861,7 @@ int main(int argc, char** argv) {
   attr->add_option("--priority", priority, "Realtime priority (fifo, rr: 1..99)");
   attr->add_option("--nice", nice, "Nice value, -20..19");
 
-  auto* pool = app.add_subcommand("pool", "Create, resize or delete a named pool");
+  auto* pool = app.add_subcommand("pool", "Create, resize, autosize or delete a named pool");
   pool->require_subcommand(1);
   std::string pool_name, pool_idle;
   unsigned pool_size = 0;
@@ -867,9 +873,36 @@ int main(int argc, char** argv) {
   pcreate->add_option("--priority", priority, "Realtime priority");
   pcreate->add_option("--nice", nice, "Nice value");
   pcreate->add_option("--idle", pool_idle, "block, spin-then-block or poll");
-  auto* presize = pool->add_subcommand("resize", "Change a pool's number of workers");
+  std::string create_autosize;
+  pcreate->add_option("--autosize", create_autosize,
+                      "MIN..MAX: the pool sizes itself within these bounds (--size is where it "
+                      "starts)");
+  auto* presize = pool->add_subcommand(
+      "resize",
+      "Change a pool's number of workers (refused for a pool that sizes itself: turn autosize "
+      "off first, or change its bounds)");
   presize->add_option("name", pool_name)->required();
   presize->add_option("size", pool_size)->required();
+  unsigned auto_min = 0, auto_max = 0, auto_grow_us = 0, auto_shrink_ms = 0, auto_delay_us = 0,
+           auto_interval_us = 0;
+  bool auto_off = false;
+  auto* pautosize = pool->add_subcommand(
+      "autosize",
+      "Let a pool size itself within MIN..MAX: it doubles after every worker has been busy "
+      "with work waiting (two tasks per worker, or longer than the target delay) for "
+      "--grow-after-us, and gives back half of its idle workers after --shrink-after-ms of "
+      "idleness; --off keeps the current size");
+  pautosize->add_option("name", pool_name, "The pool (default for the default pool)")->required();
+  auto* amin = pautosize->add_option("--min", auto_min, "The fewest workers (at least 1)");
+  auto* amax = pautosize->add_option("--max", auto_max, "The most workers (at most its CPUs)");
+  pautosize->add_option("--grow-after-us", auto_grow_us, "Congestion this long grows (1000)");
+  pautosize->add_option("--shrink-after-ms", auto_shrink_ms, "Idleness this long shrinks (20)");
+  pautosize->add_option("--target-delay-us", auto_delay_us,
+                        "Queueing delay that counts as congestion (200)");
+  pautosize->add_option("--interval-us", auto_interval_us,
+                        "Sampling period while the pool is awake (250)");
+  auto* aoff = pautosize->add_flag("--off", auto_off, "Stop sizing itself; keep the current size");
+  aoff->excludes(amin)->excludes(amax);
   auto* pdelete = pool->add_subcommand("delete", "Delete a pool");
   pdelete->add_option("name", pool_name)->required();
 
@@ -987,11 +1020,15 @@ int main(int argc, char** argv) {
     v1::ListPoolsResponse r;
     if (auto st = stub.ListPools(ctl.context().get(), {}, &r); !st.ok()) return ctl.error(st);
     if (o.json) return print_json(r), kOk;
-    std::printf("%-12s %5s %-12s %-16s %-6s %4s %4s %7s\n", "POOL", "SIZE", "CPUS", "IDLE",
-                "POLICY", "PRIO", "NICE", "CLIENTS");
+    std::printf("%-12s %5s %-10s %-12s %-16s %-6s %4s %4s %7s\n", "POOL", "SIZE", "AUTO", "CPUS",
+                "IDLE", "POLICY", "PRIO", "NICE", "CLIENTS");
     for (const auto& p : r.pools()) {
-      std::printf("%-12s %5u %-12s %-16s %-6s %4d %4d %7u\n", p.name().c_str(), p.size(),
-                  p.cpus().c_str(), idle_text(p.idle()).c_str(),
+      const std::string autosize =
+          p.autosize().enabled()
+              ? std::to_string(p.autosize().min()) + ".." + std::to_string(p.autosize().max())
+              : "-";
+      std::printf("%-12s %5u %-10s %-12s %-16s %-6s %4d %4d %7u\n", p.name().c_str(), p.size(),
+                  autosize.c_str(), p.cpus().c_str(), idle_text(p.idle()).c_str(),
                   policy_text(p.attributes().policy()).c_str(), p.attributes().priority(),
                   p.attributes().nice(), p.clients());
     }
@@ -1060,8 +1097,34 @@ int main(int argc, char** argv) {
       if (pool_idle == "block") p->set_idle(v1::IDLE_STRATEGY_BLOCK);
       if (pool_idle == "spin-then-block") p->set_idle(v1::IDLE_STRATEGY_SPIN_THEN_BLOCK);
       if (pool_idle == "poll") p->set_idle(v1::IDLE_STRATEGY_POLL);
+      if (!create_autosize.empty()) {
+        unsigned lo = 0, hi = 0;
+        char tail = 0;
+        if (std::sscanf(create_autosize.c_str(), "%u..%u%c", &lo, &hi, &tail) != 2)
+          return fail(kUsage, "--autosize: '" + create_autosize + "' is not MIN..MAX, e.g. 1..4");
+        p->mutable_autosize()->set_enabled(true);
+        p->mutable_autosize()->set_min(lo);
+        p->mutable_autosize()->set_max(hi);
+      }
       v1::CreatePoolResponse r;
       st = stub.CreatePool(ctl.context().get(), q, &r);
+    } else if (*pautosize) {
+      if (!auto_off && (amin->count() == 0 || amax->count() == 0))
+        return fail(kUsage, "pool autosize: give --min and --max, or --off");
+      v1::SetPoolAutosizeRequest q;
+      q.set_name(pool_name);
+      if (!auto_off) {
+        auto* a = q.mutable_autosize();
+        a->set_enabled(true);
+        a->set_min(auto_min);
+        a->set_max(auto_max);
+        a->set_grow_after_us(auto_grow_us);
+        a->set_shrink_after_ms(auto_shrink_ms);
+        a->set_target_delay_us(auto_delay_us);
+        a->set_interval_us(auto_interval_us);
+      }
+      v1::SetPoolAutosizeResponse r;
+      st = stub.SetPoolAutosize(ctl.context().get(), q, &r);
     } else if (*presize) {
       v1::ResizePoolRequest q;
       q.set_name(pool_name);

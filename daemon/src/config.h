@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "autosize.h"
 #include "event_queue.h"
 #include "insideout/shm/futex.h"
 #include "insideout/shm/layout.h"
@@ -26,6 +27,8 @@ struct PoolConfig {
   std::optional<shm::IdleStrategy> idle;  // unset: the daemon's --idle
   std::string policy;                     // other, batch, idle, fifo, rr; empty: inherited
   std::optional<int> priority, nice;
+  // Set: the pool sizes itself within [min, max] (`size` is where it starts).
+  std::optional<engine::AutosizeConfig> autosize;
   bool operator==(const PoolConfig&) const = default;
 };
 
@@ -33,6 +36,8 @@ struct DaemonConfig {
   std::string runtime_dir;    // empty: shm::default_runtime_dir()
   std::uint32_t workers = 0;  // 0: one per CPU in `cpus`
   std::vector<int> cpus;      // empty: the CPUs in the process's affinity mask
+  // Set: the default pool sizes itself within [min, max] (`workers` is where it starts).
+  std::optional<engine::AutosizeConfig> autosize;
   bool pin = true;
   shm::IdleStrategy idle = shm::IdleStrategy::kSpinThenBlock;
   std::chrono::microseconds spin{50};

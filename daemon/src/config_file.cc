@@ -173,6 +173,54 @@ const std::vector<std::string> kIdle = {"block", "spin-then-block", "poll"};
 const std::vector<std::string> kPolicies = {"other", "batch", "idle", "fifo", "rr"};
 const std::vector<std::string> kLevels = {"trace", "debug", "info", "warn", "error", "off"};
 
+// `autosize = { min = 1, max = 4, grow_after_us = 1000, shrink_after_ms = 20,
+// target_delay_us = 200, interval_us = 250 }`: min and max required, the rest optional.
+void read_autosize(const toml::node& n, const std::string& prefix,
+                   std::optional<engine::AutosizeConfig>* out, std::vector<ConfigError>& errors) {
+  const toml::table* t = n.as_table();
+  if (t == nullptr) {
+    errors.push_back(
+        {line_of(n), prefix,
+         std::string("expected a table such as { min = 1, max = 4 }, not ") + type_name(n)});
+    return;
+  }
+  Reader r(errors, prefix + ".");
+  engine::AutosizeConfig c;
+  c.grow_after = c.shrink_after = c.target_delay = c.interval = std::chrono::microseconds(0);
+  bool has_min = false, has_max = false;
+  auto us = [&](std::chrono::microseconds* f, std::int64_t scale) {
+    return [&r, f, scale](const toml::node& v) {
+      std::int64_t x;
+      if (r.integer(v, &x, 1, 600'000'000 / scale)) *f = std::chrono::microseconds(x * scale);
+    };
+  };
+  r.on("min", [&](const toml::node& v) { has_min = r.integer(v, &c.min, 1, kMaxPoolWorkers); });
+  r.on("max", [&](const toml::node& v) { has_max = r.integer(v, &c.max, 1, kMaxPoolWorkers); });
+  r.on("grow_after_us", us(&c.grow_after, 1));
+  r.on("shrink_after_ms", us(&c.shrink_after, 1000));
+  r.on("target_delay_us", us(&c.target_delay, 1));
+  r.on("interval_us", us(&c.interval, 1));
+  const std::size_t before = errors.size();
+  r.run(*t);
+  if (!has_min || !has_max) {
+    if (errors.size() == before)
+      errors.push_back(
+          {line_of(n), prefix, "autosize needs min and max, e.g. { min = 1, max = 4 }"});
+    return;
+  }
+  if (errors.size() == before) *out = engine::with_autosize_defaults(c);
+}
+
+// The bounds against the pool's CPUs (every allowed CPU when it names none).
+void check_autosize_bounds(const std::optional<engine::AutosizeConfig>& a,
+                           const std::vector<int>& cpus, std::uint32_t line, const std::string& key,
+                           std::vector<ConfigError>& errors) {
+  if (!a) return;
+  const auto n = static_cast<std::uint32_t>(cpus.empty() ? allowed_cpus().size() : cpus.size());
+  if (std::string why = engine::check_autosize(*a, n); !why.empty())
+    errors.push_back({line, key, why});
+}
+
 void read_pool(const toml::table& t, std::size_t index, PoolConfig* p,
                std::vector<ConfigError>& errors) {
   Reader r(errors, "pools[" + std::to_string(index) + "].");
@@ -201,9 +249,15 @@ void read_pool(const toml::table& t, std::size_t index, PoolConfig* p,
     int v;
     if (r.integer(n, &v, -20, 19)) p->nice = v;
   });
+  std::uint32_t autosize_line = 0;
+  r.on("autosize", [&](const toml::node& n) {
+    autosize_line = line_of(n);
+    read_autosize(n, r.current(), &p->autosize, errors);
+  });
   r.run(t);
   const std::uint32_t line = static_cast<std::uint32_t>(t.source().begin.line);
   const std::string at = "pools[" + std::to_string(index) + "]";
+  check_autosize_bounds(p->autosize, p->cpus, autosize_line, at + ".autosize", errors);
   if (!has_name) errors.push_back({line, at + ".name", "every pool needs a name"});
   // The kernel's ranges, as SetThreadAttributes checks them: realtime 1..99, others 0.
   const bool rt = p->policy == "fifo" || p->policy == "rr";
@@ -291,6 +345,11 @@ ConfigFile parse_config(std::string_view text, const DaemonConfig& base) {
     r.one_of(n, &c.log_target, {"auto", "journal", "stderr"});
   });
   r.on("enable_test_functions", [&](const toml::node& n) { r.boolean(n, &c.test_functions); });
+  std::uint32_t autosize_line = 0;
+  r.on("autosize", [&](const toml::node& n) {
+    autosize_line = line_of(n);
+    read_autosize(n, "autosize", &c.autosize, out.errors);
+  });
   r.on("pools", [&](const toml::node& n) {
     const toml::array* a = n.as_array();
     if (a == nullptr || !a->is_array_of_tables()) {
@@ -310,6 +369,7 @@ ConfigFile parse_config(std::string_view text, const DaemonConfig& base) {
     }
   });
   r.run(root);
+  check_autosize_bounds(c.autosize, c.cpus, autosize_line, "autosize", out.errors);
   for (const auto& [k, v] : root) out.keys.emplace_back(k.str());
   // The checks across keys validate() makes for the command line, with file words.
   if (out.errors.empty()) {
@@ -347,6 +407,14 @@ std::string quoted(const std::string& s) {
   return o.str();
 }
 
+std::string autosize_toml(const engine::AutosizeConfig& a) {
+  return "{ min = " + std::to_string(a.min) + ", max = " + std::to_string(a.max) +
+         ", grow_after_us = " + std::to_string(a.grow_after.count()) +
+         ", shrink_after_ms = " + std::to_string(a.shrink_after.count() / 1000) +
+         ", target_delay_us = " + std::to_string(a.target_delay.count()) +
+         ", interval_us = " + std::to_string(a.interval.count()) + " }";
+}
+
 }  // namespace
 
 std::string to_toml(const DaemonConfig& c) {
@@ -357,6 +425,7 @@ std::string to_toml(const DaemonConfig& c) {
   line("runtime_dir", quoted(c.runtime_dir));
   line("workers", num(c.workers));
   line("cpus", quoted(format_cpu_list(c.cpus)));
+  if (c.autosize) line("autosize", autosize_toml(*c.autosize));
   line("pin", b(c.pin));
   line("idle", quoted(std::string(shm::idle_strategy_name(c.idle))));
   line("spin_us", num(c.spin.count()));
@@ -392,6 +461,7 @@ std::string to_toml(const DaemonConfig& c) {
     if (!p.policy.empty()) line("policy", quoted(p.policy));
     if (p.priority) line("priority", num(*p.priority));
     if (p.nice) line("nice", num(*p.nice));
+    if (p.autosize) line("autosize", autosize_toml(*p.autosize));
   }
   return o.str();
 }

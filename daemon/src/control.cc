@@ -149,6 +149,7 @@ class SchedulerService final : public v1::Scheduler::Service {
   // for their whole timeout, and new ones are refused.
   void stopping() {
     stopping_.store(true, std::memory_order_relaxed);
+    for (const auto& p : daemon_.pools()) p.scheduler->set_autosize(std::nullopt);
     std::lock_guard lock(waiters_mu_);
     for (auto& [tag, p] : waiters_) {
       Outcome o;
@@ -346,6 +347,13 @@ class SchedulerService final : public v1::Scheduler::Service {
       if (!planned.ok()) return to_grpc(planned.status());
       attr = *planned;
     }
+    std::optional<engine::AutosizeConfig> autosize;
+    if (p.autosize().enabled()) {
+      auto a = check_autosize_request(p.autosize(), cpu_count(sc.cpus));
+      if (!a.ok()) return to_grpc(a.status());
+      autosize = *a;
+      sc.workers = std::clamp(sc.workers, autosize->min, autosize->max);
+    }
     std::lock_guard lock(change_mu_);
     auto made = daemon_.create_pool(p.name(), sc);
     if (!made.ok())
@@ -360,6 +368,7 @@ class SchedulerService final : public v1::Scheduler::Service {
       }
     }
     pool_attrs_[p.name()] = attr;
+    if (autosize) start_autosize(*made, p.name(), *autosize);
     for (const auto& info : daemon_.pools()) {
       if (info.name == p.name()) describe_pool(info, out->mutable_pool());
     }
@@ -379,19 +388,45 @@ class SchedulerService final : public v1::Scheduler::Service {
                     "no pool named '" + name + "' (the pools are " + pool_names(pools) + ")");
     }
     if (auto st = check_pool_size(req->size()); !st.ok()) return to_grpc(st);
-    Scheduler& s = *it->scheduler;
-    const std::uint32_t before = s.worker_count();
-    const std::uint32_t after = s.resize(req->size());
+    if (const auto a = it->scheduler->autosize()) {
+      return Status(StatusCode::FAILED_PRECONDITION,
+                    "pool '" + name + "' sizes itself (autosize " + std::to_string(a->min) + ".." +
+                        std::to_string(a->max) +
+                        "): change its bounds, or turn it off first (insideoutctl pool autosize " +
+                        name + " --off)");
+    }
+    const std::uint32_t before = it->scheduler->worker_count();
+    const std::uint32_t after = resize_locked(it->scheduler, name, req->size());
     if (after != req->size())
       return Status(StatusCode::UNAVAILABLE, "pool '" + name + "' is shutting down");
-    // New workers take the pool's attributes (set at creation or since, for the pool).
-    auto at = pool_attrs_.find(name);
-    for (std::uint32_t i = before; i < after && at != pool_attrs_.end(); ++i) {
-      if (auto st = apply_pool_attr(at->second, {it->scheduler, name, i}); !st.ok()) {
-        spdlog::warn("control: pool '{}': {}", name, st.error_message());
-      }
-    }
     spdlog::info("control: pool '{}' resized from {} to {} workers", name, before, after);
+    describe_pool(*it, out->mutable_pool());
+    return Status::OK;
+  }
+
+  Status SetPoolAutosize(ServerContext* ctx, const v1::SetPoolAutosizeRequest* req,
+                         v1::SetPoolAutosizeResponse* out) override {
+    if (auto st = check(ctx, true); !st.ok()) return st;
+    const std::string name = req->name().empty() ? kDefaultPool : req->name();
+    std::lock_guard lock(change_mu_);
+    const auto pools = daemon_.pools();
+    auto it =
+        std::find_if(pools.begin(), pools.end(), [&](const auto& p) { return p.name == name; });
+    if (it == pools.end()) {
+      return Status(StatusCode::NOT_FOUND,
+                    "no pool named '" + name + "' (the pools are " + pool_names(pools) + ")");
+    }
+    if (!req->autosize().enabled()) {
+      if (it->scheduler->autosize()) {
+        it->scheduler->set_autosize(std::nullopt);
+        spdlog::info("control: pool '{}' no longer sizes itself (kept at {} workers)", name,
+                     it->scheduler->worker_count());
+      }
+    } else {
+      auto a = check_autosize_request(req->autosize(), cpu_count(it->scheduler->config().cpus));
+      if (!a.ok()) return to_grpc(a.status());
+      start_autosize(it->scheduler, name, *a);
+    }
     describe_pool(*it, out->mutable_pool());
     return Status::OK;
   }
@@ -773,8 +808,25 @@ class SchedulerService final : public v1::Scheduler::Service {
                  ? c.workers
                  : static_cast<std::uint32_t>(c.cpus.empty() ? allowed.size() : c.cpus.size());
     };
+    // Autosize off before a resize (ResizePool refuses a pool that sizes itself), on
+    // after the pool has its size.
+    auto set_autosize = [&](const std::string& name,
+                            const std::optional<engine::AutosizeConfig>& a) -> absl::Status {
+      v1::SetPoolAutosizeRequest req;
+      req.set_name(name);
+      if (a) *req.mutable_autosize() = autosize_proto(*a);
+      v1::SetPoolAutosizeResponse resp;
+      if (auto st = SetPoolAutosize(nullptr, &req, &resp); !st.ok())
+        return absl_of(Status(st.error_code(), "pool '" + name + "': " + st.error_message()));
+      return absl::OkStatus();
+    };
     // The default pool.
-    if (size_of(next) != size_of(old)) {
+    if (!next.autosize && old.autosize) {
+      if (auto st = set_autosize(kDefaultPool, std::nullopt); !st.ok()) return st;
+    }
+    // Autosize turned off: the pool takes the file's size again (it is wherever the
+    // controller left it).
+    if (!next.autosize && (size_of(next) != size_of(old) || old.autosize)) {
       v1::ResizePoolRequest req;
       req.set_name(kDefaultPool);
       req.set_size(size_of(next));
@@ -787,6 +839,9 @@ class SchedulerService final : public v1::Scheduler::Service {
       req.set_cpus(cpus_text(next.cpus));
       v1::SetAffinityResponse resp;
       if (auto st = SetAffinity(nullptr, &req, &resp); !st.ok()) return absl_of(st);
+    }
+    if (next.autosize && next.autosize != old.autosize) {
+      if (auto st = set_autosize(kDefaultPool, next.autosize); !st.ok()) return st;
     }
     for (const auto& p : next.pools) {
       const PoolConfig* before = nullptr;
@@ -806,12 +861,20 @@ class SchedulerService final : public v1::Scheduler::Service {
         if (!p.cpus.empty()) pool->set_cpus(format_cpu_list(p.cpus));
         if (p.idle) pool->set_idle(idle_of(*p.idle));
         if (has_attrs) *pool->mutable_attributes() = attrs;
+        if (p.autosize) *pool->mutable_autosize() = autosize_proto(*p.autosize);
         v1::CreatePoolResponse resp;
         if (auto st = CreatePool(nullptr, &req, &resp); !st.ok())
           return absl_of(Status(st.error_code(), "pool '" + p.name + "': " + st.error_message()));
         continue;
       }
-      if (before == nullptr || before->size != p.size) {
+      // Autosize the file turned off (one set live by SetPoolAutosize stays, as a live
+      // resize does): off first, then the file's size.
+      const bool turned_off = !p.autosize && daemon_.pool(p.name)->autosize().has_value() &&
+                              (before == nullptr || before->autosize);
+      if (turned_off) {
+        if (auto st = set_autosize(p.name, std::nullopt); !st.ok()) return st;
+      }
+      if (!p.autosize && (before == nullptr || before->size != p.size || turned_off)) {
         v1::ResizePoolRequest req;
         req.set_name(p.name);
         req.set_size(p.size);
@@ -837,6 +900,9 @@ class SchedulerService final : public v1::Scheduler::Service {
         std::lock_guard lock(change_mu_);
         if (planned.ok()) pool_attrs_[p.name] = *planned;
       }
+      if (p.autosize && (before == nullptr || before->autosize != p.autosize)) {
+        if (auto st = set_autosize(p.name, p.autosize); !st.ok()) return st;
+      }
     }
     for (const auto& q : old.pools) {
       const bool kept = std::any_of(next.pools.begin(), next.pools.end(),
@@ -858,6 +924,18 @@ class SchedulerService final : public v1::Scheduler::Service {
     if (p == "fifo") return v1::POLICY_FIFO;
     if (p == "rr") return v1::POLICY_RR;
     return v1::POLICY_UNSPECIFIED;
+  }
+  static v1::Autosize autosize_proto(const engine::AutosizeConfig& a) {
+    v1::Autosize o;
+    o.set_enabled(true);
+    o.set_min(a.min);
+    o.set_max(a.max);
+    o.set_grow_after_us(static_cast<std::uint32_t>(a.grow_after.count()));
+    o.set_shrink_after_ms(static_cast<std::uint32_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(a.shrink_after).count()));
+    o.set_target_delay_us(static_cast<std::uint32_t>(a.target_delay.count()));
+    o.set_interval_us(static_cast<std::uint32_t>(a.interval.count()));
+    return o;
   }
   static v1::IdleStrategy idle_of(shm::IdleStrategy s) {
     switch (s) {
@@ -976,6 +1054,65 @@ class SchedulerService final : public v1::Scheduler::Service {
     return t;
   }
 
+  // The CPUs a pool may use: its list, or every CPU the daemon may use (unpinned).
+  std::uint32_t cpu_count(const std::vector<int>& cpus) const {
+    return static_cast<std::uint32_t>(cpus.empty() ? daemon_.allowed_cpus().size() : cpus.size());
+  }
+
+  static absl::StatusOr<engine::AutosizeConfig> check_autosize_request(const v1::Autosize& a,
+                                                                       std::uint32_t cpus) {
+    engine::AutosizeConfig c;
+    c.min = a.min();
+    c.max = a.max();
+    c.grow_after = std::chrono::microseconds(a.grow_after_us());
+    c.shrink_after = std::chrono::milliseconds(a.shrink_after_ms());
+    c.target_delay = std::chrono::microseconds(a.target_delay_us());
+    c.interval = std::chrono::microseconds(a.interval_us());
+    c = engine::with_autosize_defaults(c);
+    if (std::string why = engine::check_autosize(c, cpus); !why.empty())
+      return absl::InvalidArgumentError(why);
+    return c;
+  }
+
+  // Resizes a pool and gives new workers the pool's attributes. Under change_mu_.
+  std::uint32_t resize_locked(const std::shared_ptr<Scheduler>& s, const std::string& name,
+                              std::uint32_t n) {
+    const std::uint32_t before = s->worker_count();
+    const std::uint32_t after = s->resize(n);
+    // New workers take the pool's attributes (set at creation or since, for the pool).
+    auto at = pool_attrs_.find(name);
+    for (std::uint32_t i = before; i < after && at != pool_attrs_.end(); ++i) {
+      if (auto st = apply_pool_attr(at->second, {s, name, i}); !st.ok()) {
+        spdlog::warn("control: pool '{}': {}", name, st.error_message());
+      }
+    }
+    return after;
+  }
+
+  // Starts (or restarts, with new bounds) a pool's controller. Under change_mu_. Its
+  // resizes take change_mu_ too, so they never interleave with a change to the pool's
+  // threads; when the lock is busy (a change in progress, or this very call stopping the
+  // old controller) it skips that decision and looks again at its next sample.
+  void start_autosize(const std::shared_ptr<Scheduler>& s, const std::string& name,
+                      const engine::AutosizeConfig& a) {
+    if (stopping_.load(std::memory_order_relaxed)) return;
+    const std::uint32_t now = s->worker_count();
+    if (now < a.min || now > a.max) resize_locked(s, name, std::clamp(now, a.min, a.max));
+    // Not owning: the hook lives in the scheduler's controller, which stops before the
+    // scheduler goes and before this service does (stopping()).
+    Scheduler* raw = s.get();
+    s->set_autosize(a, [this, raw, name](std::uint32_t n) {
+      std::unique_lock lock(change_mu_, std::try_to_lock);
+      if (!lock.owns_lock() || stopping_.load(std::memory_order_relaxed)) return false;
+      const std::uint32_t before = raw->worker_count();
+      resize_locked(std::shared_ptr<Scheduler>(std::shared_ptr<Scheduler>(), raw), name, n);
+      spdlog::debug("autosize: pool '{}' from {} to {} workers", name, before, n);
+      return true;
+    });
+    spdlog::info("control: pool '{}' sizes itself within {}..{} workers (now {})", name, a.min,
+                 a.max, s->worker_count());
+  }
+
   void describe_pool(const Daemon::PoolInfo& info, v1::Pool* p) const {
     const SchedulerConfig& cfg = info.scheduler->config();
     p->set_name(info.name);
@@ -1005,6 +1142,15 @@ class SchedulerService final : public v1::Scheduler::Service {
     std::uint32_t clients = 0;
     for (const auto& c : daemon_.client_infos()) clients += c.pool == info.name;
     p->set_clients(clients);
+    if (const auto a = info.scheduler->autosize()) {
+      auto* o = p->mutable_autosize();
+      *o = autosize_proto(*a);
+      if (const auto k = info.scheduler->autosize_counters()) {
+        o->set_grows(k->grows);
+        o->set_shrinks(k->shrinks);
+        o->set_last_delay_ns(k->last_delay_ns);
+      }
+    }
   }
 
   void describe(const WorkerRef& id, v1::Worker* out) const {

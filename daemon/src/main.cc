@@ -117,6 +117,11 @@ int parse_args(int argc, char** argv, DaemonConfig& config) {
   app.add_option("--cpus", cpus,
                  "CPUs to pin workers to, e.g. 0-3,8 (default: the process's affinity mask)");
   app.add_flag("--no-pin", no_pin, "Do not pin workers to CPUs");
+  std::string autosize;
+  app.add_option("--autosize", autosize,
+                 "MIN..MAX: the default pool sizes itself within these bounds, from measured "
+                 "queueing delay and idleness (--workers is where it starts; MAX at most its "
+                 "CPUs). The file's `autosize = { min, max, ... }` also sets the timings");
   app.add_option("--idle", idle, "What idle workers do: block, spin-then-block or poll")
       ->check(CLI::IsMember({"block", "spin-then-block", "poll"}));
   app.add_option("--spin-us", spin_us,
@@ -230,6 +235,22 @@ int parse_args(int argc, char** argv, DaemonConfig& config) {
     }
     config.cpus = *list;
   }
+  if (!autosize.empty()) {
+    insideout::engine::AutosizeConfig a;
+    char tail = 0;
+    if (std::sscanf(autosize.c_str(), "%u..%u%c", &a.min, &a.max, &tail) != 2) {
+      std::fprintf(stderr, "insideoutd: --autosize: '%s' is not MIN..MAX, e.g. 1..4\n",
+                   autosize.c_str());
+      return 2;
+    }
+    if (config.autosize) {  // the file's timings stay
+      a.grow_after = config.autosize->grow_after;
+      a.shrink_after = config.autosize->shrink_after;
+      a.target_delay = config.autosize->target_delay;
+      a.interval = config.autosize->interval;
+    }
+    config.autosize = a;
+  }
   config.pin = !no_pin;
   config.max_segment_bytes = segment_mib << 20;
   config.control = !no_control;
@@ -312,13 +333,14 @@ int main(int argc, char** argv) {
     // The file's pools, through the control plane's own code.
     DaemonConfig none = config;
     none.pools.clear();
+    none.autosize.reset();
     if (auto st = control->apply_pools(config, none); !st.ok()) {
       spdlog::error("cannot make the configured pools: {}", std::string(st.message()));
       control->stop();
       return 1;
     }
-  } else if (!config.pools.empty()) {
-    spdlog::error("[[pools]] need the control plane (control = true)");
+  } else if (!config.pools.empty() || config.autosize) {
+    spdlog::error("[[pools]] and autosize need the control plane (control = true)");
     return 1;
   }
   // SIGHUP, systemctl reload and insideoutctl reload: the file again, the same flags over
@@ -350,6 +372,7 @@ int main(int argc, char** argv) {
     // What changed live; the rest keeps its running value.
     current.workers = next.workers;
     current.cpus = next.cpus;
+    current.autosize = next.autosize;
     current.pools = next.pools;
     current.log_level = next.log_level;
     current.plugin_dirs = next.plugin_dirs;

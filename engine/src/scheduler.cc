@@ -133,6 +133,7 @@ void Scheduler::start_worker(std::uint32_t i) {
   // Relaxed: the thread's creation publishes these to it; readers of tid (the control
   // plane) only display it or wait for it to become non-zero.
   w->retiring.store(false, std::memory_order_relaxed);
+  w->backlog.store(0, std::memory_order_relaxed);
   w->tid.store(0, std::memory_order_relaxed);
   w->alive.store(
       true, std::memory_order_release);  // R5': pairs with R6 (a started worker is not quiescent)
@@ -215,6 +216,7 @@ bool Scheduler::drain(std::chrono::milliseconds timeout) {
 }
 
 void Scheduler::stop() {
+  set_autosize(std::nullopt);  // before resize_mu_: the controller may be resizing
   std::lock_guard resize_lock(resize_mu_);
   stop_.store(true, std::memory_order_seq_cst);
   wake_all();
@@ -346,6 +348,7 @@ void Scheduler::retire(Worker& w) {
   }
   while (Task* t = w.queue.pop()) moved.push_back(t);
   w.local.drain_into(&moved);
+  w.backlog.store(0, std::memory_order_relaxed);  // statistics: the controller's estimate
   if (moved.empty()) return;
   {
     std::lock_guard lock(inject_mu_);
@@ -364,6 +367,7 @@ void Scheduler::set_hungry(Worker& w, bool hungry) {
   // Relaxed: a hint for busy workers' sharing decisions; a stale value costs at most one
   // round of sharing (or 64 ticks of not sharing), never a lost task.
   if (hungry) {
+    w.backlog.store(0, std::memory_order_relaxed);  // its local work is done
     hungry_.fetch_add(1, std::memory_order_relaxed);
   } else {
     hungry_.fetch_sub(1, std::memory_order_relaxed);
@@ -415,6 +419,8 @@ Task* Scheduler::find_work(Worker& w) {
     flush_children(w);  // bounds how long a parent waits for its last children
     source_->flush(w);  // and a completion behind busy local work
     w.share_hint = hungry_.load(std::memory_order_relaxed) != 0;  // read once per 64 looks
+    // Relaxed: an estimate for the autosize controller (one store per 64 looks).
+    w.backlog.store(static_cast<std::uint32_t>(w.local.size()), std::memory_order_relaxed);
     if (w.share_hint && w.local.size() > 1) share(w);
     // The event queue, while anything waits on it (one relaxed load otherwise).
     if (events_->waiting()) {
@@ -724,7 +730,16 @@ void Scheduler::park(Worker& w) {
     epoll_event events[8];
     while (::epoll_wait(w.epfd, events, 8, -1) < 0 && errno == EINTR) {
     }
-    w.parked.store(false, std::memory_order_relaxed);
+    // A2: pairs with A1 in Autosizer::loop(); off the busy path (after a sleep).
+    w.parked.store(false, std::memory_order_seq_cst);
+    if (unpark_bell_.armed.load(std::memory_order_seq_cst) &&
+        unpark_bell_.armed.exchange(false, std::memory_order_seq_cst)) {
+      {
+        std::lock_guard lock(unpark_bell_.mu);
+        ++unpark_bell_.rings;
+      }
+      unpark_bell_.cv.notify_one();
+    }
   }
   if (watch)
     bell_.page()->sleepers.fetch_sub(
@@ -862,6 +877,60 @@ std::int64_t Scheduler::plugin_live(std::uint8_t slot) const {
 std::int64_t Scheduler::pool_id(std::string_view name) const {
   if (config_.directory != nullptr) return config_.directory->pool_id(name);
   return name == "default" ? std::int64_t{config_.pool} : -1;
+}
+
+// ---- self-sizing -------------------------------------------------------------------
+
+void Scheduler::set_autosize(std::optional<AutosizeConfig> config, Autosizer::Resize resize) {
+  std::unique_ptr<Autosizer> old;
+  {
+    std::lock_guard lock(autosize_mu_);
+    old = std::move(autosizer_);
+  }
+  old.reset();  // joins its thread, outside autosize_mu_ (counters() may be waiting)
+  if (!config || stop_.load(std::memory_order_relaxed)) return;
+  auto next = std::make_unique<Autosizer>(*this, *config, std::move(resize));
+  std::lock_guard lock(autosize_mu_);
+  autosizer_ = std::move(next);
+}
+
+std::optional<AutosizeConfig> Scheduler::autosize() const {
+  std::lock_guard lock(autosize_mu_);
+  if (autosizer_ == nullptr) return std::nullopt;
+  return autosizer_->config();
+}
+
+std::optional<AutosizeCounters> Scheduler::autosize_counters() const {
+  std::lock_guard lock(autosize_mu_);
+  if (autosizer_ == nullptr) return std::nullopt;
+  return autosizer_->counters();
+}
+
+LoadSample Scheduler::load() const {
+  LoadSample s;
+  s.active = worker_count();  // R2
+  for (std::uint32_t i = 0; i < s.active; ++i) {
+    const Worker& w = *workers_[i];
+    s.queued += w.queue.size() + w.backlog.load(std::memory_order_relaxed);
+  }
+  s.queued += injected_size_.load(std::memory_order_relaxed);
+  // Every allocated worker, retired ones too, so that the count only grows. Acquire:
+  // pairs with the release in resize().
+  const std::uint32_t alloc = allocated_.load(std::memory_order_acquire);
+  for (std::uint32_t i = 0; i < alloc; ++i)
+    s.runs += workers_[i]->runs.load(std::memory_order_relaxed);
+  // Relaxed: a hint, as for the busy workers' sharing; a retiring worker may still count.
+  s.idle = std::min(hungry_.load(std::memory_order_relaxed), s.active);
+  return s;
+}
+
+bool Scheduler::all_parked() const {
+  const std::uint32_t n = worker_count();  // R2
+  for (std::uint32_t i = 0; i < n; ++i) {
+    // A1: seq_cst, pairs with A2 in park().
+    if (!workers_[i]->parked.load(std::memory_order_seq_cst)) return false;
+  }
+  return true;
 }
 
 // ---- the long-step watch -----------------------------------------------------------

@@ -29,6 +29,12 @@
 //      word changed under it.
 //   R5 (alive.store(false), release, by the worker after its last look at any client
 //      slot) pairs with R6 (alive.load, acquire, in quiescent_since()).
+//
+// Memory ordering of the autosize controller's sleep (autosize.h):
+//   A1 (Autosizer::loop: UnparkBell::armed.store(true), seq_cst, then all_parked()'s
+//      seq_cst loads of `parked`) pairs with A2 (park(): parked.store(false), seq_cst, then
+//      armed.load, seq_cst): the controller sees the worker awake, or the worker sees the
+//      bell armed and rings it, so the controller never sleeps through a busy pool.
 #pragma once
 
 #include <sys/types.h>
@@ -41,6 +47,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <queue>
 #include <span>
 #include <string>
@@ -49,6 +56,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "autosize.h"
 #include "event_queue.h"
 #include "insideout/shm/bell.h"
 #include "insideout/shm/futex.h"
@@ -152,6 +160,9 @@ struct alignas(shm::kCacheLine) Worker {
   int epfd = -1;
   int wake_fd = -1;
   std::atomic<bool> parked{false};
+  // Tasks in `local` (which only the owner may touch), as of its last 64th look: what the
+  // autosize controller counts as waiting there. Relaxed: an estimate.
+  std::atomic<std::uint32_t> backlog{0};
   // Resizing: set by the control thread (R3); the worker hands its work over and exits.
   std::atomic<bool> retiring{false};
   // True while a thread runs this worker's loop (R5/R6).
@@ -306,6 +317,28 @@ class Scheduler {
   bool quiescent_since(const std::vector<std::uint64_t>& snapshot) const;
   std::size_t task_bytes_reserved() const { return pool_->bytes_reserved(); }
 
+  // ---- self-sizing (autosize.h) ----
+  // Starts the pool's autosize controller with `config` (validated by the caller:
+  // check_autosize()), replacing one that runs; nullopt stops it. `resize` is how it
+  // applies a count (default: resize()). Not from the controller's own thread.
+  void set_autosize(std::optional<AutosizeConfig> config, Autosizer::Resize resize = {});
+  std::optional<AutosizeConfig> autosize() const;
+  std::optional<AutosizeCounters> autosize_counters() const;
+  // One look at the pool's load (relaxed loads of counters the workers keep anyway);
+  // `now` is left to the caller.
+  LoadSample load() const;
+  // Every running worker sleeps in park() (A1/A2).
+  bool all_parked() const;
+  // Where the controller sleeps while every worker is parked; the first worker to wake
+  // rings it.
+  struct UnparkBell {
+    std::atomic<bool> armed{false};
+    std::mutex mu;
+    std::condition_variable cv;
+    std::uint64_t rings = 0;  // under mu
+  };
+  UnparkBell& unpark_bell() noexcept { return unpark_bell_; }
+
   // Tasks of plugin slot `slot` started minus ended on this pool's workers (a task may
   // start on one pool and end on another: only the sum over every pool is a count).
   // Once no new task can get the slot and a grace period has passed, a sum of 0 means
@@ -427,6 +460,10 @@ class Scheduler {
   std::condition_variable drain_cv_;
 
   std::unique_ptr<EventQueue> events_;
+
+  UnparkBell unpark_bell_;
+  mutable std::mutex autosize_mu_;  // autosizer_ (not its work: it runs on its own thread)
+  std::unique_ptr<Autosizer> autosizer_;
 
   std::mutex watch_mu_;
   std::condition_variable watch_cv_;

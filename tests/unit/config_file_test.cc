@@ -217,3 +217,50 @@ TEST(ConfigFile, RestartKeys) {
 
 }  // namespace
 }  // namespace insideout::daemon
+
+namespace insideout::daemon {
+namespace {
+
+TEST(ConfigFile, ShouldReadAutosizeForTheDefaultPoolAndNamedPools) {
+  const ConfigFile f = parse_config(R"(
+cpus = "0"
+autosize = { min = 1, max = 1, grow_after_us = 500, shrink_after_ms = 50 }
+[[pools]]
+name = "burst"
+cpus = "0"
+autosize = { min = 1, max = 1 }
+)");
+  ASSERT_TRUE(f.errors.empty()) << format_error("f.toml", f.errors.front());
+  ASSERT_TRUE(f.config.autosize.has_value());
+  EXPECT_EQ(f.config.autosize->grow_after, std::chrono::microseconds(500));
+  EXPECT_EQ(f.config.autosize->shrink_after, std::chrono::milliseconds(50));
+  EXPECT_EQ(f.config.autosize->target_delay, engine::AutosizeConfig{}.target_delay);
+  ASSERT_EQ(f.config.pools.size(), 1u);
+  ASSERT_TRUE(f.config.pools[0].autosize.has_value());
+  EXPECT_EQ(f.config.pools[0].autosize->max, 1u);
+  // Read back from the effective configuration.
+  const ConfigFile again = parse_config(to_toml(f.config));
+  EXPECT_TRUE(again.errors.empty());
+  EXPECT_EQ(again.config.autosize, f.config.autosize);
+  EXPECT_EQ(again.config.pools, f.config.pools);
+}
+
+TEST(ConfigFile, ShouldRefuseBadAutosizeWithClearErrors) {
+  EXPECT_EQ(one_error("cpus = \"0\"\nautosize = { min = 2, max = 1 }\n"),
+            "f.toml:2: autosize: autosize min 2 is above max 1");
+  EXPECT_EQ(one_error("cpus = \"0\"\nautosize = { min = 1, max = 2 }\n"),
+            "f.toml:2: autosize: autosize max 2 is above the pool's 1 CPU");
+  EXPECT_EQ(one_error("autosize = { min = 0, max = 1 }\n"),
+            "f.toml:1: autosize.min: 0 is out of range: 1..256");
+  EXPECT_EQ(one_error("autosize = { max = 1 }\n"),
+            "f.toml:1: autosize: autosize needs min and max, e.g. { min = 1, max = 4 }");
+  EXPECT_EQ(one_error("autosize = 3\n"),
+            "f.toml:1: autosize: expected a table such as { min = 1, max = 4 }, not an integer");
+  EXPECT_EQ(one_error("[[pools]]\nname = \"a\"\ncpus = \"0\"\nautosize = { min = 1, max = 3 }\n"),
+            "f.toml:4: pools[0].autosize: autosize max 3 is above the pool's 1 CPU");
+  EXPECT_EQ(one_error("autosize = { min = 1, max = 1, grow_afer_us = 5 }\n"),
+            "f.toml:1: autosize.grow_afer_us: unknown key (did you mean 'grow_after_us'?)");
+}
+
+}  // namespace
+}  // namespace insideout::daemon
