@@ -1,5 +1,6 @@
 #include "insideout/client.hpp"
 
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -1004,6 +1005,7 @@ struct Client::Impl {
   bool wait_until(Done&& done, Where&& where,
                   std::optional<std::chrono::steady_clock::time_point> deadline) {
     const auto spin_until = std::chrono::steady_clock::now() + options.spin;
+    std::uint32_t spins = 0;
     for (;;) {
       if (done()) return true;
       Session& s = *where();
@@ -1020,6 +1022,9 @@ struct Client::Impl {
       if (options.idle == shm::IdleStrategy::kPoll ||
           (options.idle == shm::IdleStrategy::kSpinThenBlock && now < spin_until)) {
         for (int i = 0; i < 16; ++i) shm::cpu_relax();
+        // As the daemon's workers do: a spin must not keep a thread that shares this CPU
+        // (a worker about to complete what we wait for, another client) off it.
+        if ((++spins & 63) == 0) sched_yield();
         continue;
       }
       std::optional<std::chrono::nanoseconds> timeout;
