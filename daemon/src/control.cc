@@ -381,12 +381,8 @@ class SchedulerService final : public v1::Scheduler::Service {
     const std::string name = req->name().empty() ? kDefaultPool : req->name();
     std::lock_guard lock(change_mu_);
     const auto pools = daemon_.pools();
-    auto it =
-        std::find_if(pools.begin(), pools.end(), [&](const auto& p) { return p.name == name; });
-    if (it == pools.end()) {
-      return Status(StatusCode::NOT_FOUND,
-                    "no pool named '" + name + "' (the pools are " + pool_names(pools) + ")");
-    }
+    const Daemon::PoolInfo* it = nullptr;
+    if (auto st = find_pool(pools, name, &it); !st.ok()) return st;
     if (auto st = check_pool_size(req->size()); !st.ok()) return to_grpc(st);
     if (const auto a = it->scheduler->autosize()) {
       return Status(StatusCode::FAILED_PRECONDITION,
@@ -410,12 +406,8 @@ class SchedulerService final : public v1::Scheduler::Service {
     const std::string name = req->name().empty() ? kDefaultPool : req->name();
     std::lock_guard lock(change_mu_);
     const auto pools = daemon_.pools();
-    auto it =
-        std::find_if(pools.begin(), pools.end(), [&](const auto& p) { return p.name == name; });
-    if (it == pools.end()) {
-      return Status(StatusCode::NOT_FOUND,
-                    "no pool named '" + name + "' (the pools are " + pool_names(pools) + ")");
-    }
+    const Daemon::PoolInfo* it = nullptr;
+    if (auto st = find_pool(pools, name, &it); !st.ok()) return st;
     if (!req->autosize().enabled()) {
       if (it->scheduler->autosize()) {
         it->scheduler->set_autosize(std::nullopt);
@@ -997,6 +989,18 @@ class SchedulerService final : public v1::Scheduler::Service {
       return pool == kDefaultPool ? std::to_string(index) : pool + "/" + std::to_string(index);
     }
   };
+  // The pool named `name` among `pools`, or NOT_FOUND naming the pools there are.
+  static Status find_pool(const std::vector<Daemon::PoolInfo>& pools, const std::string& name,
+                          const Daemon::PoolInfo** out) {
+    auto it =
+        std::find_if(pools.begin(), pools.end(), [&](const auto& p) { return p.name == name; });
+    if (it == pools.end()) {
+      return Status(StatusCode::NOT_FOUND,
+                    "no pool named '" + name + "' (the pools are " + pool_names(pools) + ")");
+    }
+    *out = &*it;
+    return Status::OK;
+  }
   static std::string pool_names(const std::vector<Daemon::PoolInfo>& pools) {
     std::string t;
     for (const auto& p : pools) t += (t.empty() ? "'" : ", '") + p.name + "'";

@@ -33,6 +33,22 @@ v1::Welcome handshake(RawConnection& conn) {
   return m.welcome();
 }
 
+// Takes Results until `n` tags have one or `until` passes; every message must be a Result,
+// and no tag may have two.
+void collect_results(RawConnection& conn, std::size_t n,
+                     std::chrono::steady_clock::time_point until,
+                     std::map<std::uint64_t, v1::Result>* got) {
+  while (got->size() < n && std::chrono::steady_clock::now() < until) {
+    v1::DaemonMessage m;
+    const auto st = conn.recv(&m, 1s);
+    if (!st) continue;
+    ASSERT_EQ(*st, v1::RecvStatus::kOk);
+    ASSERT_TRUE(m.has_result()) << m.DebugString();
+    EXPECT_FALSE(got->count(m.result().tag())) << "two results for tag " << m.result().tag();
+    (*got)[m.result().tag()] = m.result();
+  }
+}
+
 TEST(SerializedProtocol, ShouldServeContinuationsToAProcessThatSpeaksTheProtocolDirectly) {
   DaemonProcess daemon;
   ASSERT_TRUE(daemon.ready()) << daemon.log();
@@ -83,16 +99,7 @@ TEST(SerializedProtocol, ShouldServeContinuationsToAProcessThatSpeaksTheProtocol
   submit(12, "chain", "", 0, {v1::STATUS_INVALID_ARGUMENT, 0, "", "argument out of range"});
 
   std::map<std::uint64_t, v1::Result> got;
-  const auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (got.size() < want.size() && std::chrono::steady_clock::now() < deadline) {
-    v1::DaemonMessage m;
-    const auto st = conn.recv(&m, 1s);
-    if (!st) continue;
-    ASSERT_EQ(*st, v1::RecvStatus::kOk);
-    ASSERT_TRUE(m.has_result()) << m.DebugString();
-    EXPECT_FALSE(got.count(m.result().tag())) << "two results for tag " << m.result().tag();
-    got[m.result().tag()] = m.result();
-  }
+  collect_results(conn, want.size(), std::chrono::steady_clock::now() + 10s, &got);
   ASSERT_EQ(got.size(), want.size());
   for (const auto& [tag, w] : want) {
     SCOPED_TRACE("tag " + std::to_string(tag));
@@ -157,15 +164,7 @@ TEST(SerializedProtocol, ShouldCutOffAtTheDeadlineAndOnCancelWithOneResultEach) 
                                                     {6, v1::STATUS_CANCELLED},
                                                     {7, v1::STATUS_OK}};
   std::map<std::uint64_t, v1::Result> got;
-  while (got.size() < want.size() && std::chrono::steady_clock::now() < start + 20s) {
-    v1::DaemonMessage m;
-    const auto st = conn.recv(&m, 1s);
-    if (!st) continue;
-    ASSERT_EQ(*st, v1::RecvStatus::kOk);
-    ASSERT_TRUE(m.has_result()) << m.DebugString();
-    EXPECT_FALSE(got.count(m.result().tag())) << "two results for tag " << m.result().tag();
-    got[m.result().tag()] = m.result();
-  }
+  collect_results(conn, want.size(), start + 20s, &got);
   // Promptly: nothing waited out its 60 s sleep or its endless chain.
   EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
   for (const auto& [tag, status] : want) {
