@@ -1022,9 +1022,10 @@ struct Client::Impl {
       if (options.idle == shm::IdleStrategy::kPoll ||
           (options.idle == shm::IdleStrategy::kSpinThenBlock && now < spin_until)) {
         for (int i = 0; i < 16; ++i) shm::cpu_relax();
-        // As the daemon's workers do: a spin must not keep a thread that shares this CPU
-        // (a worker about to complete what we wait for, another client) off it.
-        if ((++spins & 63) == 0) sched_yield();
+        // As the daemon's workers do: a bounded spin must not keep a thread that shares
+        // this CPU (a worker about to complete what we wait for, another client) off it.
+        // kPoll means a CPU of its own: no yield.
+        if (options.idle == shm::IdleStrategy::kSpinThenBlock && (++spins & 63) == 0) sched_yield();
         continue;
       }
       std::optional<std::chrono::nanoseconds> timeout;
