@@ -213,7 +213,14 @@ int EventQueue::park_fd(Task* t, int fd, std::uint32_t events, std::int64_t when
   std::vector<Task*> back;
   {
     std::lock_guard lock(mu_);
-    if (by_fd_.count(static_cast<std::uint64_t>(fd)) != 0) return refuse(result, -EBUSY);
+    // One waiter per descriptor: a persistent registration names its own (by_fd_ is for
+    // one-shot watches; an insert and an erase per wait would cost more than the wait).
+    if (backend_->persistent()) {
+      if (auto it = regs_.find(fd); it != regs_.end() && it->second.wait != kNoPos)
+        return refuse(result, -EBUSY);
+    } else if (by_fd_.count(static_cast<std::uint64_t>(fd)) != 0) {
+      return refuse(result, -EBUSY);
+    }
     if (admit(t, result, &back)) {
       const std::uint32_t i = alloc_wait(t, Kind::kFd, when_ns, when_ns, result);
       Wait& w = waits_[i];
@@ -229,7 +236,7 @@ int EventQueue::park_fd(Task* t, int fd, std::uint32_t events, std::int64_t when
         // seen EAGAIN, MOD makes the kernel look at the descriptor's level once more (a
         // ready one is reported at once), as a one-shot watch would.
         if (anew || (r.events & want) != want ||
-            (!(events & IO_EV_AFTER_EAGAIN) && resume_events(r.ready, events) == 0)) {
+            (!(events & IO_EV_AFTER_EAGAIN) && resume_events(r.ready_now(), events) == 0)) {
           r.events |= want;
           if (const int e = backend_->register_fd(fd, r.events, fd_token(fd, r.gen), !anew);
               e != 0) {
@@ -260,7 +267,7 @@ int EventQueue::park_fd(Task* t, int fd, std::uint32_t events, std::int64_t when
 
 void EventQueue::wait_on_registration(std::uint32_t i, FdReg& r, std::vector<Task*>& out) {
   Wait& w = waits_[i];
-  const std::int64_t ev = resume_events(r.ready, w.events);
+  const std::int64_t ev = resume_events(r.ready_now(), w.events);
   if (ev != 0) {
     // Ready since the last wait took it (possibly before the step's own attempt saw
     // EAGAIN: then it costs one more attempt, never a lost edge).
@@ -269,7 +276,6 @@ void EventQueue::wait_on_registration(std::uint32_t i, FdReg& r, std::vector<Tas
     return;
   }
   r.wait = i;
-  link(by_fd_, i);
   if (w.when_ns != 0) rearm_timer();
 }
 
@@ -280,9 +286,10 @@ void EventQueue::registration_ready(std::uint64_t token, std::uint32_t revents,
   if (it == regs_.end() || fd_token(fd, it->second.gen) != token) return;  // forgotten
   FdReg& r = it->second;
   r.ready |= io_events_of(revents);
+  if (revents & (EPOLLRDHUP | EPOLLHUP)) r.read_closed = true;
   if (r.wait == kNoPos) return;  // kept for the next wait
   const std::uint32_t i = r.wait;
-  const std::int64_t ev = resume_events(r.ready, waits_[i].events);
+  const std::int64_t ev = resume_events(r.ready_now(), waits_[i].events);
   if (ev == 0) return;
   r.ready &= ~(waits_[i].events & (IO_EV_READ | IO_EV_WRITE));
   finish(i, ev, false, out);
@@ -393,9 +400,12 @@ void EventQueue::finish(std::uint32_t i, std::int64_t result, bool cut_off,
   Wait& w = waits_[i];
   switch (w.kind) {
     case Kind::kFd:
-      unlink(by_fd_, i);
-      if (auto it = regs_.find(static_cast<int>(w.key)); it != regs_.end() && it->second.wait == i)
+      if (!backend_->persistent()) {
+        unlink(by_fd_, i);
+      } else if (auto it = regs_.find(static_cast<int>(w.key));
+                 it != regs_.end() && it->second.wait == i) {
         it->second.wait = kNoPos;
+      }
       break;
     case Kind::kSignal:
       unlink(by_signal_, i);
@@ -442,6 +452,8 @@ void EventQueue::fail_fd(int fd) {
       finish(i, -EBADF, false, out);
       it = by_fd_.find(static_cast<std::uint64_t>(fd));
     }
+    if (auto r = regs_.find(fd); r != regs_.end() && r->second.wait != kNoPos)
+      finish(r->second.wait, -EBADF, false, out);
     backend_->forget(fd);
     regs_.erase(fd);
   }

@@ -170,7 +170,15 @@ class EventQueue {
     std::uint32_t ready = 0;
     std::uint32_t wait = kNoPos;
     std::uint32_t events = 0;  // EPOLLIN/EPOLLOUT registered: what some wait wanted
+    // The peer shut its side (EPOLLRDHUP/EPOLLHUP): a final state, so every read wait
+    // resumes at once from here on. A step whose short read took the last bytes and the
+    // end of file together parks next without trying (the SDK's drained socket), and no
+    // edge will come again.
+    bool read_closed = false;
     const Task* owner = nullptr;
+    // What it has ready for its waits: what it recorded, and reading for good once the
+    // peer has shut its side.
+    std::uint32_t ready_now() const noexcept { return read_closed ? ready | IO_EV_READ : ready; }
   };
   std::unordered_map<int, FdReg> regs_;
   std::uint32_t reg_gen_ = 0;

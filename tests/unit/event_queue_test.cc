@@ -64,6 +64,36 @@ Continuation wait_readable_twice(CoContext c) {
   co_return static_cast<std::uint64_t>(a << 8 | b);
 }
 
+// Reads stream socket ARG to its end: one byte, a 50 ms sleep (meanwhile the peer sends
+// its last bytes and shuts its side, both seen by the queue before the next read), then
+// reads until 0. The bytes read.
+Continuation read_to_end(CoContext c) {
+  const int fd = static_cast<int>(c.arg());
+  std::array<std::byte, 256> buf;
+  std::int64_t n = co_await c.recv(fd, buf, 0, 2s);
+  if (n <= 0) co_return c.fail("first read: " + std::to_string(n));
+  std::uint64_t total = static_cast<std::uint64_t>(n);
+  co_await c.sleep_for(50ms);
+  while ((n = co_await c.recv(fd, buf, 0, 1s)) > 0) total += static_cast<std::uint64_t>(n);
+  if (n < 0) co_return c.fail(std::string("read: ") + std::strerror(static_cast<int>(-n)));
+  co_return total;
+}
+
+// Reads three datagrams from socket ARG: one, a 50 ms sleep (meanwhile two more are
+// queued together), then the two. The sum of their lengths.
+Continuation read_three_datagrams(CoContext c) {
+  const int fd = static_cast<int>(c.arg());
+  std::array<std::byte, 256> buf;
+  std::uint64_t total = 0;
+  for (int k = 0; k < 3; ++k) {
+    if (k == 1) co_await c.sleep_for(50ms);
+    const std::int64_t n = co_await c.recv(fd, buf, 0, 1s);
+    if (n <= 0) co_return c.fail("datagram " + std::to_string(k) + ": " + std::to_string(n));
+    total += static_cast<std::uint64_t>(n);
+  }
+  co_return total;
+}
+
 // Closes fd ARG through the event queue.
 Continuation close_it(CoContext c) {
   co_return static_cast<std::uint64_t>(c.close(static_cast<int>(c.arg())));
@@ -127,6 +157,8 @@ class EventQueueTest : public ::testing::TestWithParam<const char*> {
     rt_->add("t.read_four", coroutine<read_four>);
     rt_->add("t.wait_readable_twice", coroutine<wait_readable_twice>);
     rt_->add("t.close_it", coroutine<close_it>);
+    rt_->add("t.read_to_end", coroutine<read_to_end>);
+    rt_->add("t.read_three_datagrams", coroutine<read_three_datagrams>);
     rt_->add("t.wait_sigusr1", coroutine<wait_sigusr1>);
     rt_->add("t.wait_sigterm", coroutine<wait_sigterm>);
     rt_->add("t.echo_server", coroutine<echo_server>);
@@ -214,6 +246,42 @@ TEST_P(EventQueueTest, ShouldWatchTheNewFileBehindAReusedDescriptorNumber) {
       << "the wait did not see the new socket (-ETIMEDOUT: it watched the old one)";
   ::close(c);
   ::close(d);
+}
+
+// A short read of a stream socket emptied it, so the SDK's next read waits without
+// trying. When the peer's last bytes and its shutdown came together, the read that took
+// the bytes took the end of file too and no edge follows: the registration must remember
+// that the peer has shut its side, or the next read would wait for nothing.
+TEST_P(EventQueueTest, ShouldSeeTheEndOfAStreamThatCameWithItsLastBytes) {
+  auto [a, b] = pair();
+  auto h = rt_->submit("t.read_to_end", static_cast<std::uint64_t>(a));
+  std::this_thread::sleep_for(10ms);  // parked on an empty socket: registered
+  ASSERT_EQ(::write(b, "x", 1), 1);
+  std::this_thread::sleep_for(10ms);  // the continuation sleeps now
+  ASSERT_EQ(::write(b, "yz", 2), 2);
+  ASSERT_EQ(::shutdown(b, SHUT_WR), 0);
+  const auto r = h.wait();
+  ASSERT_TRUE(r.ok()) << r.error() << " (-ETIMEDOUT: the end of file was lost)";
+  EXPECT_EQ(r.value, 3u);
+  ::close(a);
+  ::close(b);
+}
+
+// A datagram socket's short read says nothing of the next datagram: the SDK tries it.
+TEST_P(EventQueueTest, ShouldReadDatagramsQueuedTogetherWithoutWaitingForMore) {
+  std::array<int, 2> sv{};
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv.data()), 0);
+  auto h = rt_->submit("t.read_three_datagrams", static_cast<std::uint64_t>(sv[0]));
+  std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(::send(sv[1], "a", 1, 0), 1);
+  std::this_thread::sleep_for(10ms);  // the continuation sleeps now
+  ASSERT_EQ(::send(sv[1], "bb", 2, 0), 2);
+  ASSERT_EQ(::send(sv[1], "ccc", 3, 0), 3);
+  const auto r = h.wait();
+  ASSERT_TRUE(r.ok()) << r.error() << " (-110: the third datagram was never tried)";
+  EXPECT_EQ(r.value, 6u);
+  ::close(sv[0]);
+  ::close(sv[1]);
 }
 
 TEST_P(EventQueueTest, ShouldFailAWaiterCleanlyWhenItsDescriptorIsClosed) {

@@ -337,6 +337,12 @@ struct Promise {
   std::size_t len = 0;
   std::uint64_t seen = 0;  // kDoorbell
   std::int64_t wait_result = 0;
+  // kIo: the last read of this stream socket returned less than it asked for, so it
+  // emptied the socket; the next read waits for readiness before it tries (as Asio and
+  // tokio do: every byte that arrives after it is an edge the engine records). -1: none.
+  int drained_fd = -1;
+  int typed_fd = -1;  // the descriptor whose type typed_stream caches (-1: none)
+  bool typed_stream = false;
   std::uint32_t pool = 0;      // kMove
   bool move_failed = false;    // kMove: there was no such pool; resumed at once
   io_step_fn child = nullptr;  // kJoin: the children's entry, their arguments
@@ -458,6 +464,24 @@ namespace detail {
 inline std::int64_t timeout_at(io_ctx* c, std::chrono::nanoseconds d) noexcept {
   return d.count() <= 0 ? 0 : c->ops->now_ns(c) + d.count();
 }
+inline bool is_read(const Promise& p) noexcept {
+  return (p.io == Promise::IoKind::kRead || p.io == Promise::IoKind::kRecv) &&
+         (p.io_flags & (MSG_PEEK | MSG_OOB)) == 0;
+}
+// After a read that returned `r`: a short one of a stream socket emptied it. A datagram
+// socket's short read says nothing of the next datagram, a file's nothing at all, so the
+// type is asked once per descriptor.
+inline void note_read(Promise& p, std::int64_t r) noexcept {
+  p.drained_fd = -1;
+  if (r <= 0 || static_cast<std::size_t>(r) >= p.len || !is_read(p)) return;
+  if (p.typed_fd != p.fd) {
+    int type = 0;
+    socklen_t n = sizeof type;
+    p.typed_stream = ::getsockopt(p.fd, SOL_SOCKET, SO_TYPE, &type, &n) == 0 && type == SOCK_STREAM;
+    p.typed_fd = p.fd;
+  }
+  if (p.typed_stream) p.drained_fd = p.fd;
+}
 // One try of an I/O call: its result, or -errno (-EAGAIN: wait and try again).
 inline std::int64_t try_io(Promise& p) noexcept {
   ssize_t r = -1;
@@ -489,8 +513,9 @@ inline std::int64_t try_io(Promise& p) noexcept {
       return -err;
     }
   }
-  if (r >= 0) return r;
-  return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+  const std::int64_t res = r >= 0 ? r : errno == EWOULDBLOCK ? -EAGAIN : -errno;
+  if (p.io == Promise::IoKind::kRead || p.io == Promise::IoKind::kRecv) note_read(p, res);
+  return res;
 }
 inline std::uint32_t io_events(const Promise& p) noexcept {
   switch (p.io) {
@@ -513,6 +538,7 @@ struct CoContext::Wait {
   std::chrono::nanoseconds timeout;
   bool await_ready() const noexcept { return false; }
   void await_suspend(detail::Handle) const noexcept {
+    if (op == detail::Promise::Op::kWaitFd && fd == p->drained_fd) p->drained_fd = -1;
     p->op = op;
     p->fd = fd;
     p->events = events;
@@ -553,6 +579,11 @@ struct CoContext::Io {
     p->len = len;
     p->io_flags = flags;
     p->io_pending = false;
+    // A stream socket the last read emptied: a try now would only see EAGAIN.
+    if (p->drained_fd == fd && detail::is_read(*p) && INSIDEOUT_HAS_OP(p->ctx->ops, park_fd)) {
+      p->wait_result = -EAGAIN;
+      return false;
+    }
     p->wait_result = detail::try_io(*p);
     return p->wait_result != -EAGAIN;
   }
@@ -591,6 +622,8 @@ inline CoContext::Io CoContext::connect(int fd, const sockaddr* addr, socklen_t 
 }
 inline int CoContext::close(int fd) const noexcept {
   io_ctx* c = p_->ctx;
+  if (p_->drained_fd == fd) p_->drained_fd = -1;
+  if (p_->typed_fd == fd) p_->typed_fd = -1;
   if (!INSIDEOUT_HAS_OP(c->ops, close_fd)) return ::close(fd) == 0 ? 0 : -errno;
   return c->ops->close_fd(c, fd);
 }
