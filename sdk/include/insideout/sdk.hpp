@@ -286,6 +286,9 @@ class CoContext {
                 std::chrono::nanoseconds timeout = {}) const noexcept;
   // I/O on a non-blocking descriptor: tried at once, and after readiness while the kernel
   // says EAGAIN. Resumes with what the call returns (bytes, a descriptor) or -errno.
+  // A read of a stream socket that returned less than asked for emptied it: the next
+  // read of it waits for readiness first (a try would only see EAGAIN). Descriptors you
+  // wait on are closed with close(), not close(2), whose number may otherwise come back.
   struct Io;
   Io read(int fd, std::span<std::byte> buf, std::chrono::nanoseconds timeout = {}) const noexcept;
   Io write(int fd, std::span<const std::byte> buf,
