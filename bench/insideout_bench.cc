@@ -203,8 +203,33 @@ int dispatch(const Options& o, unsigned threads) {
   return 0;
 }
 
-// In-daemon figures by worker count: one chain (its step cost, ns) and one fanout
-// (children per second).
+// The peer of a chain's step: the floor of "run a step, queue what comes next" on one
+// thread, a ring of 64-byte descriptors (a function pointer and its words, as a task's
+// first line) popped and called in a loop, each call pushing its successor. ns per step.
+struct alignas(64) Descriptor {
+  bool (*fn)(Descriptor&);  // true: queue it again
+  std::uint64_t w[7];
+};
+
+[[gnu::noinline]] bool trampoline_step(Descriptor& d) { return --d.w[0] != 0; }
+
+double trampoline_ns(std::uint64_t steps) {
+  constexpr std::size_t kRing = 256;  // a power of two
+  std::vector<Descriptor> ring(kRing);
+  std::size_t head = 0, tail = 0;
+  ring[tail++ % kRing] = Descriptor{trampoline_step, {steps}};
+  const std::uint64_t t0 = now_ns();
+  while (head != tail) {
+    Descriptor d = ring[head++ % kRing];
+    // An opaque call, as a task's fn is to the worker.
+    bool (*volatile fn)(Descriptor&) = d.fn;
+    if (fn(d)) ring[tail++ % kRing] = d;
+  }
+  return double(now_ns() - t0) / double(steps);
+}
+
+// In-daemon figures by worker count: one chain (its step cost, ns, beside the
+// trampoline's on this machine in the same run) and one fanout (children per second).
 int in_daemon(const Options& o, unsigned workers, bool billion) {
   std::string cpus;
   for (unsigned i = 0; i < workers; ++i) append_cpu(cpus, i);
@@ -233,6 +258,8 @@ int in_daemon(const Options& o, unsigned workers, bool billion) {
   if (!h.ok() || h->wait() != Status::kOk) return 1;
   std::uint64_t t1 = now_ns();
   emit("chain_step_workers" + w, kSystem, "step_ns", double(t1 - t0) / double(steps), "ns");
+  pin_thread(cpu_for(0));
+  emit("chain_step_workers" + w, "trampoline", "step_ns", trampoline_ns(steps), "ns");
   const std::uint64_t children = o.pick(100'000'000, 10'000'000, 100'000);
   t0 = now_ns();
   auto f = c->submit("fanout", {}, children);
