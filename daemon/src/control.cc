@@ -764,10 +764,44 @@ class SchedulerService final : public v1::Scheduler::Service {
   Status GetConfig(ServerContext* ctx, const v1::GetConfigRequest*,
                    v1::GetConfigResponse* out) override {
     if (auto st = check(ctx, false); !st.ok()) return st;
-    const DaemonConfig c = daemon_.effective_config();
+    const DaemonConfig c = live_config();
     out->set_toml(to_toml(c));
     out->set_path(c.config_file);
     return Status::OK;
+  }
+
+  // The effective configuration with the pools as they are now: sizes and self-sizing
+  // changed through this service, pools created or deleted here. A self-sizing pool's
+  // size stays where it starts (its count moves all the time); a pool made here is
+  // written with what its scheduler knows (name, size, CPUs, idle strategy, autosize).
+  DaemonConfig live_config() const {
+    DaemonConfig c = daemon_.effective_config();
+    std::vector<PoolConfig> pools;
+    for (const auto& live : daemon_.pools()) {
+      const Scheduler& s = *live.scheduler;
+      const auto autosize = s.autosize();
+      if (live.name == kDefaultPool) {
+        c.autosize = autosize;
+        if (!autosize && s.worker_count() != (c.workers != 0 ? c.workers : cpu_count(c.cpus)))
+          c.workers = s.worker_count();
+        continue;
+      }
+      auto it = std::find_if(c.pools.begin(), c.pools.end(),
+                             [&](const PoolConfig& p) { return p.name == live.name; });
+      PoolConfig p;
+      if (it != c.pools.end()) {
+        p = *it;
+      } else {
+        p.name = live.name;
+        p.cpus = s.config().cpus;
+        p.idle = s.config().idle;
+      }
+      p.autosize = autosize;
+      if (!autosize) p.size = s.worker_count();
+      pools.push_back(std::move(p));
+    }
+    c.pools = std::move(pools);
+    return c;
   }
 
   // The pools a configuration asks for, through the handlers above (as an admin would

@@ -110,6 +110,43 @@ TEST(ControlAutosize, ShouldSetAutosizeAndShowItInPools) {
   EXPECT_EQ(daemon.stop(SIGTERM), 0) << daemon.log();
 }
 
+std::string config_toml(v1::Scheduler::Stub& stub) {
+  v1::GetConfigResponse r;
+  auto st = stub.GetConfig(ctx().get(), {}, &r);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  return r.toml();
+}
+
+// GetConfig is the configuration in effect, live changes included: a file written from it
+// would start the daemon as it runs now.
+TEST(ControlAutosize, ShouldShowLiveSizesAndSelfSizingInGetConfig) {
+  DaemonProcess daemon({"--workers", "1", "--no-pin"});
+  ASSERT_TRUE(daemon.ready()) << daemon.log();
+  auto stub = control_stub(daemon.runtime_dir());
+  std::string toml = config_toml(*stub);
+  EXPECT_NE(toml.find("workers = 1\n"), std::string::npos) << toml;
+  EXPECT_EQ(toml.find("autosize"), std::string::npos) << toml;
+
+  ASSERT_TRUE(set_autosize(*stub, "default", true, 1, 1, 7).ok());
+  auto r = run_command(ctl_args(daemon.runtime_dir(), {"pool", "create", "extra", "--size", "1"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run_command(ctl_args(daemon.runtime_dir(), {"pool", "resize", "extra", "2"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  toml = config_toml(*stub);
+  EXPECT_NE(toml.find("autosize = { min = 1, max = 1, grow_after_us = 1000, shrink_after_ms = 7"),
+            std::string::npos)
+      << toml;
+  EXPECT_NE(toml.find("[[pools]]\nname = 'extra'\nsize = 2\n"), std::string::npos) << toml;
+
+  ASSERT_TRUE(set_autosize(*stub, "default", false).ok());
+  r = run_command(ctl_args(daemon.runtime_dir(), {"pool", "delete", "extra"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  toml = config_toml(*stub);
+  EXPECT_EQ(toml.find("autosize"), std::string::npos) << toml;
+  EXPECT_EQ(toml.find("extra"), std::string::npos) << toml;
+  EXPECT_EQ(daemon.stop(SIGTERM), 0) << daemon.log();
+}
+
 TEST(ControlAutosize, ShouldRefuseBadBoundsAndChangeNothing) {
   const std::uint32_t cpus = allowed_count();
   DaemonProcess daemon({"--workers", "1"});
