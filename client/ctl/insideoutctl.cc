@@ -1275,7 +1275,8 @@ int main(int argc, char** argv) {
     v1::GetConfigResponse r;
     if (auto st = stub.GetConfig(ctl.context().get(), {}, &r); !st.ok()) return ctl.error(st);
     if (!r.path().empty())
-      std::printf("# from %s, with the command line's flags\n", r.path().c_str());
+      std::printf("# from %s, with the command line's flags and the control plane's live changes\n",
+                  r.path().c_str());
     std::fputs(r.toml().c_str(), stdout);
     return kOk;
   }
