@@ -370,6 +370,74 @@ TEST_P(EventQueueTest, ShouldServeTcpEchoToSeveralConnections) {
   ::close(lfd);
 }
 
+// Connections that send a few hundred bytes in chunks and shut their side at once after
+// the last: every byte comes back, then the end of file (the server's close). Short and
+// full reads (the server reads 256 bytes at a time) and ends of file close behind the
+// last bytes, on four threads at once. (The end of file that the read of the last bytes
+// takes with them is pinned down by ShouldSeeTheEndOfAStreamThatCameWithItsLastBytes.)
+TEST_P(EventQueueTest, ShouldEchoEveryByteThenEndEachConnectionThatShutsItsSide) {
+  const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  ASSERT_GE(lfd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(::listen(lfd, 64), 0);
+  socklen_t len = sizeof addr;
+  ASSERT_EQ(::getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  constexpr int kThreads = 4, kPerThread = 16;
+  auto server = rt_->submit("t.echo_server", (std::uint64_t{kThreads * kPerThread} << 32) | lfd);
+  std::atomic<int> good{0};
+  std::vector<std::string> why(kThreads);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kThreads; ++i) {
+    clients.emplace_back([&, i] {
+      std::uint32_t seed = 0x9E3779B9u * static_cast<std::uint32_t>(i + 1);
+      auto next = [&] { return seed = seed * 1664525u + 1013904223u; };
+      for (int k = 0; k < kPerThread; ++k) {
+        const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+          why[i] = "connect failed";
+          ::close(fd);
+          return;
+        }
+        timeval tv{2, 0};
+        ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        std::string msg(1 + next() % 600, '\0');
+        for (char& ch : msg) ch = static_cast<char>('a' + next() % 26);
+        // One to three chunks, the shutdown right after the last.
+        std::size_t sent = 0;
+        const std::size_t cut = next() % 3 == 0 ? msg.size() : msg.size() / 2;
+        for (std::size_t end : {cut, msg.size()}) {
+          if (end > sent)
+            sent +=
+                static_cast<std::size_t>(::send(fd, msg.data() + sent, end - sent, MSG_NOSIGNAL));
+        }
+        ::shutdown(fd, SHUT_WR);
+        std::string back;
+        char buf[512];
+        ssize_t n;
+        while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0)
+          back.append(buf, static_cast<std::size_t>(n));
+        ::close(fd);
+        if (n != 0 || back != msg) {
+          why[i] = "connection " + std::to_string(k) + ": " + std::to_string(back.size()) + " of " +
+                   std::to_string(msg.size()) + " bytes back, then " +
+                   (n == 0 ? "end of file" : "no end of file within 2 s");
+          return;
+        }
+        good.fetch_add(1);
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  for (const auto& w : why) EXPECT_TRUE(w.empty()) << w;
+  EXPECT_EQ(good.load(), kThreads * kPerThread);
+  const auto r = server.wait();
+  ASSERT_TRUE(r.ok()) << r.error();
+  ::close(lfd);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, EventQueueTest, ::testing::Values("epoll", "io_uring"),
                          [](const auto& info) { return std::string(info.param); });
 
