@@ -140,6 +140,20 @@ Continuation echo_server(CoContext c) {
   co_return n;
 }
 
+// A non-blocking listening TCP socket on 127.0.0.1 (a port of the kernel's choosing, in
+// *addr), or -1.
+int loopback_listener(sockaddr_in* addr) {
+  const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  *addr = sockaddr_in{};
+  addr->sin_family = AF_INET;
+  addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof *addr;
+  if (lfd < 0 || ::bind(lfd, reinterpret_cast<sockaddr*>(addr), len) != 0 ||
+      ::listen(lfd, 64) != 0 || ::getsockname(lfd, reinterpret_cast<sockaddr*>(addr), &len) != 0)
+    return -1;
+  return lfd;
+}
+
 class EventQueueTest : public ::testing::TestWithParam<const char*> {
  protected:
   void SetUp() override {
@@ -327,15 +341,9 @@ TEST_P(EventQueueTest, ShouldResumeASignalWaiter) {
 }
 
 TEST_P(EventQueueTest, ShouldServeTcpEchoToSeveralConnections) {
-  const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  ASSERT_GE(lfd, 0);
   sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-  ASSERT_EQ(::listen(lfd, 16), 0);
-  socklen_t len = sizeof addr;
-  ASSERT_EQ(::getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const int lfd = loopback_listener(&addr);
+  ASSERT_GE(lfd, 0);
   constexpr int kConns = 8;
   auto server = rt_->submit("t.echo_server", (std::uint64_t{kConns} << 32) | lfd);
   std::vector<std::thread> clients;
@@ -376,15 +384,9 @@ TEST_P(EventQueueTest, ShouldServeTcpEchoToSeveralConnections) {
 // last bytes, on four threads at once. (The end of file that the read of the last bytes
 // takes with them is pinned down by ShouldSeeTheEndOfAStreamThatCameWithItsLastBytes.)
 TEST_P(EventQueueTest, ShouldEchoEveryByteThenEndEachConnectionThatShutsItsSide) {
-  const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  ASSERT_GE(lfd, 0);
   sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-  ASSERT_EQ(::listen(lfd, 64), 0);
-  socklen_t len = sizeof addr;
-  ASSERT_EQ(::getsockname(lfd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const int lfd = loopback_listener(&addr);
+  ASSERT_GE(lfd, 0);
   constexpr int kThreads = 4, kPerThread = 16;
   auto server = rt_->submit("t.echo_server", (std::uint64_t{kThreads * kPerThread} << 32) | lfd);
   std::atomic<int> good{0};
